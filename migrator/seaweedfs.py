@@ -164,7 +164,9 @@ class SeaweedFS:
                 return
             time.sleep(0.2)
         self.stop()
-        raise OperationFailedError(f"SeaweedFS did not start within {timeout:.0f}s; see {self.log_path}")
+        raise OperationFailedError(
+            f"SeaweedFS did not start within {timeout:.0f}s; see {self.log_path}"
+        )
 
     def _s3_answers(self) -> bool:
         try:
