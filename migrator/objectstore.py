@@ -71,50 +71,53 @@ class S3Settings:
         return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r})"
 
 
-def make_client(settings: S3Settings, max_connections: int = 32) -> Any:
-    """A boto3 S3 client for ``settings`` with path-style addressing (SeaweedFS needs it)."""
+def make_client(settings: S3Settings, max_connections: int = 32, quick: bool = False) -> Any:
+    """A boto3 S3 client for ``settings`` with path-style addressing (SeaweedFS needs it).
+
+    ``quick`` makes a probing client: one attempt, short timeouts. Without credentials the
+    client sends unsigned requests.
+    """
     import boto3
+    from botocore import UNSIGNED
     from botocore.config import Config
 
-    verify: bool | str = settings.ca_bundle or settings.verify_tls
+    signed = bool(settings.access_key and settings.secret_key)
+    options: dict[str, Any] = {
+        "s3": {"addressing_style": "path"},
+        "max_pool_connections": max_connections,
+        "retries": {"max_attempts": 1 if quick else 5, "mode": "standard"},
+        "connect_timeout": 3 if quick else 10,
+        "read_timeout": 5 if quick else 60,
+    }
+    if not signed:
+        options["signature_version"] = UNSIGNED
     return boto3.session.Session().client(
         "s3",
         endpoint_url=settings.endpoint,
-        aws_access_key_id=settings.access_key,
-        aws_secret_access_key=settings.secret_key,
+        aws_access_key_id=settings.access_key if signed else None,
+        aws_secret_access_key=settings.secret_key if signed else None,
         region_name=settings.region,
-        verify=verify,
-        config=Config(
-            s3={"addressing_style": "path"},
-            max_pool_connections=max_connections,
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-        ),
+        verify=settings.ca_bundle or settings.verify_tls,
+        config=Config(**options),
     )
 
 
-@dataclass(frozen=True)
-class BucketProbe:
-    """What a probe of the target found; ``reachable`` False carries the reason in ``problem``."""
+def probe_bucket(settings: S3Settings, bucket: str) -> str:
+    """HEAD the bucket and say what was found, in words for the plan; never raises.
 
-    reachable: bool
-    exists: bool
-    problem: str | None = None
-
-
-def probe_bucket(settings: S3Settings, bucket: str) -> BucketProbe:
-    """HEAD the bucket; never raises for an unreachable endpoint (the caller decides)."""
+    Without credentials the request is unsigned: a 403 then only proves the endpoint answers.
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
+    signed = bool(settings.access_key and settings.secret_key)
     try:
-        client = make_client(settings)
-        client.meta.config.retries = {"max_attempts": 1}
-        client.head_bucket(Bucket=bucket)
+        make_client(settings, quick=True).head_bucket(Bucket=bucket)
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied", "Forbidden") and not signed:
+            return "reachable; bucket not checked (no credentials here)"
         if code in ("404", "NoSuchBucket", "NotFound"):
-            return BucketProbe(True, False, f"bucket {bucket!r} does not exist")
+            return f"bucket {bucket} does not exist"
         if code in (
             "403",
             "AccessDenied",
@@ -122,13 +125,11 @@ def probe_bucket(settings: S3Settings, bucket: str) -> BucketProbe:
             "InvalidAccessKeyId",
             "SignatureDoesNotMatch",
         ):
-            return BucketProbe(
-                True, False, f"access to bucket {bucket!r} denied: check the credentials"
-            )
-        return BucketProbe(True, False, f"bucket {bucket!r}: {code or exc}")
-    except (BotoCoreError, OSError) as exc:
-        return BucketProbe(False, False, f"S3 endpoint {settings.endpoint} unreachable: {exc}")
-    return BucketProbe(True, True)
+            return f"access to bucket {bucket} denied: check the credentials"
+        return f"bucket {bucket}: error {code}"
+    except (BotoCoreError, OSError, ValueError) as exc:
+        return f"unreachable from here ({type(exc).__name__})"
+    return "bucket exists"
 
 
 def describe_client_error(exc: Exception, what: str) -> StorageError:

@@ -1,0 +1,197 @@
+"""The one place that talks to the Kubernetes API (official client).
+
+Everything it returns is a plain dict in the API's own camelCase shape, so the rest of migrator
+works on data, not on client models.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from migrator.errors import (
+    BadInputError,
+    ClusterUnreachableError,
+    OperationFailedError,
+    UnknownNamespaceError,
+    UnknownSecretError,
+)
+
+T = TypeVar("T")
+
+FLUX_HELM_GROUP = "helm.toolkit.fluxcd.io"
+FLUX_HELM_VERSION = "v2"
+NON_SECRET_KEYS = ("endpoint", "bucketName", "region")
+
+
+class KubeClient:
+    """A thin, error-translating wrapper over the official client for one kubeconfig/context."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.storage = client.StorageV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_kubeconfig(
+        cls, kubeconfig: str | None = None, context: str | None = None
+    ) -> KubeClient:
+        """Load a kubeconfig (default: $KUBECONFIG or ~/.kube/config, or in-cluster config).
+
+        Raises BadInputError when the file or context does not exist.
+        """
+        from kubernetes import config
+        from kubernetes.config.config_exception import ConfigException
+
+        if kubeconfig and not Path(kubeconfig).exists():
+            raise BadInputError(f"kubeconfig {kubeconfig!r} does not exist")
+        try:
+            api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+        except ConfigException as exc:
+            if kubeconfig or context:
+                raise BadInputError(f"cannot load kubeconfig: {exc}") from None
+            try:
+                config.load_incluster_config()
+            except ConfigException:
+                raise BadInputError(
+                    "no Kubernetes configuration found; pass --kubeconfig or set KUBECONFIG"
+                ) from None
+            from kubernetes import client
+
+            api_client = client.ApiClient()
+        return cls(api_client)
+
+    def _dict(self, obj: Any) -> Any:
+        return self.api_client.sanitize_for_serialization(obj)
+
+    def call(self, what: str, fn: Callable[[], T], missing_ok: bool = False) -> T | None:
+        """Run one API call, turning client errors into migrator errors that say what to do.
+
+        With ``missing_ok`` a 404 returns None instead of raising.
+        """
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        try:
+            return fn()
+        except ApiException as exc:
+            if missing_ok and exc.status == 404:
+                return None
+            if exc.status in (401, 403):
+                raise OperationFailedError(
+                    f"{what}: permission denied ({exc.status} {exc.reason}); "
+                    "check your kubeconfig user's RBAC rights"
+                ) from None
+            raise OperationFailedError(f"{what}: API error {exc.status} {exc.reason}") from None
+        except (Urllib3Error, OSError) as exc:
+            raise ClusterUnreachableError(
+                f"{what}: the Kubernetes API is unreachable ({type(exc).__name__}); "
+                "check --kubeconfig/--context and the network"
+            ) from None
+
+    def _get_or_none(self, what: str, fn: Callable[[], Any]) -> Any:
+        found = self.call(what, fn, missing_ok=True)
+        return None if found is None else self._dict(found)
+
+    def require_namespace(self, namespace: str) -> dict[str, Any]:
+        """Return the Namespace object; raises UnknownNamespaceError when it does not exist.
+
+        Listing in a missing namespace returns an empty list, so the check must be explicit.
+        """
+        found = self._get_or_none(
+            f"reading namespace {namespace}", lambda: self.core.read_namespace(namespace)
+        )
+        if found is None:
+            raise UnknownNamespaceError(namespace)
+        return dict(found)
+
+    def _items(self, what: str, fn: Callable[[], Any]) -> list[dict[str, Any]]:
+        result = self.call(what, fn)
+        items: list[dict[str, Any]] = (self._dict(result) or {}).get("items") or []
+        return items
+
+    def list_pvcs(self, namespace: str) -> list[dict[str, Any]]:
+        return self._items(
+            "listing PVCs", lambda: self.core.list_namespaced_persistent_volume_claim(namespace)
+        )
+
+    def list_pvs(self) -> list[dict[str, Any]]:
+        return self._items("listing PVs", lambda: self.core.list_persistent_volume())
+
+    def list_storage_classes(self) -> list[dict[str, Any]]:
+        return self._items("listing StorageClasses", lambda: self.storage.list_storage_class())
+
+    def list_csi_drivers(self) -> list[dict[str, Any]]:
+        return self._items("listing CSIDrivers", lambda: self.storage.list_csi_driver())
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self._items("listing nodes", lambda: self.core.list_node())
+
+    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
+        return self._items("listing pods", lambda: self.core.list_namespaced_pod(namespace))
+
+    def list_deployments(self, namespace: str) -> list[dict[str, Any]]:
+        return self._items(
+            "listing Deployments", lambda: self.apps.list_namespaced_deployment(namespace)
+        )
+
+    def list_statefulsets(self, namespace: str) -> list[dict[str, Any]]:
+        return self._items(
+            "listing StatefulSets", lambda: self.apps.list_namespaced_stateful_set(namespace)
+        )
+
+    def list_helmreleases(self, namespace: str) -> list[dict[str, Any]]:
+        """Flux HelmReleases; an empty list when the CRD is not installed."""
+        result = self.call(
+            "listing HelmReleases",
+            lambda: self.custom.list_namespaced_custom_object(
+                FLUX_HELM_GROUP, FLUX_HELM_VERSION, namespace, "helmreleases"
+            ),
+            missing_ok=True,
+        )
+        items: list[dict[str, Any]] = (result or {}).get("items") or []
+        return items
+
+    def read_secret_public_fields(self, namespace: str, name: str) -> dict[str, str]:
+        """Read only the non-secret fields of an S3 credentials Secret.
+
+        Understands the Cozystack COSI form (``accessKey``/``secretKey``/``endpoint``/
+        ``bucketName`` keys) and the COSI ``BucketInfo`` JSON form. Secret values are never
+        returned. Raises UnknownSecretError when the Secret does not exist.
+        """
+        secret = self._get_or_none(
+            f"reading Secret {name}", lambda: self.core.read_namespaced_secret(name, namespace)
+        )
+        if secret is None:
+            raise UnknownSecretError(namespace, name)
+        data: dict[str, str] = secret.get("data") or {}
+        fields = {
+            key: base64.b64decode(data[key]).decode().strip()
+            for key in NON_SECRET_KEYS
+            if key in data
+        }
+        if "BucketInfo" in data:
+            fields.update(_bucket_info_public_fields(base64.b64decode(data["BucketInfo"])))
+        fields["hasAccessKey"] = str("accessKey" in data or "BucketInfo" in data).lower()
+        return fields
+
+
+def _bucket_info_public_fields(raw: bytes) -> dict[str, str]:
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return {}
+    spec = info.get("spec") or {}
+    s3 = spec.get("secretS3") or {}
+    fields = {"bucketName": spec.get("bucketName"), "endpoint": s3.get("endpoint")}
+    if s3.get("region"):
+        fields["region"] = s3["region"]
+    return {k: str(v) for k, v in fields.items() if v}

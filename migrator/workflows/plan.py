@@ -1,0 +1,135 @@
+"""The ``plan`` workflow: discover, classify, resolve the target, probe, lint, write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migrator.errors import BadInputError, InvalidPlanError
+from migrator.inventory import (
+    Inventory,
+    apply_roles,
+    discover_cluster,
+    discover_local,
+    parse_assignments,
+    select_volumes,
+)
+from migrator.objectstore import S3Settings, probe_bucket
+from migrator.plan import Plan, load_plan, project_dir
+from migrator.planner import (
+    DEFAULT_IMAGE,
+    PlanRequest,
+    build_plan_document,
+    default_plan_path,
+    plan_name,
+    resolve_target,
+    s3_endpoint,
+    write_plan_and_jobs,
+)
+from migrator.quantity import parse_quantity
+
+
+@dataclass
+class PlanResult:
+    plan: Plan
+    jobs_dir: Path
+    files: list[Path]
+
+
+def check_plan_file(path: str) -> list[str]:
+    """Every problem of a plan file (empty when valid); a missing file is a BadInputError."""
+    try:
+        load_plan(path)
+    except InvalidPlanError as exc:
+        return exc.problems
+    return []
+
+
+def make_plan(options: dict[str, Any]) -> PlanResult:
+    """Run the whole planner from CLI-shaped options (see ``migrator plan --help``)."""
+    namespace, source_dirs = options.get("namespace"), options.get("source_dirs") or ()
+    if bool(namespace) == bool(source_dirs):
+        raise BadInputError(
+            "give either -n NAMESPACE (cluster mode) or --source-dir NAME=PATH (local mode)"
+        )
+    request = _request(options)
+    if namespace:
+        inventory = _discover_cluster(options, request)
+    else:
+        if options.get("s3_credentials_secret"):
+            raise BadInputError(
+                "--s3-credentials-secret is for cluster mode; local mode reads AWS_* variables"
+            )
+        inventory = discover_local(parse_assignments(source_dirs, "--source-dir"))
+    apply_roles(inventory, parse_assignments(options.get("roles") or (), "--role"))
+    select_volumes(inventory, options.get("volumes") or ())
+    if not inventory.volumes:
+        raise BadInputError(
+            "nothing to plan: no volumes found"
+            + (f" in namespace {namespace}" if namespace else "")
+        )
+    target = resolve_target(request, inventory)
+    probe = None
+    if target.type == "s3":
+        probe = _probe(
+            inventory, request, target.location.bucket if target.location else "", options
+        )
+    document = build_plan_document(inventory, request, target, probe)
+    out = (
+        Path(options["out"])
+        if options.get("out")
+        else default_plan_path(plan_name(inventory, request))
+    )
+    plan, files = write_plan_and_jobs(document, out)
+    return PlanResult(plan, project_dir(out) / document["spec"]["jobsDir"], files)
+
+
+def _request(options: dict[str, Any]) -> PlanRequest:
+    capacity = options.get("target_capacity")
+    return PlanRequest(
+        target=options["target"],
+        name=options.get("name"),
+        s3_endpoint=options.get("s3_endpoint"),
+        credentials_secret=options.get("s3_credentials_secret"),
+        move_config=bool(options.get("move_config")),
+        target_capacity=parse_quantity(capacity) if capacity else None,
+        parallel=options.get("parallel"),
+        image=options.get("image") or DEFAULT_IMAGE,
+        context=options.get("context"),
+        release=options.get("release"),
+        backup_target=options.get("backup_target"),
+    )
+
+
+def _discover_cluster(options: dict[str, Any], request: PlanRequest) -> Inventory:
+    from migrator.kube import KubeClient
+
+    kube = KubeClient.from_kubeconfig(options.get("kubeconfig"), options.get("context"))
+    namespace = options["namespace"]
+    inventory = discover_cluster(kube, namespace, request.release)
+    if request.target.startswith("s3://"):
+        if not request.credentials_secret:
+            raise BadInputError(
+                "an s3:// target in cluster mode needs --s3-credentials-secret NAME "
+                "(the Jobs read accessKey/secretKey from it)"
+            )
+        request.secret_fields = kube.read_secret_public_fields(
+            namespace, request.credentials_secret
+        )
+    return inventory
+
+
+def _probe(
+    inventory: Inventory, request: PlanRequest, bucket: str, options: dict[str, Any]
+) -> str | None:
+    endpoint = s3_endpoint(request)
+    if not endpoint:
+        if inventory.mode == "local":
+            endpoint = S3Settings.from_environment(None).endpoint
+            request.s3_endpoint = endpoint
+        if not endpoint:
+            raise BadInputError("no S3 endpoint: pass --s3-endpoint URL (or set AWS_ENDPOINT_URL)")
+    if options.get("no_probe"):
+        return None
+    return probe_bucket(S3Settings.from_environment(endpoint), bucket)
