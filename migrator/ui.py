@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from migrator.quantity import human_bytes
@@ -27,7 +28,7 @@ def print_json(data: Any) -> None:
 
 def error(message: str) -> None:
     """The one-line error every failure ends with."""
-    err.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def plan_table(document: dict[str, Any]) -> Table:
@@ -63,5 +64,6 @@ def show_plan(document: dict[str, Any], plan_path: str, jobs_dir: str) -> None:
     for finding in document["spec"].get("warnings", []):
         style = "yellow" if finding["severity"] == "warning" else "cyan"
         label = finding["severity"].upper()
-        out.print(f"[{style}]{label}[/] [{finding['code']}] {finding['message']}", markup=True)
+        code = escape(f"[{finding['code']}]")
+        out.print(f"[{style}]{label}[/] {code} {escape(finding['message'])}", markup=True)
     out.print(f"Plan written to {plan_path}; Job manifests in {jobs_dir}/")
