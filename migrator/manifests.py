@@ -19,18 +19,20 @@ LABEL_STEP = "migrator.cozystack.io/step"
 SOURCE_MOUNT = "/mnt/source"
 DEST_MOUNT = "/mnt/dest"
 DEST_REMOTE = "dest"
-# Live databases are copied only at cutover, when their app is stopped (never file by file live).
-SQLITE_LIVE_EXCLUDES = ("*.db", "*.db-wal", "*.db-shm", "*.db-journal", "*.sqlite*")
 SMALL_FILES_FLAGS = ("--transfers", "16", "--checkers", "16", "--fast-list")
 LARGE_FILES_FLAGS = (
     "--transfers", "4", "--checkers", "8", "--fast-list",
     "--s3-chunk-size", "64M", "--s3-upload-concurrency", "4",
 )  # fmt: skip
-COMMON_FLAGS = (
-    "--metadata", "--links", "--create-empty-src-dirs",
-    "--use-json-log", "--stats", "10s", "--stats-log-level", "NOTICE",
-    "--retries", "5", "--low-level-retries", "20",
-)  # fmt: skip
+COMMON_FLAGS = ("--metadata", "--links", "--retries", "5", "--low-level-retries", "20")
+# The agent verifies with its own xxh3 pass (migrator verify); MD5-per-upload and a HEAD after
+# every PUT cost client CPU per object without adding to that proof.
+S3_FLAGS = (
+    "--s3-no-check-bucket",
+    "--s3-no-head",
+    "--s3-disable-checksum",
+    "--s3-directory-markers",
+)
 COPY_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing activeDeadlineSeconds
 
 
@@ -59,23 +61,50 @@ def rclone_destination(plan: dict[str, Any], volume: dict[str, Any]) -> str:
     return f"{DEST_REMOTE}:{target['bucket']}/{key}"
 
 
-def rclone_args(plan: dict[str, Any], volume: dict[str, Any], step: str) -> list[str]:
-    """The full rclone command line of a copy (``preseed``) or final sync (``cutover``) step.
+def state_location(plan: dict[str, Any], volume: dict[str, Any]) -> str | None:
+    """Where the agent keeps the state of the last copy: beside the volume's prefix, not in it."""
+    target = plan["spec"]["target"]
+    if target["type"] != "s3":
+        return None
+    key = "/".join(p for p in (target.get("prefix", ""), ".migrator", volume["name"]) if p)
+    return f"{DEST_REMOTE}:{target['bucket']}/{key}"
 
-    Pre-seed uses ``copy`` (never deletes) and leaves SQLite files for the cutover; cutover uses
-    ``sync``, which deletes only inside this volume's destination prefix.
+
+def rclone_flags(plan: dict[str, Any], volume: dict[str, Any]) -> list[str]:
+    """rclone flags chosen from the data shape, plus what keeps metadata and odd files intact."""
+    profile = volume["copy"].get("profile")
+    flags = list(SMALL_FILES_FLAGS if profile == "small-files" else LARGE_FILES_FLAGS)
+    flags += COMMON_FLAGS
+    if plan["spec"]["target"]["type"] == "s3":
+        flags += S3_FLAGS
+    return flags
+
+
+def copy_command(plan: dict[str, Any], volume: dict[str, Any], step: str) -> list[str]:
+    """The container command of a copy (``preseed``) or final sync (``cutover``) step.
+
+    Pre-seed never deletes and leaves live SQLite databases for the cutover; the cutover's sync
+    deletes only inside this volume's destination prefix.
     """
-    copy = volume["copy"]
-    verb = "sync" if step == "cutover" else "copy"
-    args = ["rclone", verb, f"{SOURCE_MOUNT}/", rclone_destination(plan, volume)]
-    args += SMALL_FILES_FLAGS if copy.get("profile") == "small-files" else LARGE_FILES_FLAGS
-    args += COMMON_FLAGS
-    if step == "preseed" and volume["role"] == "config":
-        for pattern in SQLITE_LIVE_EXCLUDES:
-            args += ["--exclude", pattern]
-    if copy["shards"] > 1:
-        args += ["--hash-filter", f"$(JOB_COMPLETION_INDEX)/{copy['shards']}"]
-    return args
+    command = [
+        "migrator",
+        "agent",
+        "copy",
+        "--source",
+        SOURCE_MOUNT,
+        "--dest",
+        rclone_destination(plan, volume),
+    ]
+    state = state_location(plan, volume)
+    if state:
+        command += ["--state", state]
+    if step == "cutover":
+        command.append("--delete")
+    elif volume["role"] == "config":
+        command.append("--skip-live-sqlite")
+    if volume["copy"]["shards"] > 1:
+        command += ["--shard", f"$(JOB_COMPLETION_INDEX)/{volume['copy']['shards']}"]
+    return [*command, "--", *rclone_flags(plan, volume)]
 
 
 def _env(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -188,7 +217,7 @@ def build_copy_job(plan: dict[str, Any], volume: dict[str, Any], step: str) -> d
         "name": "copy",
         "image": plan["spec"]["image"],
         "imagePullPolicy": "IfNotPresent",
-        "command": rclone_args(plan, volume, step),
+        "command": copy_command(plan, volume, step),
         "env": env,
         "volumeMounts": _mounts(plan),
         "resources": _resources(volume),

@@ -233,6 +233,6 @@ def test_media_shards_follow_parallel(tmp_path: Path, sources: dict[str, Path]) 
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == 3
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[command.index("--hash-filter") + 1] == "$(JOB_COMPLETION_INDEX)/3"
+    assert command[command.index("--shard") + 1] == "$(JOB_COMPLETION_INDEX)/3"
     config_job = load_yaml(tmp_path / "jobs" / "local" / "copy-sonarr-config.yaml")
     assert "completionMode" not in config_job["spec"]

