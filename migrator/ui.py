@@ -67,3 +67,113 @@ def show_plan(document: dict[str, Any], plan_path: str, jobs_dir: str) -> None:
         code = escape(f"[{finding['code']}]")
         out.print(f"[{style}]{label}[/] {code} {escape(finding['message'])}", markup=True)
     out.print(f"Plan written to {plan_path}; Job manifests in {jobs_dir}/")
+
+
+class RunProgress:
+    """Rich progress on stderr: one row per volume and a total (bytes, files, rate, ETA)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TextColumn("{task.fields[files]} files"),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not enabled,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.shards: dict[str, dict[int, tuple[int, int, int, int]]] = {}
+        self.total = None
+
+    def __enter__(self) -> RunProgress:
+        self.progress.__enter__()
+        self.total = self.progress.add_task("total", total=0, files="0/0")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def volume_started(self, volume: str, step: str, shards: int) -> None:
+        label = f"{volume} ({step}{f', {shards} shards' if shards > 1 else ''})"
+        self.tasks[volume] = self.progress.add_task(label, total=None, files="0/?")
+        self.shards[volume] = {}
+
+    def event(self, volume: str, index: int, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        shards = self.shards.setdefault(volume, {})
+        done_bytes, total_bytes, done_files, total_files = shards.get(index, (0, 0, 0, 0))
+        if kind == "plan":
+            total_bytes, total_files = event.get("toCopyBytes", 0), event.get("toCopy", 0)
+        elif kind == "progress":
+            done_bytes, done_files = event.get("bytes", 0), event.get("files", 0)
+        elif kind == "done":
+            done_bytes, done_files = total_bytes, total_files
+        elif kind == "error" and event.get("message"):
+            err.print(f"  {volume}: {escape(str(event['message']))}", markup=True)
+            return
+        shards[index] = (done_bytes, total_bytes, done_files, total_files)
+        self._refresh(volume)
+
+    def _refresh(self, volume: str) -> None:
+        values = self.shards[volume].values()
+        done_b, total_b = sum(v[0] for v in values), sum(v[1] for v in values)
+        done_f, total_f = sum(v[2] for v in values), sum(v[3] for v in values)
+        self.progress.update(
+            self.tasks[volume], completed=done_b, total=total_b or None, files=f"{done_f}/{total_f}"
+        )
+        all_values = [v for shard in self.shards.values() for v in shard.values()]
+        self.progress.update(
+            self.total,
+            completed=sum(v[0] for v in all_values),
+            total=sum(v[1] for v in all_values),
+            files=f"{sum(v[2] for v in all_values)}/{sum(v[3] for v in all_values)}",
+        )
+
+    def volume_finished(self, volume: str, outcome: Any) -> None:
+        task = self.tasks.get(volume)
+        if task is not None:
+            total = self.progress.tasks[task].total or 0
+            self.progress.update(task, completed=total, total=total)
+        mark = "[green]done[/]" if outcome.status == "done" else f"[red]{outcome.status}[/]"
+        detail = f": {escape(outcome.message)}" if outcome.message else ""
+        self.progress.console.print(f"{volume}: {mark}{detail}", markup=True)
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(escape(message), markup=True)
+
+
+def show_run_summary(summary: Any) -> None:
+    table = Table(
+        title=f"{summary.step} of plan {summary.plan} ({summary.phase})", title_justify="left"
+    )
+    for column in (
+        "volume",
+        "status",
+        "files",
+        "size",
+        "copied",
+        "copied size",
+        "deleted",
+        "message",
+    ):
+        table.add_column(column, overflow="fold")
+    for v in summary.volumes:
+        table.add_row(
+            v.volume, v.status, str(v.files), human_bytes(v.bytes), str(v.copied),
+            human_bytes(v.copied_bytes), str(v.deleted), v.message,
+        )  # fmt: skip
+    out.print(table)
+    for note in summary.notes:
+        out.print(escape(note), markup=True)
