@@ -76,9 +76,14 @@ class Volume:
     file_count: int | None = None
     has_sqlite: bool = False
     mounts: list[Mount] = field(default_factory=list)
-    release: str | None = None
+    releases: tuple[str, ...] = ()
     role: str = "media"
     role_reason: str = ""
+
+    @property
+    def release(self) -> str | None:
+        """The owning release when exactly one release uses the volume (a shared one has none)."""
+        return self.releases[0] if len(self.releases) == 1 else None
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -161,6 +166,13 @@ def select_volumes(inventory: Inventory, names: Iterable[str]) -> None:
     wanted = list(names)
     if wanted:
         inventory.volumes = [inventory.volume(name) for name in sorted(set(wanted))]
+    keep_releases_of_volumes(inventory)
+
+
+def keep_releases_of_volumes(inventory: Inventory) -> None:
+    """Keep the releases whose workloads use a planned volume: a cutover stops all of them."""
+    used = {name for volume in inventory.volumes for name in volume.releases}
+    inventory.releases = [r for r in inventory.releases if r.name in used]
 
 
 # --- local discovery --------------------------------------------------------------------------
@@ -245,22 +257,24 @@ def discover_cluster(kube: Any, namespace: str, release: str | None = None) -> I
     _attach_releases(volumes, releases, workloads, pvcs)
     if release is not None:
         volumes = _volumes_of_release(volumes, releases, release)
-    return Inventory(
+    inventory = Inventory(
         mode="cluster",
         namespace=namespace,
         volumes=sorted(volumes, key=lambda v: v.name),
-        releases=sorted((r for r in releases if release in (None, r.name)), key=lambda r: r.name),
+        releases=sorted(releases, key=lambda r: r.name),
         nodes=[_node(n) for n in kube.list_nodes()],
         storage_classes={name: _class_summary(sc) for name, sc in classes.items()},
         csi_drivers=tuple(sorted(d["metadata"]["name"] for d in kube.list_csi_drivers())),
     )
+    keep_releases_of_volumes(inventory)
+    return inventory
 
 
 def _volumes_of_release(volumes: list[Volume], releases: list[Release], name: str) -> list[Volume]:
-    if not any(r.name == name for r in releases) and not any(v.release == name for v in volumes):
+    if not any(r.name == name for r in releases):
         known = ", ".join(sorted(r.name for r in releases)) or "none"
         raise BadInputError(f"no HelmRelease named {name!r}; known releases: {known}")
-    return [v for v in volumes if v.release == name]
+    return [v for v in volumes if name in v.releases]
 
 
 def _class_summary(sc: dict[str, Any]) -> dict[str, Any]:
@@ -459,7 +473,7 @@ def _attach_releases(
     for volume in volumes:
         candidates = [owner_of_claim.get(volume.claim or "")]
         candidates += [owner_of_workload.get(f"{m.kind}/{m.workload}") for m in volume.mounts]
-        volume.release = next((c for c in candidates if c and c in known), None)
+        volume.releases = tuple(sorted({c for c in candidates if c and c in known}))
 
 
 def _node(node: dict[str, Any]) -> Node:

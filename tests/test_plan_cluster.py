@@ -125,7 +125,10 @@ def test_copy_job_mounts_source_read_only_and_pins_rwo_to_its_node(
     command = pod["containers"][0]["command"]
     dest = f"dest:{tenant_media.BUCKET_NAME}/migrated/sonarr-config"
     assert command[:7] == ["migrator", "agent", "copy", "--source", "/mnt/source", "--dest", dest]
-    assert command[7:9] == ["--state", f"dest:{tenant_media.BUCKET_NAME}/migrated/.migrator/sonarr-config"]
+    assert command[7:9] == [
+        "--state",
+        f"dest:{tenant_media.BUCKET_NAME}/migrated/.migrator/sonarr-config",
+    ]
     assert "--skip-live-sqlite" in command and "--delete" not in command  # live databases wait
     sync = load_yaml(tmp_path / "jobs" / NS / "sync-sonarr-config.yaml")
     sync_command = sync["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -149,10 +152,9 @@ def test_pvc_target_sizes_claims_with_headroom(cluster: KubeAPIServer, tmp_path:
     codes = {(w["code"], w.get("volume")) for w in document["spec"]["warnings"]}
     assert ("sqlite-on-network-fs", "radarr-config") in codes  # seaweedfs CSI is FUSE
     job = load_yaml(tmp_path / "jobs" / NS / "copy-radarr-config.yaml")
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"][2:4] == [
-        "/mnt/source/",
-        "/mnt/dest",
-    ]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[3:7] == ["--source", "/mnt/source", "--dest", "/mnt/dest"]
+    assert "--state" not in command
 
 
 def test_block_pvc_target_has_no_sqlite_warning(cluster: KubeAPIServer, tmp_path: Path) -> None:
@@ -184,7 +186,10 @@ def test_flux_lints(tmp_path: Path) -> None:
         result = s3_plan(api, tmp_path, "--json", "--release", "sonarr")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert sorted(v["name"] for v in document["spec"]["volumes"]) == ["sonarr-config"]
+    # The shared media volume comes along, with every release that mounts it (all stop at cutover).
+    assert sorted(v["name"] for v in document["spec"]["volumes"]) == ["media", "sonarr-config"]
+    assert [r["name"] for r in document["spec"]["releases"]] == ["radarr", "sonarr"]
+    assert "release" not in document["spec"]["volumes"][0]
     assert document["metadata"]["name"] == "sonarr"
     messages = {w["code"]: w["message"] for w in document["spec"]["warnings"]}
     assert "reverts a manual scale-down" in messages["helm-drift-detection"]
@@ -192,20 +197,32 @@ def test_flux_lints(tmp_path: Path) -> None:
     assert "seaweedfs-csi-driver" in messages["csi-driver-missing"]
 
 
-def test_rwo_volume_on_cordoned_node(tmp_path: Path) -> None:
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.seed(tenant_media.tenant_media())
-        pods = [
+def test_rwo_volume_on_cordoned_node(cluster: KubeAPIServer, tmp_path: Path) -> None:
+    from kubernetes import client
+
+    def radarr_pods() -> list[dict[str, Any]]:
+        return [
             p
-            for p in api.list_objects("v1", "Pod", NS)
+            for p in cluster.list_objects("v1", "Pod", NS)
             if p["metadata"]["name"].startswith("radarr")
         ]
-        node = pods[0]["spec"]["nodeName"]
-        api.seed(tenant_media.nodes(cordoned=(node,)), replace=True)
-        result = s3_plan(api, tmp_path, "--json")
+
+    cluster.wait_for(lambda: bool(radarr_pods()) and bool(radarr_pods()[0]["spec"].get("nodeName")))
+    node = radarr_pods()[0]["spec"]["nodeName"]
+    taint = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+    client.CoreV1Api(cluster.api_client()).patch_node(
+        node, {"spec": {"unschedulable": True, "taints": [taint]}}
+    )
+    result = s3_plan(cluster, tmp_path, "--json")
     document = json.loads(result.stdout)
     findings = [w for w in document["spec"]["warnings"] if w["code"] == "rwo-node-unreachable"]
-    assert [w["volume"] for w in findings] == ["radarr-config"]
+    on_node = {
+        f"{p['metadata']['labels']['app.kubernetes.io/name']}-config"
+        for p in cluster.list_objects("v1", "Pod", NS)
+        if p["spec"].get("nodeName") == node
+    }
+    assert "radarr-config" in on_node
+    assert [w["volume"] for w in findings] == sorted(on_node)  # the RWX media volume is not pinned
     assert f"attached on {node}, which is cordoned" in findings[0]["message"]
 
 
