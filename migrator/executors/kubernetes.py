@@ -1,0 +1,548 @@
+"""The kubernetes executor: server-side applies the rendered Jobs, watches their conditions, and
+follows their pods' logs for progress. Also the cluster side of a run: the journal ConfigMap, the
+Lease that stops two runs of one plan, and the cutover's quiesce (suspend Flux, scale to 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from migrator.copier import iter_events
+from migrator.errors import BadInputError, OperationFailedError
+from migrator.executors import EventSink, JobResult
+from migrator.journal import Journal
+from migrator.kube import FLUX_HELM_GROUP, FLUX_HELM_VERSION, KubeClient
+from migrator.plan import Plan
+
+FIELD_MANAGER = "migrator"
+SPEC_HASH = "migrator.cozystack.io/spec-hash"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+LEASE_SECONDS = 60
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _finished(job: dict[str, Any]) -> str | None:
+    if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
+        return "Complete"
+    if _condition(job, "Failed") or _condition(job, "FailureTarget"):
+        return "Failed"
+    return None
+
+
+class KubernetesExecutor:
+    """Runs Jobs on the cluster and reports the agent's JSON events from the pod logs."""
+
+    def __init__(self, kube: KubeClient, timeout: float, parallelism: int | None = None) -> None:
+        self.kube, self.timeout, self.parallelism = kube, timeout, parallelism
+
+    def run_job(
+        self,
+        manifest: dict[str, Any],
+        on_event: EventSink,
+        skip_indexes: frozenset[int] = frozenset(),
+    ) -> JobResult:
+        """Apply (or re-attach to) a Job, wait for Complete/Failed, follow its logs.
+
+        A running or complete Job with the same spec is re-attached, not restarted (resume after a
+        killed ``migrator run``); a failed or different one is replaced. ``skip_indexes`` is not
+        needed here: the Job itself tracks its completed indexes.
+        """
+        manifest = self._with_hash(manifest)
+        name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+        existing = self._get_job(namespace, name)
+        if existing is not None and not self._reusable(existing, manifest):
+            self._delete_job(namespace, name)
+            existing = None
+        if existing is None:
+            self._apply(manifest)
+        follower = LogFollower(self.kube, namespace, name, on_event)
+        follower.start()
+        try:
+            job = self._wait(namespace, name)
+        finally:
+            follower.stop()
+        return self._result(job, follower)
+
+    def _with_hash(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        manifest = json.loads(json.dumps(manifest))
+        if self.parallelism and manifest["spec"].get("completionMode") == "Indexed":
+            manifest["spec"]["parallelism"] = self.parallelism
+        annotations = manifest["metadata"].setdefault("annotations", {})
+        annotations[SPEC_HASH] = manifest_hash(manifest)
+        return manifest
+
+    def _reusable(self, job: dict[str, Any], manifest: dict[str, Any]) -> bool:
+        same = (job["metadata"].get("annotations") or {}).get(SPEC_HASH) == manifest["metadata"][
+            "annotations"
+        ][SPEC_HASH]
+        return same and _finished(job) != "Failed"
+
+    def _get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.kube.call(
+            f"reading Job {name}",
+            lambda: self.kube.batch.read_namespaced_job(name, namespace),
+            missing_ok=True,
+        )
+        return None if found is None else self.kube._dict(found)
+
+    def _delete_job(self, namespace: str, name: str) -> None:
+        self.kube.call(
+            f"deleting Job {name}",
+            lambda: self.kube.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Background"
+            ),
+            missing_ok=True,
+        )
+        deadline = time.monotonic() + 60
+        while self._get_job(namespace, name) is not None:
+            if time.monotonic() > deadline:
+                raise OperationFailedError(f"Job {name} was not deleted within 60s")
+            time.sleep(0.2)
+
+    def _apply(self, manifest: dict[str, Any]) -> None:
+        name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+        self.kube.call(
+            f"applying Job {name}",
+            lambda: self.kube.batch.patch_namespaced_job(
+                name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml",
+            ),
+        )  # fmt: skip
+
+    def _wait(self, namespace: str, name: str) -> dict[str, Any]:
+        """Watch the Job until a terminal condition, under the timeout (no sleeping loops)."""
+        from kubernetes import watch
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            job = self._get_job(namespace, name)
+            if job is None:
+                raise OperationFailedError(f"Job {name} disappeared while it ran")
+            if _finished(job):
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OperationFailedError(
+                    f"Job {name} did not finish within {self.timeout:.0f}s; re-run to keep waiting"
+                )
+            stream = watch.Watch().stream(
+                self.kube.batch.list_namespaced_job, namespace,
+                field_selector=f"metadata.name={name}",
+                resource_version=job["metadata"]["resourceVersion"],
+                timeout_seconds=max(1, int(min(remaining, 300))),
+            )  # fmt: skip
+            for event in stream:
+                if _finished(self.kube._dict(event["object"])):
+                    break
+
+    def _result(self, job: dict[str, Any], follower: LogFollower) -> JobResult:
+        status = job.get("status") or {}
+        succeeded = _finished(job) == "Complete"
+        failed = _condition(job, "Failed") or {}
+        message = (
+            ""
+            if succeeded
+            else follower.last_error or failed.get("message") or failed.get("reason", "")
+        )
+        return JobResult(
+            name=job["metadata"]["name"],
+            succeeded=succeeded,
+            completed_indexes=_parse_indexes(status.get("completedIndexes"))
+            or ([0] if succeeded else []),
+            failed_pods=int(status.get("failed") or 0),
+            message=message,
+            done_events=list(follower.done.values()),
+        )
+
+
+def _parse_indexes(text: str | None) -> list[int]:
+    """``"0-2,5"`` -> [0, 1, 2, 5] (the Job status format)."""
+    indexes: list[int] = []
+    for part in (text or "").split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            indexes.extend(range(int(low), int(high) + 1))
+        elif part.strip():
+            indexes.append(int(part))
+    return indexes
+
+
+class LogFollower:
+    """Follows the logs of every pod of a Job and turns agent events into progress."""
+
+    def __init__(self, kube: KubeClient, namespace: str, job: str, on_event: EventSink) -> None:
+        self.kube, self.namespace, self.job, self.on_event = kube, namespace, job, on_event
+        self.stopping = threading.Event()
+        self.followed: set[str] = set()
+        self.threads: list[threading.Thread] = []
+        self.done: dict[int, dict[str, Any]] = {}
+        self.last_error = ""
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._discover, daemon=True, name=f"pods-{self.job}")
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self) -> None:
+        # Let the last log lines arrive: the pods are finished when the Job is.
+        self._scan()
+        self.stopping.set()
+        for thread in list(self.threads):
+            thread.join(timeout=10)
+
+    def _discover(self) -> None:
+        while not self.stopping.wait(0.3):
+            try:
+                self._scan()
+            except Exception:  # a transient API error must not kill progress reporting
+                continue
+
+    def _scan(self) -> None:
+        pods = self.kube.core.list_namespaced_pod(
+            self.namespace, label_selector=f"job-name={self.job}"
+        ).items
+        for pod in pods:
+            name, phase = pod.metadata.name, pod.status.phase
+            if name in self.followed or phase not in ("Running", "Succeeded", "Failed"):
+                continue
+            self.followed.add(name)
+            index = int((pod.metadata.annotations or {}).get(INDEX_ANNOTATION, "0"))
+            thread = threading.Thread(target=self._follow, args=(name, index), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _follow(self, pod: str, index: int) -> None:
+        try:
+            response = self.kube.core.read_namespaced_pod_log(
+                pod, self.namespace, follow=True, _preload_content=False
+            )
+        except Exception:
+            return
+        lines = (raw.decode("utf-8", errors="replace") for raw in response.stream() if raw)
+        buffer = ""
+        for chunk in lines:
+            buffer += chunk
+            *complete, buffer = buffer.split("\n")
+            self._handle(complete, index)
+        self._handle([buffer], index)
+
+    def _handle(self, lines: list[str], index: int) -> None:
+        for line in lines:
+            if line.startswith("Error: "):
+                self.last_error = line[len("Error: ") :].strip()
+        for event in iter_events(iter(lines)):
+            with self.lock:
+                if event.get("event") == "done":
+                    self.done[index] = event
+                self.on_event(index, event)
+
+
+# --- journal, lock, quiesce -------------------------------------------------------------------
+
+
+class ConfigMapStore:
+    """The journal as a ConfigMap ``migrator-<plan>`` (key ``journal.json``)."""
+
+    def __init__(self, kube: KubeClient, namespace: str, plan: str) -> None:
+        self.kube, self.namespace, self.name = kube, namespace, f"migrator-{plan}"
+
+    def load(self) -> dict[str, Any]:
+        found = self.kube.call(
+            "reading the journal ConfigMap",
+            lambda: self.kube.core.read_namespaced_config_map(self.name, self.namespace),
+            missing_ok=True,
+        )
+        if found is None:
+            return {}
+        loaded: dict[str, Any] = json.loads((found.data or {}).get("journal.json") or "{}")
+        return loaded
+
+    def save(self, document: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "migrator"},
+            },
+            "data": {"journal.json": json.dumps(document, indent=2, sort_keys=True)},
+        }
+        self.kube.call(
+            "writing the journal ConfigMap",
+            lambda: self.kube.core.patch_namespaced_config_map(
+                self.name, self.namespace, body, field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml",
+            ),
+        )  # fmt: skip
+
+
+class LeaseLock:
+    """A coordination.k8s.io Lease ``migrator-<plan>``: one run of a plan at a time, renewed while held."""
+
+    def __init__(self, kube: KubeClient, namespace: str, plan: str) -> None:
+        self.kube, self.namespace, self.name = kube, namespace, f"migrator-{plan}"
+        self.identity = f"{socket.gethostname()}/{os.getpid()}"
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _now(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+    def _body(self, resource_version: str | None = None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "migrator"},
+        }
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": self._now(),
+            },
+        }
+
+    def __enter__(self) -> LeaseLock:
+        from kubernetes import client
+
+        api = client.CoordinationV1Api(self.kube.api_client)
+        current = self.kube.call(
+            "reading the run Lease",
+            lambda: api.read_namespaced_lease(self.name, self.namespace),
+            missing_ok=True,
+        )
+        if current is None:
+            self.kube.call(
+                "taking the run Lease",
+                lambda: api.create_namespaced_lease(self.namespace, self._body()),
+            )
+        else:
+            self._take_over(api, self.kube._dict(current))
+        self.thread = threading.Thread(target=self._renew, args=(api,), daemon=True)
+        self.thread.start()
+        return self
+
+    def _take_over(self, api: Any, lease: dict[str, Any]) -> None:
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        if holder and holder != self.identity and not self._expired(spec):
+            raise OperationFailedError(
+                f"another migrator run of this plan is in progress ({holder}, Lease {self.namespace}/{self.name}); "
+                "wait for it, or stop it, then re-run"
+            )
+        body = self._body(lease["metadata"]["resourceVersion"])
+        self.kube.call(
+            "taking the run Lease",
+            lambda: api.replace_namespaced_lease(self.name, self.namespace, body),
+        )
+
+    @staticmethod
+    def _expired(spec: dict[str, Any]) -> bool:
+        import calendar
+
+        renew = spec.get("renewTime")
+        if not renew:
+            return True
+        seconds = calendar.timegm(time.strptime(str(renew)[:19], "%Y-%m-%dT%H:%M:%S"))
+        return time.time() - seconds > int(spec.get("leaseDurationSeconds") or LEASE_SECONDS)
+
+    def _renew(self, api: Any) -> None:
+        while not self.stopping.wait(LEASE_SECONDS / 3):
+            try:
+                api.patch_namespaced_lease(
+                    self.name, self.namespace, {"spec": {"renewTime": self._now()}}
+                )
+            except Exception:
+                continue
+
+    def __exit__(self, *exc: object) -> None:
+        from kubernetes import client
+
+        self.stopping.set()
+        api = client.CoordinationV1Api(self.kube.api_client)
+        self.kube.call(
+            "releasing the run Lease",
+            lambda: api.delete_namespaced_lease(self.name, self.namespace),
+            missing_ok=True,
+        )
+
+
+class Quiescer:
+    """Cutover: suspend the Flux releases, scale the workloads to 0, wait for their pods to go."""
+
+    def __init__(
+        self, kube: KubeClient, namespace: str, plan: Plan, journal: Journal, timeout: float
+    ) -> None:
+        self.kube, self.namespace, self.plan, self.journal, self.timeout = (
+            kube,
+            namespace,
+            plan,
+            journal,
+            timeout,
+        )
+
+    def __call__(self, volumes: list[dict[str, Any]], dry_run: bool) -> list[str]:
+        workloads = sorted(
+            {
+                (w["kind"], w["name"])
+                for v in volumes
+                for w in v.get("workloads", [])
+                if w["kind"] != "Pod"
+            }
+        )
+        releases = self._releases_of(workloads)
+        prefix = "(dry run) " if dry_run else ""
+        notes = [f"{prefix}suspended HelmRelease {r}" for r in releases]
+        notes += [f"{prefix}scaled {kind}/{name} to 0" for kind, name in workloads]
+        if dry_run:
+            return notes
+        for release in releases:
+            self._suspend(release)
+        for kind, name in workloads:
+            self._scale_to_zero(kind, name)
+        for kind, name in workloads:
+            self._wait_for_no_pods(kind, name)
+        return notes
+
+    def _releases_of(self, workloads: list[tuple[str, str]]) -> list[str]:
+        wanted = {f"{kind}/{name}" for kind, name in workloads}
+        return sorted(
+            r["name"]
+            for r in self.plan.spec.get("releases", [])
+            if wanted & set(r.get("workloads", []))
+        )
+
+    def _suspend(self, release: str) -> None:
+        current = self.kube.call(
+            f"reading HelmRelease {release}",
+            lambda: self.kube.custom.get_namespaced_custom_object(
+                FLUX_HELM_GROUP, FLUX_HELM_VERSION, self.namespace, "helmreleases", release
+            ),
+        )
+        was = bool(((current or {}).get("spec") or {}).get("suspend", False))
+
+        def remember(document: dict[str, Any]) -> None:
+            document["releases"].setdefault(release, {"previousSuspend": was})
+            document["releases"][release]["suspendedByMigrator"] = True
+
+        self.journal.update(remember)
+        self.kube.call(
+            f"suspending HelmRelease {release}",
+            lambda: self.kube.custom.patch_namespaced_custom_object(
+                FLUX_HELM_GROUP,
+                FLUX_HELM_VERSION,
+                self.namespace,
+                "helmreleases",
+                release,
+                {"spec": {"suspend": True}},
+            ),
+        )
+
+    def _scale_to_zero(self, kind: str, name: str) -> None:
+        read, patch = self._scale_api(kind)
+        scale = self.kube.call(
+            f"reading the scale of {kind}/{name}", lambda: read(name, self.namespace)
+        )
+        replicas = int(getattr(getattr(scale, "spec", None), "replicas", 0) or 0)
+
+        def remember(document: dict[str, Any]) -> None:
+            document.setdefault("workloads", {}).setdefault(
+                f"{kind}/{name}", {"previousReplicas": replicas}
+            )
+
+        self.journal.update(remember)
+        self.kube.call(
+            f"scaling {kind}/{name} to 0",
+            lambda: patch(name, self.namespace, {"spec": {"replicas": 0}}),
+        )
+
+    def _scale_api(self, kind: str) -> tuple[Any, Any]:
+        if kind == "Deployment":
+            return (
+                self.kube.apps.read_namespaced_deployment_scale,
+                self.kube.apps.patch_namespaced_deployment_scale,
+            )
+        if kind == "StatefulSet":
+            return (
+                self.kube.apps.read_namespaced_stateful_set_scale,
+                self.kube.apps.patch_namespaced_stateful_set_scale,
+            )
+        raise BadInputError(f"cannot scale a {kind}")
+
+    def _wait_for_no_pods(self, kind: str, name: str) -> None:
+        read = (
+            self.kube.apps.read_namespaced_deployment
+            if kind == "Deployment"
+            else self.kube.apps.read_namespaced_stateful_set
+        )
+        workload = self.kube.call(f"reading {kind}/{name}", lambda: read(name, self.namespace))
+        labels = (workload.spec.selector.match_labels or {}) if workload is not None else {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        deadline = time.monotonic() + self.timeout
+        from kubernetes import watch
+
+        while True:
+            pods = self.kube.call(
+                "listing pods",
+                lambda: self.kube.core.list_namespaced_pod(self.namespace, label_selector=selector),
+            )
+            if pods is None or not pods.items:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OperationFailedError(
+                    f"the pods of {kind}/{name} did not stop within {self.timeout:.0f}s"
+                )
+            for event in watch.Watch().stream(
+                self.kube.core.list_namespaced_pod, self.namespace, label_selector=selector,
+                resource_version=pods.metadata.resource_version, timeout_seconds=max(1, int(min(remaining, 60))),
+            ):  # fmt: skip
+                if event["type"] == "DELETED":
+                    break
+
+
+def kubernetes_context(plan: Plan, options: dict[str, Any]) -> Any:
+    """RunContext for the cluster: executor, ConfigMap journal, Lease lock, quiesce hook."""
+    from migrator.workflows.run import RunContext
+
+    namespace = plan.namespace
+    if not namespace:
+        raise BadInputError(
+            "this plan has no namespace: it was made from --source-dir; use --executor local"
+        )
+    kube = KubeClient.from_kubeconfig(
+        options.get("kubeconfig"), options.get("context") or plan.spec["source"].get("context")
+    )
+    kube.require_namespace(namespace)
+    timeout = float(options.get("timeout") or 24 * 3600)
+    journal = Journal(ConfigMapStore(kube, namespace, plan.name), plan.name)
+    return RunContext(
+        executor=KubernetesExecutor(kube, timeout, options.get("parallel")),
+        executor_name="kubernetes",
+        journal=journal,
+        lock=LeaseLock(kube, namespace, plan.name),
+        quiesce=Quiescer(kube, namespace, plan, journal, min(timeout, 600)),
+    )
