@@ -17,7 +17,6 @@ import stat
 import threading
 from collections.abc import Callable, Collection, Generator, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
@@ -34,9 +33,7 @@ from migrator.checksum.entry import (
     sample_threshold,
 )
 from migrator.checksum.errors import ChecksumError
-from migrator.checksum.pipeline import Ready, run_in_order
-
-Progress = Callable[[int, int], None]
+from migrator.checksum.pipeline import HashStats, Progress, ProgressBatcher, Ready, run_in_order
 
 CHUNK_SIZE = 4 << 20  # one read; measured: 1-4 MiB reads beat 16 MiB ones, mmap'd buffer
 BATCH_FILES = 256  # paths per task: amortises inter-process overhead for small files
@@ -46,18 +43,6 @@ DEFAULT_SKIP_TOP = frozenset({b"lost+found"})  # made by mkfs on every ext4 PVC,
 _OPEN_FLAGS = (
     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0)
 )
-
-
-@dataclass
-class HashStats:
-    """Counters of one run: everything listed, and what was read versus taken from the cache."""
-
-    files: int = 0
-    bytes: int = 0
-    hashed_files: int = 0
-    hashed_bytes: int = 0
-    cached_files: int = 0
-    cached_bytes: int = 0
 
 
 def _permissions(mode: int) -> int:
@@ -327,7 +312,7 @@ def hash_tree(
         max_weight=BATCH_BYTES,
         window=4 * workers,
     )
-    reporter = _ProgressBatcher(progress)
+    reporter = ProgressBatcher(progress)
     try:
         for entry, inode in items:
             _count(stats, entry, inode)
@@ -360,25 +345,3 @@ def _count(stats: HashStats, entry: Entry, inode: int) -> None:
     else:
         stats.hashed_files += 1
         stats.hashed_bytes += entry.size
-
-
-class _ProgressBatcher:
-    """Calls ``progress(files, bytes)`` every few hundred entries, not once per entry."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress = progress
-        self.files = 0
-        self.bytes = 0
-
-    def add(self, size: int) -> None:
-        if self.progress is None:
-            return
-        self.files += 1
-        self.bytes += size
-        if self.files >= 256 or self.bytes >= 64 << 20:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.progress is not None and (self.files or self.bytes):
-            self.progress(self.files, self.bytes)
-        self.files = self.bytes = 0

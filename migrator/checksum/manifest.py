@@ -86,38 +86,37 @@ def parse_entry(line: str) -> Entry:
 
 @contextlib.contextmanager
 def _open_for_writing(target: ManifestTarget, compress: bool | None) -> Iterator[IO[str]]:
-    if isinstance(target, str | os.PathLike):
-        path = Path(target)
-        if str(path) == "-":
-            binary: BinaryIO = sys.stdout.buffer
-            owned = False
-        else:
-            binary = path.open("wb")
-            owned = True
-        if compress is None:
-            compress = path.suffix == ".gz"
+    """A text stream to ``target``; a path gets a temporary file renamed into place at the end."""
+    temporary: Path | None = None
+    final: Path | None = None
+    if isinstance(target, str | os.PathLike) and str(target) != "-":
+        final = Path(target)
+        temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        raw: BinaryIO = temporary.open("wb")
+        compress = final.suffix == ".gz" if compress is None else compress
+    elif isinstance(target, str | os.PathLike):
+        raw = sys.stdout.buffer
     else:
-        binary, owned = target, False
-    raw: BinaryIO = binary
+        raw = target
     zipped = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) if compress else None
     sink = cast(IO[bytes], zipped or raw)
-    text = io.TextIOWrapper(
-        sink,
-        encoding="utf-8",
-        newline="\n",
-        write_through=False,
-    )
+    text = io.TextIOWrapper(sink, encoding="utf-8", newline="\n", write_through=False)
     try:
         yield text
-    finally:
         text.flush()
-        text.detach()
-        if zipped is not None:
-            zipped.close()
-        if owned:
+    except BaseException:
+        if temporary is not None:
             raw.close()
-        else:
-            raw.flush()
+            temporary.unlink(missing_ok=True)
+        raise
+    text.detach()
+    if zipped is not None:
+        zipped.close()
+    if temporary is not None and final is not None:
+        raw.close()
+        os.replace(temporary, final)
+    else:
+        raw.flush()
 
 
 def write_manifest(

@@ -12,6 +12,42 @@ W = TypeVar("W")  # a unit of work (a path, an object)
 R = TypeVar("R")  # its result
 T = TypeVar("T")  # what the stream yields (entries)
 
+Progress = Callable[[int, int], None]  # (files, bytes) increments
+
+
+@dataclass
+class HashStats:
+    """Counters of one run: everything listed, and what was read versus taken from the cache."""
+
+    files: int = 0
+    bytes: int = 0
+    hashed_files: int = 0
+    hashed_bytes: int = 0
+    cached_files: int = 0
+    cached_bytes: int = 0
+
+
+class ProgressBatcher:
+    """Calls ``progress(files, bytes)`` every few hundred entries, not once per entry."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, size: int) -> None:
+        if self.progress is None:
+            return
+        self.files += 1
+        self.bytes += size
+        if self.files >= 256 or self.bytes >= 64 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.progress is not None and (self.files or self.bytes):
+            self.progress(self.files, self.bytes)
+        self.files = self.bytes = 0
+
 
 @dataclass
 class Ready(Generic[T]):
