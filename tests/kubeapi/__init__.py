@@ -1,6 +1,23 @@
 """A Kubernetes API test server: real HTTP, official schemas, pluggable controllers.
 
-Tests only; the product never knows it exists. See ``KubeAPIServer`` and ``kube_api_server``.
+Tests only; the product never knows it exists. The product talks to it through a kubeconfig,
+exactly as it would to a cluster::
+
+    @pytest.fixture
+    def kube_api(tmp_path):
+        with kube_api_server(tmp_path) as api:      # free port on 127.0.0.1
+            api.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "media"}}])
+            yield api                                # api.kubeconfig_path, api.context
+
+Where it is deliberately different from a real apiserver:
+
+- Unknown fields are 422 Invalid (the apiserver's default is to drop them with a warning).
+- Deletion is immediate (no deletionTimestamp, finalizers or grace periods) and garbage
+  collection of dependents is synchronous.
+- Only Deployment, ReplicaSet and StatefulSet have controllers: their pods are Running and Ready
+  at once; other pods stay Pending, PVCs stay Pending (no binder), DaemonSets do nothing.
+- Server-side apply records Apply managers only; conflicts are detected between appliers.
+- No RBAC or admission webhooks: ``deny()`` rules are the only way to get a 403.
 """
 
 from .controllers import (
