@@ -90,8 +90,9 @@ HELM_RELEASE = _custom_resource(["helm.toolkit.fluxcd.io/v2"], "HelmRelease", {
             "properties": {"mode": {"enum": ["enabled", "warn", "disabled"]},
                            "ignore": {"type": "array", "items": {"type": "object"}}},
         },
-        "dependsOn": {"type": "array", "items": _NAME_REF | {"properties": {
-            "name": _STRING, "namespace": _STRING}}},
+        "dependsOn": {"type": "array", "items": {
+            "type": "object", "required": ["name"], "additionalProperties": False,
+            "properties": {"name": _STRING, "namespace": _STRING}}},
     },
 })
 

@@ -11,6 +11,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from .flux_schemas import FLUX_SCHEMAS
 from .validation import definitions, kind_schema
 
 
@@ -32,7 +33,7 @@ class SchemaNode:
     def for_kind(cls, api_version: str, kind: str) -> SchemaNode | None:
         """The root node of a built-in kind; None for kinds without official schema."""
         schema = kind_schema(api_version, kind)
-        if schema is None or str(schema.get("$id", "")).startswith("https://fluxcd.io"):
+        if schema is None or kind in FLUX_SCHEMAS:
             return None
         return cls(schema)
 
