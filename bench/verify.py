@@ -54,7 +54,7 @@ settings = S3Settings(endpoint=os.environ["BENCH_ENDPOINT"], access_key=os.envir
 local_cache = os.path.join(cache_dir, "local.cache") if cache_dir != "-" else None
 s3_cache = os.path.join(cache_dir, "s3.cache") if cache_dir != "-" else None
 result = compare(hash_tree(root, workers=2, cache=local_cache),
-                 hash_s3_prefix(settings, bucket, prefix, workers=2, threads=8, cache=s3_cache))
+                 hash_s3_prefix(settings, bucket, prefix, workers=2, cache=s3_cache))
 print(result.summary())
 sys.exit(0 if result.ok else 1)
 """

@@ -196,6 +196,10 @@ class _Connection:
 
     def request(self, head: bytes) -> Response:
         self.sock.sendall(head)
+        return self.response()
+
+    def response(self) -> Response:
+        """Read the next response head (its body is read through the returned Response)."""
         while (end := self.pending.find(b"\r\n\r\n")) < 0:
             self._fill()
         head = bytes(self.pending[: end + 2])
@@ -279,6 +283,28 @@ class GetClient:
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+    def pipeline(self, bucket: str, keys: list[str]) -> Iterator[Response]:
+        """Send GETs of all ``keys`` at once on this thread's connection, then yield the
+        responses in order; each body must be read before the next response is taken.
+        Raises OSError or HTTPException when the connection fails (the caller retries)."""
+        connection = self._connection()
+        signer: Signer = self._local.signer
+        heads = []
+        for key in keys:
+            path = object_path(bucket, key)
+            heads.append(
+                f"GET {path} HTTP/1.1\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in signer.headers(path).items())
+                + "\r\n"
+            )
+        connection.sock.sendall("".join(heads).encode())
+        for _ in keys:
+            response = connection.response()
+            yield response
+            if (response.header("connection") or "").lower() == "close":
+                self._local.connection = None
+                raise ConnectionResetError("the server closed a pipelined connection")
 
     def get(
         self,
