@@ -34,7 +34,7 @@ def handle_errors(fn: F) -> F:
             sys.exit(int(exc.outcome))
         except KeyboardInterrupt:
             ui.error("interrupted; re-run the same command to resume")
-            sys.exit(130)
+            sys.exit(int(Outcome.INTERRUPTED))
 
     return wrapper  # type: ignore[return-value]
 
@@ -170,10 +170,6 @@ def main() -> None:
     cli(prog_name="migrator")
 
 
-if __name__ == "__main__":
-    main()
-
-
 @cli.command("run")
 @click.option(
     "--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="The plan file."
@@ -279,3 +275,7 @@ def agent_copy(**options: Any) -> None:
         rclone_flags=list(options["rclone_flags"]),
     )
     run_copy(request, json_lines(sys.stdout))
+
+
+if __name__ == "__main__":
+    main()

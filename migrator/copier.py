@@ -21,6 +21,7 @@ import gzip
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from typing import IO, Any
 
 import xxhash
 
-from migrator.errors import BadInputError, OperationFailedError
+from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
 
 STATE_HEADER = "#migrator-copy-state v1"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -422,32 +423,80 @@ def _transfer(
         )
 
 
+class Interrupted(Exception):
+    """SIGTERM (a deleted pod) or SIGINT (Ctrl-C) while rclone runs."""
+
+
+class _SignalGuard:
+    """The first SIGINT/SIGTERM raises Interrupted; later ones are ignored, so that saving the
+    progress is never cut short by a second signal (Ctrl-C and an executor's SIGTERM together)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            raise Interrupted(self.received)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
 def _follow_rclone(
     args: list[str], todo: list[str], todo_bytes: int, recorder: StateRecorder, emit: Emit
 ) -> int:
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
+    """Run rclone, recording each copied file; on SIGTERM/SIGINT stop it and save what is done."""
     last_error = ""
-    for raw in process.stderr:
+    with _SignalGuard():
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert process.stderr is not None
         try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        message = record.get("msg", "")
-        if message.startswith("Copied") or message.startswith("Unchanged skipping"):
-            recorder.copied(record.get("object", ""))
-        elif "stats" in record:
-            stats = record["stats"]
-            emit({"event": "progress", "bytes": stats.get("bytes", 0), "totalBytes": todo_bytes,
-                  "files": stats.get("transfers", 0), "totalFiles": len(todo),
-                  "speed": stats.get("speed", 0.0), "eta": stats.get("eta"), "errors": stats.get("errors", 0)})  # fmt: skip
-        elif record.get("level") == "error":
-            last_error = message
-            emit({"event": "error", "message": message, "object": record.get("object")})
-    code = process.wait()
+            for raw in process.stderr:
+                last_error = (
+                    _handle_rclone_line(raw, todo, todo_bytes, recorder, emit) or last_error
+                )
+        except (Interrupted, KeyboardInterrupt):
+            process.terminate()
+            for raw in process.stderr:  # the files finished before rclone stopped still count
+                _handle_rclone_line(raw, todo, todo_bytes, recorder, emit)
+            process.wait()
+            recorder.checkpoint()
+            emit({"event": "error", "message": "interrupted: progress saved, re-run to resume"})
+            raise InterruptedRunError("interrupted: progress saved, re-run to resume") from None
+        code = process.wait()
     if code != 0 and last_error:
         emit({"event": "error", "message": f"rclone: {last_error}"})
     return code
+
+
+def _handle_rclone_line(
+    raw: bytes, todo: list[str], todo_bytes: int, recorder: StateRecorder, emit: Emit
+) -> str | None:
+    """Act on one rclone JSON log line; returns an error message when the line is one."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    message = str(record.get("msg", ""))
+    if message.startswith("Copied"):
+        recorder.copied(record.get("object", ""))
+    elif "stats" in record:
+        stats = record["stats"]
+        emit({"event": "progress", "bytes": stats.get("bytes", 0), "totalBytes": todo_bytes,
+              "files": stats.get("transfers", 0), "totalFiles": len(todo),
+              "speed": stats.get("speed", 0.0), "eta": stats.get("eta"), "errors": stats.get("errors", 0)})  # fmt: skip
+    elif record.get("level") == "error":
+        emit({"event": "error", "message": message, "object": record.get("object")})
+        return message
+    return None
 
 
 def _source_name(name: str) -> str:

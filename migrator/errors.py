@@ -17,6 +17,7 @@ class Outcome(enum.IntEnum):
     DIFFERENCES = 1
     BAD_INPUT = 2
     FAILED = 3
+    INTERRUPTED = 130  # the shell's code for Ctrl-C; what a stopped pod exits with
 
 
 class MigratorError(Exception):
@@ -82,6 +83,12 @@ class ClusterUnreachableError(OperationFailedError):
 
 class StorageError(OperationFailedError):
     pass
+
+
+class InterruptedRunError(MigratorError):
+    """Stopped by SIGINT/SIGTERM after saving progress: re-running resumes."""
+
+    outcome = Outcome.INTERRUPTED
 
 
 class VerificationFailedError(MigratorError):

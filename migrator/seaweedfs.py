@@ -136,11 +136,13 @@ class SeaweedFS:
     def start(self, timeout: float = 60.0) -> SeaweedFS:
         """Start the server and wait until its S3 gateway answers.
 
-        Raises OperationFailedError when it does not come up within ``timeout`` seconds.
+        A restart after :meth:`stop` keeps the ports and the data. Raises OperationFailedError
+        when it does not come up within ``timeout`` seconds.
         """
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        master, volume, filer, s3 = free_port_pairs(4)
-        self.ports = {"master": master, "volume": volume, "filer": filer, "s3": s3}
+        if not self.ports:
+            master, volume, filer, s3 = free_port_pairs(4)
+            self.ports = {"master": master, "volume": volume, "filer": filer, "s3": s3}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command(),

@@ -10,20 +10,22 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from migrator.copier import iter_events
-from migrator.errors import BadInputError
+from migrator.errors import BadInputError, Outcome
 from migrator.executors import EventSink, JobResult, completions, is_indexed
 from migrator.podspec import COMPLETION_INDEX_FIELD, container_command, container_env
 
+INTERRUPTED = "interrupted: progress saved, re-run to resume"
 # Local mode credentials: the Jobs reference Secret keys; on this host they come from AWS_*.
 SECRET_KEY_ENV = {
     "accessKey": "AWS_ACCESS_KEY_ID",
@@ -51,6 +53,7 @@ class LocalExecutor:
         self.parallelism = parallelism
         self.processes: set[subprocess.Popen[str]] = set()
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
 
     def run_job(
         self,
@@ -66,9 +69,15 @@ class LocalExecutor:
         budget = _RetryBudget(int(spec.get("backoffLimit", 6)))
         result = JobResult(name=manifest["metadata"]["name"], succeeded=True)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            outcomes = list(
-                pool.map(lambda i: self._run_index(manifest, i, on_event, budget), indexes)
-            )
+            futures = [pool.submit(self._run_index, manifest, i, on_event, budget) for i in indexes]
+            try:
+                # Wake up often: Python runs signal handlers in the main thread only.
+                while not all(f.done() for f in futures):
+                    wait(futures, timeout=0.25)
+            except KeyboardInterrupt:
+                self.terminate()  # no retries after Ctrl-C; the pods save their progress and stop
+                raise
+            outcomes = [f.result() for f in futures]
         for index, (ok, message, done) in zip(indexes, outcomes, strict=True):
             if ok:
                 result.completed_indexes.append(index)
@@ -84,7 +93,9 @@ class LocalExecutor:
     ) -> tuple[bool, str, list[dict[str, Any]]]:
         while True:
             ok, message, done = self._run_pod(manifest, index, on_event)
-            if ok or not budget.take():
+            if message == INTERRUPTED:
+                self.stopping.set()  # a pod stopped by a signal is not a failure to retry
+            if ok or self.stopping.is_set() or not budget.take():
                 return ok, message, done
 
     def _run_pod(
@@ -151,11 +162,14 @@ class LocalExecutor:
         finally:
             with self.lock:
                 self.processes.discard(process)
+        if code in (int(Outcome.INTERRUPTED), -signal.SIGINT, -signal.SIGTERM):
+            return False, INTERRUPTED, done
         message = _last_error(list(tail)) if code else ""
         return code == 0, message, done
 
     def terminate(self) -> None:
-        """Stop every running pod process (on Ctrl-C)."""
+        """Stop every running pod process (on Ctrl-C); nothing is retried after this."""
+        self.stopping.set()
         with self.lock:
             for process in self.processes:
                 process.terminate()

@@ -1,0 +1,301 @@
+"""`migrator run` with the local executor: the rendered Jobs run on this host against real SeaweedFS."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrator.copier import find_rclone
+from migrator.samples import DatabaseWriter, SampleSizes, make_config_dir, make_sample_tree
+from migrator.seaweedfs import SeaweedFS
+from tests.helpers import run_cli
+
+SMALL = SampleSizes(
+    covers=150, db_rows=500, episodes=3, episode_bytes=256 * 1024, movies=1, movie_bytes=512 * 1024
+)
+
+
+def rclone_env(server: SeaweedFS) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RCLONE_CONFIG_S3_TYPE": "s3",
+        "RCLONE_CONFIG_S3_PROVIDER": "SeaweedFS",
+        "RCLONE_CONFIG_S3_ENDPOINT": server.s3_endpoint,
+        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": server.access_key,
+        "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": server.secret_key,
+    }
+
+
+def rclone(server: SeaweedFS, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [find_rclone(), *args], env=rclone_env(server), capture_output=True, text=True
+    )
+
+
+def assert_identical(server: SeaweedFS, source: Path, remote: str) -> None:
+    """Independent proof: rclone reads every byte back and compares, symlinks included."""
+    result = rclone(server, "check", "--download", "--links", "--one-way", str(source), remote)
+    assert result.returncode == 0, result.stderr[-2000:]
+    extra = rclone(server, "check", "--download", "--links", str(source), remote)
+    assert extra.returncode == 0, extra.stderr[-2000:]
+
+
+def make_plan(tmp_path: Path, server: SeaweedFS, bucket: str, *extra: str) -> tuple[Path, Any]:
+    tree = make_sample_tree(tmp_path / "src", SMALL)
+    args = ["plan", "--target", f"s3://{bucket}/arr", "--s3-endpoint", server.s3_endpoint]
+    for name, path in tree.source_dirs().items():
+        args += ["--source-dir", f"{name}={path}"]
+    result = run_cli(*args, *extra, cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "plans" / "local.yaml", tree
+
+
+def run(plan: Path, *args: str) -> dict[str, Any]:
+    result = run_cli("run", "--plan", str(plan), "--json", *args)
+    summary: dict[str, Any] = json.loads(result.stdout)
+    summary["exit_code"] = result.exit_code
+    return summary
+
+
+def by_volume(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["volume"]: v for v in summary["volumes"]}
+
+
+def test_preseed_change_cutover_and_verify(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> None:
+    plan, tree = make_plan(tmp_path, s3_env, bucket)
+    sonarr = tree.config_dirs["sonarr"]
+    with DatabaseWriter(sonarr / "sonarr.db") as writer:
+        first = run(plan, "--phase", "all")
+        assert first["ok"] and first["exit_code"] == 0
+        assert writer.rows_written > 0
+    volumes = by_volume(first)
+    assert volumes["media"]["copied"] == volumes["media"]["files"] > 0
+    # live databases were left for the cutover: the pre-seed copied everything else
+    listing = rclone(s3_env, "lsf", "-R", f"s3:{bucket}/arr/sonarr-config").stdout.split()
+    assert "config.xml" in listing and "sonarr.db" not in listing and "logs.db" not in listing
+
+    # a change at source: same size new mtime, a new file, a deleted file
+    poster = sonarr / "MediaCover" / "1" / "poster-0.jpg"
+    data = bytearray(poster.read_bytes())
+    data[-1] ^= 0xFF
+    poster.write_bytes(bytes(data))
+    (sonarr / "MediaCover" / "1" / "fanart.jpg").write_bytes(b"new")
+    (tree.media_dir / "movies" / "Movie's Name 0 (1980)" / "movie.nfo").unlink()  # type: ignore[operator]
+
+    again = by_volume(run(plan, "--phase", "all"))
+    assert (
+        again["sonarr-config"]["copied"] == 2
+    )  # the changed poster and the new fanart, nothing else
+    assert (
+        again["media"]["copied"] == 0 and again["media"]["deleted"] == 0
+    )  # pre-seed never deletes
+
+    cutover = run(plan, "--phase", "all", "--cutover")
+    assert cutover["ok"], cutover
+    assert by_volume(cutover)["media"]["deleted"] == 1
+    for name, path in tree.source_dirs().items():
+        assert_identical(s3_env, path, f"s3:{bucket}/arr/{name}")
+    # metadata travels with the objects
+    meta = json.loads(
+        rclone(s3_env, "lsjson", "--metadata", f"s3:{bucket}/arr/sonarr-config/config.xml").stdout
+    )[0]
+    st = (sonarr / "config.xml").stat()
+    assert meta["Metadata"]["mode"] == oct(st.st_mode)[2:] and meta["Metadata"]["uid"] == str(
+        st.st_uid
+    )
+    # the copied database is consistent
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(
+        rclone(s3_env, "cat", f"s3:{bucket}/arr/sonarr-config/sonarr.db").stdout.encode("latin-1")
+        if False
+        else b""
+    )
+    db = subprocess.run(
+        [find_rclone(), "cat", f"s3:{bucket}/arr/sonarr-config/sonarr.db"],
+        env=rclone_env(s3_env),
+        capture_output=True,
+    )
+    restored.write_bytes(db.stdout)
+    connection = sqlite3.connect(restored)
+    assert connection.execute("pragma integrity_check").fetchone() == ("ok",)
+    assert connection.execute("select count(*) from Writes").fetchone()[0] == writer.rows_written
+    connection.close()
+
+    status = json.loads((plan.parent / "local.state.json").read_text())
+    assert status["volumes"]["media"]["cutover"]["status"] == "done"
+    skipped = run(plan, "--phase", "media", "--cutover")
+    assert by_volume(skipped)["media"]["status"] == "skipped"
+
+
+def test_noop_rerun_copies_nothing_and_is_fast(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    plan, _tree = make_plan(tmp_path, s3_env, bucket)
+    assert run(plan, "--phase", "config")["ok"]
+    started = time.monotonic()
+    second = run(plan, "--phase", "config")
+    elapsed = time.monotonic() - started
+    assert all(v["copied"] == 0 for v in second["volumes"])
+    assert elapsed < 10
+
+
+def test_dry_run_changes_nothing(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> None:
+    plan, _tree = make_plan(tmp_path, s3_env, bucket)
+    result = run_cli("run", "--plan", str(plan), "--phase", "all", "--dry-run")
+    assert result.exit_code == 0
+    assert "(dry run) would run Job migrator-copy-media" in result.output
+    assert rclone(s3_env, "lsf", "-R", f"s3:{bucket}").stdout == ""
+
+
+def test_wrong_credentials_fail_with_exit_3(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan, _tree = make_plan(tmp_path, s3_env, bucket, "--volume", "prowlarr-config")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    result = run_cli("run", "--plan", str(plan), "--phase", "config")
+    assert result.exit_code == 3
+    assert "copy failed for prowlarr-config" in result.output
+    assert "not-the-secret" not in result.output
+
+
+def test_missing_credentials_are_bad_input(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan, _tree = make_plan(tmp_path, s3_env, bucket, "--volume", "prowlarr-config")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    result = run_cli("run", "--plan", str(plan), "--phase", "config")
+    assert result.exit_code == 2
+    assert "set AWS_ACCESS_KEY_ID" in result.output
+
+
+def _many_small_files(tmp_path: Path, count: int = 4000) -> Path:
+    """One app's config directory with ``count`` small MediaCover files."""
+    sizes = SampleSizes(covers=count, cover_bytes=(1024, 2048), db_rows=10)
+    return make_config_dir(tmp_path / "src" / "radarr-config", "radarr", sizes, random.Random(7))
+
+
+def _start_run(plan: Path, server: SeaweedFS, *args: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "migrator", "run", "--plan", str(plan), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_for_copied_objects(
+    server: SeaweedFS, remote: str, count: int, timeout: float = 60
+) -> None:
+    """Wait until ``remote`` (s3:BUCKET/PREFIX) holds more than ``count`` objects."""
+    import boto3
+
+    bucket, _, prefix = remote.removeprefix("s3:").partition("/")
+    client = boto3.client(
+        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (
+            client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=count + 1)[
+                "KeyCount"
+            ]
+            > count
+        ):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} objects appeared in {remote}")
+
+
+def test_interrupted_run_resumes_without_redoing_work(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    radarr = _many_small_files(tmp_path)
+    result = run_cli(
+        "plan", "--source-dir", f"radarr-config={radarr}", "--target", f"s3://{bucket}",
+        "--s3-endpoint", s3_env.s3_endpoint, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0
+    plan = tmp_path / "plans" / "local.yaml"
+    process = _start_run(plan, s3_env, "--phase", "config", "--json")
+    _wait_for_copied_objects(s3_env, f"s3:{bucket}/radarr-config", 200)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    done_before = len(
+        rclone(s3_env, "lsf", "-R", "--files-only", f"s3:{bucket}/radarr-config").stdout.split()
+    )
+    assert 0 < done_before < 4001
+    resumed = run(plan, "--phase", "config")
+    assert resumed["ok"]
+    volume = by_volume(resumed)["radarr-config"]
+    assert volume["copied"] <= volume["files"] - done_before + 50  # at most a few in flight redone
+    assert run(plan, "--phase", "config", "--cutover")["ok"]  # the databases come at cutover
+    assert_identical(s3_env, radarr, f"s3:{bucket}/radarr-config")
+
+
+def test_two_concurrent_runs_are_refused(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> None:
+    radarr = _many_small_files(tmp_path)
+    assert run_cli(
+        "plan", "--source-dir", f"radarr-config={radarr}", "--target", f"s3://{bucket}",
+        "--s3-endpoint", s3_env.s3_endpoint, cwd=tmp_path,
+    ).exit_code == 0  # fmt: skip
+    plan = tmp_path / "plans" / "local.yaml"
+    first = _start_run(plan, s3_env, "--phase", "config")
+    try:
+        _wait_for_copied_objects(s3_env, f"s3:{bucket}/radarr-config", 10)
+        second = run_cli("run", "--plan", str(plan), "--phase", "config")
+        assert second.exit_code == 3
+        assert "another migrator run of this plan is in progress (pid" in second.output
+    finally:
+        first.wait(timeout=120)
+    assert first.returncode == 0
+
+
+def test_seaweedfs_restart_mid_run_still_completes(tmp_path: Path, bucket: str) -> None:
+    server = SeaweedFS(tmp_path / "weed").start()
+    try:
+        client_env = {
+            "AWS_ACCESS_KEY_ID": server.access_key,
+            "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        }
+        rclone(server, "mkdir", "s3:restart")
+        radarr = _many_small_files(tmp_path, 2500)
+        assert run_cli(
+            "plan", "--source-dir", f"radarr-config={radarr}", "--target", "s3://restart",
+            "--s3-endpoint", server.s3_endpoint, cwd=tmp_path, env=client_env,
+        ).exit_code == 0  # fmt: skip
+        plan = tmp_path / "plans" / "local.yaml"
+        process = _start_run(plan, server, "--phase", "config", "--json")
+        _wait_for_copied_objects(server, "s3:restart/radarr-config", 100)
+        server.stop(timeout=2)
+        server.start()
+        _out, err = process.communicate(timeout=300)
+        if process.returncode != 0:  # rclone gave up during the outage: a re-run resumes
+            assert "re-run" in err
+            assert (
+                run_cli("run", "--plan", str(plan), "--phase", "config", env=client_env).exit_code
+                == 0
+            )
+        assert (
+            run_cli(
+                "run", "--plan", str(plan), "--phase", "config", "--cutover", env=client_env
+            ).exit_code
+            == 0
+        )
+        assert_identical(server, radarr, "s3:restart/radarr-config")
+    finally:
+        server.stop()
