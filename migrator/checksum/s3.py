@@ -1,10 +1,11 @@
 """Hash every object under an S3 prefix, streaming GET bodies into the hasher (no temp files).
 
-The listing (boto3, ListObjectsV2) gives keys, sizes, ETags and LastModified; it is sorted here
+The listing (ListObjectsV2) gives keys, sizes, ETags and LastModified; it is sorted here
 by relative path bytes, because SeaweedFS lists a directory's children before its siblings
 (``a/b`` before ``a-c``). Objects are then fetched by worker processes, each running threads
-with keep-alive connections (:mod:`migrator.checksum.s3get`): small objects in batches, big ones
-as parallel ranged GETs hashed in order. mtime, mode, uid and gid come from the rclone metadata
+with keep-alive connections (:mod:`migrator.checksum.s3get`): small objects in batches, a few
+GETs pipelined per connection, big ones as parallel ranged GETs hashed in order. The listing
+is held in memory to be sorted (about 200 bytes per object). mtime, mode, uid and gid come from the rclone metadata
 headers of the GET responses (``x-amz-meta-mtime`` seconds, ``-mode`` octal, ``-uid``, ``-gid``).
 
 Objects named ``*.rclonelink`` (what ``rclone --links`` stores for a symlink: the target as the
@@ -45,7 +46,8 @@ from migrator.checksum.s3get import Endpoint, GetClient, Response, list_objects
 from migrator.objectstore import S3Settings
 
 LINK_SUFFIX = ".rclonelink"
-PART_SIZE = 16 << 20  # one ranged GET of a big object
+PART_SIZE = 8 << 20  # one ranged GET of a big object
+RANGES_IN_FLIGHT = 8  # per worker process; measured: 4 in flight left SeaweedFS idle at times
 RANGED_ABOVE = 2 * PART_SIZE  # objects above this are fetched as parallel ranges
 BATCH_OBJECTS = 64
 PIPELINE_DEPTH = 4  # GETs in flight on one connection
@@ -147,12 +149,12 @@ class _Worker:
 
     def __init__(self, endpoint: Endpoint, threads: int) -> None:
         self.client = GetClient(endpoint)
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="s3-get")
+        self.pool = ThreadPoolExecutor(max(threads, RANGES_IN_FLIGHT), thread_name_prefix="s3-get")
         self.threads = threads
         self.local = threading.local()
         # One part buffer per thread plus the one being hashed, allocated on first use.
         self.buffers: queue.LifoQueue[bytearray] = queue.LifoQueue()
-        for _ in range(threads + 1):
+        for _ in range(RANGES_IN_FLIGHT + 1):
             self.buffers.put(bytearray(PART_SIZE))
 
 
@@ -286,7 +288,7 @@ class _Fetcher:
         pending: deque[Future[tuple[Response, bytearray, int]]] = deque()
         metadata: tuple[int | None, int | None, int | None, int | None] | None = None
         try:
-            for first, last in itertools.islice(ranges, worker.threads):
+            for first, last in itertools.islice(ranges, RANGES_IN_FLIGHT):
                 pending.append(worker.pool.submit(self._part, worker, key, first, last))
             while pending:
                 response, buffer, count = pending.popleft().result()

