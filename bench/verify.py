@@ -27,9 +27,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, this folder comes first on sys.path, where a sibling script (bench/copy.py)
+# would shadow the standard library module of the same name: put the repository there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from migrator.seaweedfs import SeaweedFS
+from migrator.seaweedfs import SeaweedFS  # noqa: E402
 
 PYTHON = sys.executable
 RCLONE = str(Path(sys.executable).parent / "rclone")
