@@ -203,7 +203,9 @@ def helmrelease(
     }
 
 
-def credentials_secret(host: str = S3_HOST) -> dict[str, Any]:
+def credentials_secret(
+    host: str = S3_HOST, access_key: str = "AKIAEXAMPLE", secret_key: str = "topsecretvalue"
+) -> dict[str, Any]:
     info = {
         "metadata": {"name": "bc-media-admin"},
         "spec": {
@@ -212,8 +214,8 @@ def credentials_secret(host: str = S3_HOST) -> dict[str, Any]:
             "secretS3": {
                 "endpoint": f"https://{host}",
                 "region": "us-east-1",
-                "accessKeyID": "AKIAEXAMPLE",
-                "accessSecretKey": "topsecretvalue",
+                "accessKeyID": access_key,
+                "accessSecretKey": secret_key,
             },
             "protocols": ["s3"],
         },
@@ -224,8 +226,8 @@ def credentials_secret(host: str = S3_HOST) -> dict[str, Any]:
         "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
         "type": "Opaque",
         "data": {
-            "accessKey": _b64("AKIAEXAMPLE"),
-            "secretKey": _b64("topsecretvalue"),
+            "accessKey": _b64(access_key),
+            "secretKey": _b64(secret_key),
             "endpoint": _b64(host),
             "bucketName": _b64(BUCKET_NAME),
             "BucketInfo": _b64(json.dumps(info)),
@@ -233,7 +235,9 @@ def credentials_secret(host: str = S3_HOST) -> dict[str, Any]:
     }
 
 
-def tenant_media(drift: str = "disabled", cordoned: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def tenant_media(
+    drift: str = "disabled", cordoned: tuple[str, ...] = (), secret: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Every object of the namespace, in an order the API server accepts."""
     objects: list[dict[str, Any]] = [
         namespace(),
@@ -251,5 +255,5 @@ def tenant_media(drift: str = "disabled", cordoned: tuple[str, ...] = ()) -> lis
     for index, (app, uid) in enumerate(APPS.items()):
         objects.append(helmrelease(app, drift=drift))
         objects.append(deployment(app, uid, node=f"worker-{index + 1}"))
-    objects.append(credentials_secret())
+    objects.append(secret or credentials_secret())
     return objects
