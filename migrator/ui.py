@@ -177,3 +177,85 @@ def show_run_summary(summary: Any) -> None:
     out.print(table)
     for note in summary.notes:
         out.print(escape(note), markup=True)
+
+
+class VerifyProgress:
+    """Rich progress on stderr while volumes are hashed: files and bytes per side."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not enabled,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> VerifyProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def volume_started(self, volume: str) -> None:
+        self.tasks[volume] = self.progress.add_task(
+            f"verify {volume}", total=None, detail="hashing"
+        )
+
+    def hashing(self, volume: str, event: dict[str, Any]) -> None:
+        detail = (
+            f"source {event.get('sourceFiles', 0)} files {human_bytes(event.get('sourceBytes', 0))}, "
+            f"destination {event.get('destinationFiles', 0)} files {human_bytes(event.get('destinationBytes', 0))}"
+        )
+        self.progress.update(self.tasks[volume], detail=detail)
+
+    def volume_finished(self, volume: str, verdict: Any) -> None:
+        state = (
+            "[green]identical[/]" if verdict.ok else f"[red]{verdict.differences} differences[/]"
+        )
+        if verdict.error:
+            state = f"[red]failed: {escape(verdict.error)}[/]"
+        self.progress.update(self.tasks[volume], total=1, completed=1, detail=state)
+
+
+def show_verify_report(report: Any) -> None:
+    title = f"verify of plan {report.plan}" + (
+        f" (SAMPLE of {report.sample:.1%} of files)" if report.sample else ""
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("volume", "result", "files", "size", "rate", "differences", "metadata"):
+        table.add_column(column)
+    for v in report.volumes:
+        rate = human_bytes(int(v.bytes / v.seconds)) + "/s" if v.seconds else "-"
+        result = "error" if v.error else ("identical" if v.ok else "DIFFERENT")
+        counts = ", ".join(
+            f"{k} {n}" for k, n in sorted(v.counts.items()) if k not in ("mode", "owner", "mtime")
+        )
+        table.add_row(
+            v.name,
+            result,
+            str(v.files),
+            human_bytes(v.bytes),
+            rate,
+            counts or "0",
+            str(v.metadata_differences),
+        )
+    out.print(table)
+    for difference in report.differences[:20]:
+        out.print(
+            f"  {difference['kind']:9} {escape(difference['volume'])}: {escape(difference['path'])}",
+            markup=True,
+        )
+    if len(report.differences) > 20:
+        out.print(
+            f"  ... and {len(report.differences) - 20} more (write them all with --report FILE)"
+        )
+    if report.sample:
+        out.print(
+            f"This was a SAMPLE: {report.sample:.1%} of files (selected by path hash) were checked."
+        )

@@ -13,6 +13,8 @@ import pytest
 from migrator.seaweedfs import SeaweedFS
 
 _bucket_numbers = itertools.count(1)
+# Unexpected exceptions surface as tracebacks in tests instead of a one-line error.
+os.environ["MIGRATOR_DEBUG"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ Each command parses its options, calls one core function, and turns domain error
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -34,6 +35,11 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             ui.error("interrupted; re-run the same command to resume")
             sys.exit(int(Outcome.INTERRUPTED))
+        except Exception as exc:
+            if os.environ.get("MIGRATOR_DEBUG"):
+                raise
+            ui.error(f"unexpected {type(exc).__name__}: {exc} (set MIGRATOR_DEBUG=1 for details)")
+            sys.exit(int(Outcome.FAILED))
 
     return wrapper  # type: ignore[return-value]
 

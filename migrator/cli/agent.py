@@ -56,3 +56,66 @@ def agent_copy(**options: Any) -> None:
         rclone_flags=list(options["rclone_flags"]),
     )
     run_copy(request, json_lines(sys.stdout))
+
+
+@agent_group.command("verify")
+@click.option(
+    "--source",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Source directory (mounted read-only).",
+)
+@click.option(
+    "--dest",
+    required=True,
+    help="s3://BUCKET/PREFIX/VOLUME (credentials from AWS_*) or a directory.",
+)
+@click.option(
+    "--cache",
+    help="Where the hash caches live: s3://BUCKET/PREFIX/.migrator/VOLUME or a directory.",
+)
+@click.option("--sample", type=float, help="Check only this fraction of files (by path hash).")
+@click.option(
+    "--strict-metadata", is_flag=True, help="Mode, owner and mtime differences count as failures."
+)
+@handle_errors
+def agent_verify(**options: Any) -> None:
+    """Hash source and destination, merge-compare; print JSON events (every difference, a summary).
+
+    Exits 0 when the comparison ran, whatever it found: the verdict is in the last event.
+    """
+    from migrator.copier import json_lines
+    from migrator.verifier import VerifyRequest, run_verify
+
+    request = VerifyRequest(
+        source=Path(options["source"]),
+        destination=options["dest"],
+        cache=options["cache"],
+        sample=options["sample"],
+        strict_metadata=options["strict_metadata"],
+    )
+    run_verify(request, json_lines(sys.stdout))
+
+
+@agent_group.command("hash")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--out",
+    default="-",
+    show_default=True,
+    help="Manifest file (gzip when it ends in .gz) or - for stdout.",
+)
+@click.option("--sample", type=float, help="Only this fraction of files (by path hash).")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False),
+    help="Hash cache file: unchanged files are not read again.",
+)
+@handle_errors
+def agent_hash(**options: Any) -> None:
+    """Hash a tree (xxh3-128) into a sorted manifest (format: docs/manifest-format.md)."""
+    from migrator.checksum import hash_directory_to_manifest
+
+    hash_directory_to_manifest(
+        options["directory"], options["out"], sample=options["sample"], cache=options["cache"]
+    )

@@ -1,3 +1,84 @@
 """``migrator verify``: prove, file by file, that the destination holds what the source held."""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from migrator.cli import cli, handle_errors, json_option, kube_options
+from migrator.errors import Outcome
+
+
+@cli.command("verify")
+@click.option(
+    "--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="The plan file."
+)
+@click.option(
+    "--phase",
+    type=click.Choice(["config", "media", "all"]),
+    default="all",
+    show_default=True,
+    help="Which volumes.",
+)
+@click.option(
+    "--volume", "volumes", multiple=True, metavar="NAME", help="Only these volumes (repeatable)."
+)
+@click.option(
+    "--sample",
+    type=float,
+    metavar="FRACTION",
+    help="Check a deterministic fraction of files (by path hash).",
+)
+@click.option("--strict-metadata", is_flag=True, help="Mode, owner and mtime differences fail too.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Hash everything again, ignoring the caches of the last verify.",
+)
+@click.option(
+    "--report",
+    type=click.File("w"),
+    help="Write every difference to this file (kind, volume, path).",
+)
+@click.option(
+    "--executor", type=click.Choice(["kubernetes", "local"]), help="Where the verify Jobs run."
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(1),
+    default=24 * 3600,
+    show_default=True,
+    help="Seconds to wait for each Job.",
+)
+@kube_options
+@json_option
+@handle_errors
+def verify_command(**options: Any) -> None:
+    """Hash source and destination of each volume (xxh3-128) and name every difference."""
+    from migrator import ui
+    from migrator.plan import load_plan
+    from migrator.workflows.run import make_context
+    from migrator.workflows.verify import verify_plan
+
+    plan = load_plan(options["plan_path"])
+    volumes = [plan.volume(n) for n in options["volumes"]] or plan.volumes_for_phase(
+        options["phase"]
+    )
+    context = make_context(plan, options)
+    with ui.VerifyProgress(enabled=not options["as_json"]) as progress:
+        report = verify_plan(
+            plan, volumes, context, progress, sample=options["sample"],
+            strict_metadata=options["strict_metadata"], cache=not options["no_cache"], report_stream=options["report"],
+        )  # fmt: skip
+    if options["as_json"]:
+        ui.print_json(report.as_dict())
+    else:
+        ui.show_verify_report(report)
+    if report.failed:
+        failed = ", ".join(v.name for v in report.volumes if v.error)
+        ui.error(f"verification could not run for {failed}; fix the cause and re-run")
+        sys.exit(int(Outcome.FAILED))
+    if not report.ok:
+        sys.exit(int(Outcome.DIFFERENCES))

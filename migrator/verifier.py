@@ -1,0 +1,162 @@
+"""What a verify Job runs (``migrator agent verify``): hash source and destination, merge-compare.
+
+Both sides are hashed in the same place the copy ran (in-cluster for PVCs), so the CLI only needs
+the Job's log: one JSON event per line for progress, every difference, and a final summary. The
+hash caches of both sides live beside the destination (``<prefix>/.migrator/<volume>/``), so a
+repeated verify of an unchanged copy reads neither side again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migrator.checksum import Entry, HashStats, compare, hash_s3_prefix, hash_tree
+from migrator.copier import Emit
+from migrator.errors import BadInputError
+from migrator.objectstore import S3Location, S3Settings, describe_client_error, make_client
+
+CACHE_NAMES = {"source": "verify-source-cache.gz", "destination": "verify-destination-cache.gz"}
+PROGRESS_SECONDS = 1.0
+
+
+@dataclass
+class VerifyRequest:
+    source: Path
+    destination: str  # s3://BUCKET/PREFIX/VOLUME or a directory
+    cache: str | None = None  # s3://BUCKET/PREFIX/.migrator/VOLUME, or a local directory
+    sample: float | None = None
+    strict_metadata: bool = False
+    workers: int | None = None
+
+
+class _Progress:
+    """Counts (files, bytes) per side from the hashing threads and emits them at most once a second."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit, self.lock = emit, threading.Lock()
+        self.counts = {"source": [0, 0], "destination": [0, 0]}
+        self.last = 0.0
+
+    def side(self, name: str) -> Any:
+        def add(files: int, size: int) -> None:
+            with self.lock:
+                self.counts[name][0] += files
+                self.counts[name][1] += size
+                now = time.monotonic()
+                if now - self.last >= PROGRESS_SECONDS:
+                    self.last = now
+                    self._send()
+
+        return add
+
+    def _send(self) -> None:
+        self.emit({"event": "verify-progress", **{f"{k}Files": v[0] for k, v in self.counts.items()},
+                   **{f"{k}Bytes": v[1] for k, v in self.counts.items()}})  # fmt: skip
+
+
+def run_verify(request: VerifyRequest, emit: Emit) -> bool:
+    """Compare source and destination; emit every difference; return True when they match."""
+    if not request.source.is_dir():
+        raise BadInputError(f"source {request.source} is not a directory")
+    started = time.monotonic()
+    progress = _Progress(emit)
+    stats = {"source": HashStats(), "destination": HashStats()}
+    with _Caches(request) as caches:
+        source = hash_tree(
+            request.source, workers=request.workers, sample=request.sample,
+            cache=caches.path("source"), progress=progress.side("source"), stats=stats["source"],
+        )  # fmt: skip
+        destination = _destination_entries(
+            request, caches.path("destination"), progress.side("destination"), stats["destination"]
+        )
+        result = compare(
+            source, destination, strict_metadata=request.strict_metadata, limit=0,
+            on_difference=lambda d: emit({"event": "difference", "kind": d.kind, "path": d.name,
+                                          "detail": d.describe()}),
+        )  # fmt: skip
+        caches.upload()
+    progress._send()
+    emit({"event": "verify-done", **result.summary(), "sample": request.sample,
+          "files": result.source_entries, "bytes": result.source_bytes,
+          "hashedFiles": {side: s.hashed_files for side, s in stats.items()},
+          "cachedFiles": {side: s.cached_files for side, s in stats.items()},
+          "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+    return result.ok
+
+
+def _destination_entries(
+    request: VerifyRequest, cache: Path | None, progress: Any, stats: HashStats
+) -> Iterator[Entry]:
+    if request.destination.startswith("s3://"):
+        location = S3Location.parse(request.destination)
+        return hash_s3_prefix(
+            S3Settings.from_environment(None), location.bucket, location.prefix + "/",
+            workers=request.workers, sample=request.sample, cache=cache, progress=progress, stats=stats,
+        )  # fmt: skip
+    return hash_tree(
+        request.destination, workers=request.workers, sample=request.sample, cache=cache,
+        progress=progress, stats=stats,
+    )  # fmt: skip
+
+
+class _Caches:
+    """Hash caches of both sides: downloaded from beside the destination, uploaded when done."""
+
+    def __init__(self, request: VerifyRequest) -> None:
+        self.request = request
+        self.local_dir: Path | None = None
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> _Caches:
+        cache = self.request.cache
+        if cache is None:
+            return self
+        if not cache.startswith("s3://"):
+            self.local_dir = Path(cache)
+            self.local_dir.mkdir(parents=True, exist_ok=True)
+            return self
+        self.tmp = tempfile.TemporaryDirectory(prefix="migrator-verify-")
+        self.local_dir = Path(self.tmp.name)
+        location, client = self._remote()
+        for name in CACHE_NAMES.values():
+            try:
+                client.download_file(
+                    location.bucket, location.key(name), str(self.local_dir / name)
+                )
+            except Exception as exc:
+                if (
+                    "404" not in str(exc)
+                    and "Not Found" not in str(exc)
+                    and "NoSuchKey" not in str(exc)
+                ):
+                    raise describe_client_error(exc, "reading the verify cache") from None
+        return self
+
+    def _remote(self) -> tuple[S3Location, Any]:
+        assert self.request.cache is not None
+        return S3Location.parse(self.request.cache), make_client(S3Settings.from_environment(None))
+
+    def path(self, side: str) -> Path | None:
+        return self.local_dir / CACHE_NAMES[side] if self.local_dir is not None else None
+
+    def upload(self) -> None:
+        if self.tmp is None or self.local_dir is None:
+            return
+        location, client = self._remote()
+        for name in CACHE_NAMES.values():
+            path = self.local_dir / name
+            if path.exists():
+                try:
+                    client.upload_file(str(path), location.bucket, location.key(name))
+                except Exception as exc:
+                    raise describe_client_error(exc, "saving the verify cache") from None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()

@@ -1,0 +1,150 @@
+"""The ``verify`` workflow: one verify Job per volume (source and destination hashed side by side,
+merge-compared), run by the same executors as the copies, results recorded in the journal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from migrator.errors import BadInputError
+from migrator.manifests import build_verify_job
+from migrator.plan import Plan
+from migrator.workflows.run import RunContext
+
+MAX_KEPT_DIFFERENCES = 10_000
+
+
+class VerifyObserver(Protocol):
+    def volume_started(self, volume: str) -> None: ...
+
+    def hashing(self, volume: str, event: dict[str, Any]) -> None: ...
+
+    def volume_finished(self, volume: str, outcome: VolumeVerdict) -> None: ...
+
+
+@dataclass
+class VolumeVerdict:
+    name: str
+    ok: bool
+    files: int = 0
+    bytes: int = 0
+    differences: int = 0
+    metadata_differences: int = 0
+    seconds: float = 0.0
+    hashed_files: dict[str, int] = field(default_factory=dict)
+    error: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "files": self.files, "bytes": self.bytes,
+                "differences": self.differences, "metadataDifferences": self.metadata_differences,
+                "counts": self.counts, "seconds": self.seconds, "hashedFiles": self.hashed_files,
+                "error": self.error}  # fmt: skip
+
+
+@dataclass
+class VerifyReport:
+    plan: str
+    sample: float | None
+    volumes: list[VolumeVerdict] = field(default_factory=list)
+    differences: list[dict[str, str]] = field(default_factory=list)
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.volumes)
+
+    @property
+    def failed(self) -> bool:
+        """An operational failure (not a difference): the outcome is exit 3, not 1."""
+        return any(v.error for v in self.volumes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "sample": self.sample,
+            "volumes": [
+                {"name": v.name, "files": v.files, "bytes": v.bytes, "differences": v.differences,
+                 "hashedFiles": v.hashed_files, **({"error": v.error} if v.error else {})}
+                for v in self.volumes
+            ],
+            "differences": self.differences,
+            "truncated": self.truncated,
+        }  # fmt: skip
+
+
+def verify_plan(
+    plan: Plan,
+    volumes: list[dict[str, Any]],
+    context: RunContext,
+    observer: VerifyObserver,
+    sample: float | None = None,
+    strict_metadata: bool = False,
+    cache: bool = True,
+    report_stream: Any = None,
+) -> VerifyReport:
+    """Verify each volume; every difference goes to ``report_stream`` (if given) as ``kind\\tvolume\\tpath``."""
+    if sample is not None and not 0 < sample <= 1:
+        raise BadInputError(f"--sample {sample} must be a fraction in (0, 1]")
+    report = VerifyReport(plan.name, sample)
+    with context.lock:
+        for volume in volumes:
+            verdict = _verify_volume(
+                plan,
+                volume,
+                context,
+                observer,
+                report,
+                sample,
+                strict_metadata,
+                cache,
+                report_stream,
+            )
+            report.volumes.append(verdict)
+            context.journal.record(
+                volume["name"], "verify", "done" if verdict.ok else "failed", ok=verdict.ok,
+                files=verdict.files, bytes=verdict.bytes, differences=verdict.differences,
+                sample=sample, error=verdict.error,
+            )  # fmt: skip
+    return report
+
+
+def _verify_volume(
+    plan: Plan, volume: dict[str, Any], context: RunContext, observer: VerifyObserver, report: VerifyReport,
+    sample: float | None, strict_metadata: bool, cache: bool, report_stream: Any,
+) -> VolumeVerdict:  # fmt: skip
+    name = volume["name"]
+    manifest = build_verify_job(plan.document, volume, sample, strict_metadata, cache)
+    verdict = VolumeVerdict(name, ok=False)
+    observer.volume_started(name)
+
+    def on_event(_index: int, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "difference":
+            if report_stream is not None:
+                report_stream.write(f"{event['kind']}\t{name}\t{event['path']}\n")
+            if len(report.differences) < MAX_KEPT_DIFFERENCES:
+                report.differences.append(
+                    {"volume": name, "path": event["path"], "kind": event["kind"]}
+                )
+            else:
+                report.truncated = True
+        elif kind == "verify-progress":
+            observer.hashing(name, event)
+        elif kind == "verify-done":
+            counts = event.get("differences", {})
+            verdict.ok = bool(event.get("ok"))
+            verdict.files, verdict.bytes = event.get("files", 0), event.get("bytes", 0)
+            verdict.counts = {k: v for k, v in counts.items() if v}
+            verdict.differences = sum(
+                counts.get(k, 0) for k in ("missing", "extra", "type", "size", "checksum")
+            )
+            verdict.metadata_differences = sum(counts.get(k, 0) for k in ("mode", "owner", "mtime"))
+            verdict.seconds = event.get("seconds", 0.0)
+            verdict.hashed_files = event.get("hashedFiles", {})
+
+    result = context.executor.run_job(manifest, on_event)
+    if not result.succeeded:
+        verdict.ok, verdict.error = False, result.message or "the verify Job failed"
+    observer.volume_finished(name, verdict)
+    return verdict
