@@ -1,0 +1,121 @@
+"""`migrator verify` through the CLI: a copy in real SeaweedFS checked file by file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from migrator.samples import SampleSizes, make_sample_tree
+from migrator.seaweedfs import SeaweedFS
+from tests.helpers import run_cli
+
+SIZES = SampleSizes(
+    covers=60, db_rows=100, episodes=2, episode_bytes=9 * 2**20, movies=1, movie_bytes=300 * 1024
+)
+
+
+@pytest.fixture
+def copied(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> dict[str, Any]:
+    """A sample arr tree planned and copied (cutover) into ``bucket``."""
+    tree = make_sample_tree(tmp_path / "src", SIZES)
+    args = ["plan", "--target", f"s3://{bucket}/arr", "--s3-endpoint", s3_env.s3_endpoint]
+    for name, path in tree.source_dirs().items():
+        args += ["--source-dir", f"{name}={path}"]
+    assert run_cli(*args, cwd=tmp_path).exit_code == 0
+    plan = tmp_path / "plans" / "local.yaml"
+    assert run_cli("run", "--plan", str(plan), "--phase", "all", "--cutover").exit_code == 0
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_env.s3_endpoint, aws_access_key_id=s3_env.access_key,
+        aws_secret_access_key=s3_env.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+    return {"plan": plan, "tree": tree, "s3": s3, "bucket": bucket}
+
+
+def verify(plan: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = run_cli("verify", "--plan", str(plan), "--json", *args)
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_identical_copy_passes_and_reverify_reads_nothing_again(copied: dict[str, Any]) -> None:
+    code, report = verify(copied["plan"])
+    assert code == 0 and report["ok"] is True
+    volumes = {v["name"]: v for v in report["volumes"]}
+    assert set(volumes) == {"media", "prowlarr-config", "radarr-config", "sonarr-config"}
+    assert all(v["differences"] == 0 for v in volumes.values())
+    assert volumes["media"]["files"] > 5  # episodes, movie, nfo, symlink, empty dirs, 0-byte file
+    assert report["differences"] == []
+    code, again = verify(copied["plan"])
+    assert code == 0
+    for volume in again["volumes"]:
+        assert volume["hashedFiles"] == {"source": 0, "destination": 0}, volume
+    _code, fresh = verify(copied["plan"], "--no-cache", "--volume", "media")
+    assert fresh["volumes"][0]["hashedFiles"]["destination"] > 0
+    state = json.loads((copied["plan"].parent / "local.state.json").read_text())
+    assert state["volumes"]["media"]["verify"]["ok"] is True
+
+
+def test_each_kind_of_damage_is_named(copied: dict[str, Any], tmp_path: Path) -> None:
+    s3, bucket = copied["s3"], copied["bucket"]
+    prefix = "arr/sonarr-config/"
+    keys = sorted(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "MediaCover/")["Contents"]
+    )
+    flipped, truncated, deleted = keys[0], keys[1], keys[2]
+    body = bytearray(s3.get_object(Bucket=bucket, Key=flipped)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    s3.put_object(Bucket=bucket, Key=flipped, Body=bytes(body))
+    whole = s3.get_object(Bucket=bucket, Key=truncated)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=truncated, Body=whole[:-10])
+    s3.delete_object(Bucket=bucket, Key=deleted)
+    s3.put_object(Bucket=bucket, Key=prefix + "stray file.txt", Body=b"not at source")
+    # a large media file changed in its last chunk: found even when the cache has seen it before
+    episode = next(
+        k["Key"]
+        for k in s3.list_objects_v2(Bucket=bucket, Prefix="arr/media/tv/")["Contents"]
+        if k["Key"].endswith(".mkv")
+    )
+    data = bytearray(s3.get_object(Bucket=bucket, Key=episode)["Body"].read())
+    data[-1] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=episode, Body=bytes(data))
+
+    report_file = tmp_path / "differences.tsv"
+    code, report = verify(copied["plan"], "--report", str(report_file))
+    assert code == 1 and report["ok"] is False
+    found = {(d["kind"], d["volume"], d["path"]) for d in report["differences"]}
+    rel = lambda key, pre=prefix: key[len(pre) :]  # noqa: E731
+    assert ("checksum", "sonarr-config", rel(flipped)) in found
+    assert ("size", "sonarr-config", rel(truncated)) in found
+    assert ("missing", "sonarr-config", rel(deleted)) in found
+    assert ("extra", "sonarr-config", "stray file.txt") in found
+    assert ("checksum", "media", rel(episode, "arr/media/")) in found
+    assert len(found) == 5
+    assert len(report_file.read_text().splitlines()) == 5
+    sonarr = next(v for v in report["volumes"] if v["name"] == "sonarr-config")
+    assert sonarr["differences"] == 4
+    human = run_cli("verify", "--plan", str(copied["plan"]), "--volume", "sonarr-config")
+    assert human.exit_code == 1
+    assert f"checksum  sonarr-config: {rel(flipped)}" in human.output
+
+
+def test_sample_is_deterministic_and_says_so(copied: dict[str, Any]) -> None:
+    code, first = verify(copied["plan"], "--sample", "0.3", "--volume", "sonarr-config")
+    _code, second = verify(copied["plan"], "--sample", "0.3", "--volume", "sonarr-config")
+    assert code == 0 and first["sample"] == 0.3
+    assert 0 < first["volumes"][0]["files"] < 190
+    assert first["volumes"][0]["files"] == second["volumes"][0]["files"]
+    human = run_cli(
+        "verify", "--plan", str(copied["plan"]), "--sample", "0.3", "--volume", "sonarr-config"
+    )
+    assert "This was a SAMPLE" in human.output
+
+
+def test_bad_sample_and_unknown_volume_are_bad_input(copied: dict[str, Any]) -> None:
+    result = run_cli("verify", "--plan", str(copied["plan"]), "--sample", "2")
+    assert result.exit_code == 2 and "must be a fraction" in result.output
+    result = run_cli("verify", "--plan", str(copied["plan"]), "--volume", "nope")
+    assert result.exit_code == 2 and "no volume named 'nope'" in result.output
