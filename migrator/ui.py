@@ -259,3 +259,49 @@ def show_verify_report(report: Any) -> None:
         out.print(
             f"This was a SAMPLE: {report.sample:.1%} of files (selected by path hash) were checked."
         )
+
+
+class _Quiet:
+    """An observer that shows nothing (the demo's --json mode)."""
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class DemoNarrator:
+    """Narrates the demo's steps on stderr; progress bars for copies and verifies."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.number = 0
+
+    def step(self, title: str, detail: str = "") -> None:
+        self.number += 1
+        if self.enabled:
+            err.print(
+                f"\n[bold cyan]{self.number}. {escape(title)}[/]"
+                + (f"  [dim]{escape(detail)}[/]" if detail else ""),
+                markup=True,
+            )
+
+    def result(self, text: str, ok: bool = True) -> None:
+        if self.enabled:
+            mark = "[green]✓[/]" if ok else "[yellow]![/]"
+            err.print(f"   {mark} {escape(text)}", markup=True)
+
+    def observer(self, verify: bool = False) -> Any:
+        if not self.enabled:
+            return _Quiet()
+        return VerifyProgress() if verify else RunProgress()
+
+    def finish(self, summary: Any) -> None:
+        verdict = "[bold green]demo passed[/]" if summary.ok else "[bold red]demo failed[/]"
+        out.print(f"\n{verdict} in {summary.seconds:.0f}s", markup=True)
+        if summary.kept:
+            out.print(f"Work directory kept for inspection: {summary.work_dir}")

@@ -1,0 +1,257 @@
+"""``migrator demo``: the whole story on this machine, with an embedded SeaweedFS and sample data.
+
+plan -> pre-seed (while an app writes its database) -> a change at source -> cutover -> verify ->
+swap of a sample values file -> backup run, list, verify -> a simulated corruption caught by
+verify. Every step calls the same library functions as the commands; every process it starts is
+stopped at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from migrator.errors import MigratorError
+from migrator.samples import DatabaseWriter, SampleSizes, SampleTree, make_sample_tree
+from migrator.seaweedfs import SeaweedFS
+
+BUCKET = "media"
+DEMO_SIZES = SampleSizes(
+    covers=1000, db_rows=3000, episodes=6, episode_bytes=4 * 2**20, movies=2, movie_bytes=8 * 2**20
+)
+
+
+class DemoNarrator(Protocol):
+    def step(self, title: str, detail: str = "") -> None: ...
+
+    def result(self, text: str, ok: bool = True) -> None: ...
+
+
+@dataclass
+class DemoSummary:
+    work_dir: str
+    kept: bool
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    verified: bool = False
+    corruption_caught: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.verified and self.corruption_caught and all(s["ok"] for s in self.steps)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "workDir": self.work_dir, "kept": self.kept, "verified": self.verified,
+                "corruptionCaught": self.corruption_caught, "seconds": round(self.seconds, 1),
+                "steps": self.steps}  # fmt: skip
+
+
+@contextmanager
+def _aws_environment(server: SeaweedFS) -> Iterator[None]:
+    """The embedded server's credentials for the local executor, restored afterwards."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key,
+        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=server.s3_endpoint,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class Demo:
+    """One run of the demo in ``work_dir``."""
+
+    def __init__(
+        self, work_dir: Path, narrator: DemoNarrator, observer_factory: Callable[[], Any]
+    ) -> None:
+        self.work = work_dir
+        self.narrator = narrator
+        self.observer_factory = observer_factory
+        self.summary = DemoSummary(str(work_dir), kept=True)
+
+    def _record(self, name: str, ok: bool, **details: Any) -> None:
+        self.summary.steps.append({"step": name, "ok": ok, **details})
+
+    def run(self) -> DemoSummary:
+        started = time.monotonic()
+        self.narrator.step(
+            "Starting an embedded SeaweedFS", "weed server -filer -s3 on free loopback ports"
+        )
+        with SeaweedFS(self.work / "seaweedfs") as server, _aws_environment(server):
+            self.narrator.result(f"S3 gateway at {server.s3_endpoint}")
+            self._create_bucket(server)
+            tree = self._sample_data()
+            plan = self._plan(server, tree)
+            self._preseed(plan, tree)
+            self._change_and_cutover(plan, tree)
+            self._verify(plan, expect_ok=True)
+            self._extra_steps(plan, tree, server)
+            self._corrupt_and_catch(plan, server)
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _create_bucket(self, server: SeaweedFS) -> None:
+        from migrator.objectstore import S3Settings, make_client
+
+        make_client(S3Settings.from_environment(server.s3_endpoint)).create_bucket(Bucket=BUCKET)
+
+    def _sample_data(self) -> SampleTree:
+        self.narrator.step(
+            "Generating a sample arr stack", "Sonarr, Radarr, Prowlarr config + a media library"
+        )
+        tree = make_sample_tree(self.work / "volumes", DEMO_SIZES)
+        files = sum(
+            len(files) for path in tree.source_dirs().values() for _r, _d, files in os.walk(path)
+        )
+        self.narrator.result(
+            f"{files} files in {len(tree.source_dirs())} volumes under {self.work / 'volumes'}"
+        )
+        self._record("sample-data", True, files=files)
+        return tree
+
+    def _plan(self, server: SeaweedFS, tree: SampleTree) -> Any:
+        from migrator.workflows.plan import make_plan
+
+        self.narrator.step(
+            "migrator plan", f"--target s3://{BUCKET}/migrated --source-dir NAME=PATH ..."
+        )
+        options = {
+            "source_dirs": [f"{name}={path}" for name, path in tree.source_dirs().items()],
+            "target": f"s3://{BUCKET}/migrated", "s3_endpoint": server.s3_endpoint,
+            "backup_target": f"s3://{BUCKET}/backups", "out": str(self.work / "plans" / "arr.yaml"), "name": "arr",
+        }  # fmt: skip
+        result = make_plan(options)
+        roles = ", ".join(f"{v['name']}={v['role']}" for v in result.plan.volumes)
+        self.narrator.result(f"plan {result.plan.path} ({roles}); Jobs in {result.jobs_dir}")
+        for finding in result.plan.spec.get("warnings", []):
+            self.narrator.result(
+                f"{finding['severity']}: {finding['message']}", ok=finding["severity"] != "warning"
+            )
+        self._record("plan", True, volumes=len(result.plan.volumes))
+        return result.plan
+
+    def _run(self, plan: Any, cutover: bool) -> Any:
+        from migrator.workflows.run import local_context, run_plan
+
+        with self.observer_factory() as observer:
+            return run_plan(plan, "all", cutover, local_context(plan, None), observer)
+
+    def _preseed(self, plan: Any, tree: SampleTree) -> None:
+        self.narrator.step(
+            "migrator run --phase all", "live pre-seed while Sonarr keeps writing its database"
+        )
+        with DatabaseWriter(tree.config_dirs["sonarr"] / "sonarr.db") as writer:
+            summary = self._run(plan, cutover=False)
+        copied = sum(v.copied for v in summary.volumes)
+        self.narrator.result(
+            f"{copied} files copied; live databases left for the cutover ({writer.rows_written} rows written meanwhile)",
+            summary.ok,
+        )
+        self._record("preseed", summary.ok, copied=copied)
+        if not summary.ok:
+            raise MigratorError(
+                "the pre-seed failed: " + "; ".join(v.message for v in summary.volumes if v.message)
+            )
+
+    def _change_and_cutover(self, plan: Any, tree: SampleTree) -> None:
+        self.narrator.step(
+            "A change at source, then migrator run --cutover",
+            "new file, deleted file; final delta sync",
+        )
+        assert tree.media_dir is not None
+        (tree.media_dir / "tv" / "The Expanse (2015)" / "Season 01" / "new episode.nfo").write_text(
+            "<episode/>"
+        )
+        nfo = next(tree.media_dir.glob("movies/*/movie.nfo"))
+        nfo.unlink()
+        summary = self._run(plan, cutover=True)
+        copied, deleted = (
+            sum(v.copied for v in summary.volumes),
+            sum(v.deleted for v in summary.volumes),
+        )
+        self.narrator.result(
+            f"cutover: {copied} files copied (databases included), {deleted} deleted at destination",
+            summary.ok,
+        )
+        self._record("cutover", summary.ok, copied=copied, deleted=deleted)
+
+    def _verify(self, plan: Any, expect_ok: bool) -> Any:
+        from migrator.workflows.run import local_context
+        from migrator.workflows.verify import verify_plan
+
+        self.narrator.step(
+            "migrator verify", "xxh3-128 of every file on both sides, merge-compared"
+        )
+        with self.observer_factory(verify=True) as observer:
+            report = verify_plan(plan, plan.volumes, local_context(plan, None), observer)
+        files = sum(v.files for v in report.volumes)
+        if report.ok:
+            self.narrator.result(f"{files} files identical in {len(report.volumes)} volumes")
+        else:
+            for difference in report.differences[:5]:
+                self.narrator.result(
+                    f"{difference['kind']}: {difference['volume']}/{difference['path']}",
+                    ok=not expect_ok,
+                )
+        if expect_ok:
+            self.summary.verified = report.ok
+        self._record("verify" if expect_ok else "verify-after-corruption", report.ok == expect_ok, files=files,
+                     differences=len(report.differences))  # fmt: skip
+        return report
+
+    def _extra_steps(self, plan: Any, tree: SampleTree, server: SeaweedFS) -> None:
+        """Swap and backup steps, when those commands are available."""
+
+    def _corrupt_and_catch(self, plan: Any, server: SeaweedFS) -> None:
+        from migrator.objectstore import S3Settings, make_client
+
+        self.narrator.step(
+            "Simulating corruption", "one byte flipped in one object at the destination"
+        )
+        client = make_client(S3Settings.from_environment(server.s3_endpoint))
+        key = next(
+            o["Key"]
+            for o in client.list_objects_v2(
+                Bucket=BUCKET, Prefix="migrated/sonarr-config/MediaCover/"
+            )["Contents"]
+        )
+        body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body[0] ^= 0xFF
+        client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+        report = self._verify(plan, expect_ok=False)
+        self.summary.corruption_caught = any(
+            d["kind"] == "checksum" and key.endswith(d["path"]) for d in report.differences
+        )
+        self.narrator.result("the corruption was caught: verify exits 1 and names the file" if self.summary.corruption_caught
+                             else "the corruption was NOT caught", ok=self.summary.corruption_caught)  # fmt: skip
+
+
+def run_demo(
+    work_dir: Path | None, keep: bool, narrator: DemoNarrator, observer_factory: Callable[..., Any]
+) -> DemoSummary:
+    """Run the demo; remove the work directory afterwards unless ``keep`` (or it was given)."""
+    created = work_dir is None
+    work = Path(work_dir or tempfile.mkdtemp(prefix="migrator-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    demo = Demo(work, narrator, observer_factory)
+    try:
+        summary = demo.run()
+    finally:
+        if created and not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    summary.kept = keep or not created
+    return summary
