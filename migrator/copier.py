@@ -131,12 +131,17 @@ def walk_source(root: Path, shard: Shard, skip_live_sqlite: bool) -> SourceTree:
     return tree
 
 
+def _could_be_sqlite(size: int) -> bool:
+    """An SQLite database is a whole number of pages (512 bytes at least): only those are opened."""
+    return size > 0 and size % 512 == 0
+
+
 def _without_live_sqlite(names: list[Any], tree: SourceTree) -> list[Any]:
     """Drop SQLite databases (found by header) and their -wal/-shm/-journal files."""
     databases = {
         rel
         for rel, full, st in names
-        if stat.S_ISREG(st.st_mode) and st.st_size and is_sqlite(full)
+        if stat.S_ISREG(st.st_mode) and _could_be_sqlite(st.st_size) and is_sqlite(full)
     }
     if not databases:
         return names

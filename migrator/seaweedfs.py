@@ -80,7 +80,7 @@ class SeaweedFS:
     data_dir: Path
     access_key: str = "migrator-demo"
     secret_key: str = "migrator-demo-secret"
-    volume_size_limit_mb: int = 1024
+    volume_size_limit_mb: int = 256
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -127,7 +127,10 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
-            "-volume.max=0",
+            # Every bucket is a collection that grows its own volumes (7 at a time), and "0"
+            # (free disk / volume size) runs out after a dozen buckets: allow plenty. Volumes
+            # are sparse files, so unused ones cost nothing.
+            "-volume.max=2000",
             "-filer",
             "-s3",
             f"-s3.config={self._write_s3_config()}",
