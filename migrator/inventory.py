@@ -343,7 +343,7 @@ def _nodes_of(workload: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str
     selector = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     if not selector:
         return ()
-    nodes = set()
+    nodes: set[str] = set()
     for pod in pods:
         labels = pod["metadata"].get("labels") or {}
         if all(labels.get(k) == v for k, v in selector.items()):

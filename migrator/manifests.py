@@ -200,7 +200,7 @@ def active_deadline_seconds(volume: dict[str, Any]) -> int:
     """A generous deadline: the bytes at a slow floor rate, three times over, at least an hour."""
     size = volume["source"].get("usedBytes") or volume["source"].get("capacityBytes") or 0
     shards = volume["copy"]["shards"]
-    return max(3600, math.ceil(size / shards / COPY_RATE_FLOOR) * 3)
+    return int(max(3600, math.ceil(size / shards / COPY_RATE_FLOOR) * 3))
 
 
 def build_copy_job(plan: dict[str, Any], volume: dict[str, Any], step: str) -> dict[str, Any]:
@@ -376,3 +376,413 @@ def build_verify_job(
         "template": {"metadata": {"labels": step_labels}, "spec": pod_spec},
     }
     return _object("batch/v1", "Job", job_name("verify", volume["name"]), plan, step_labels, spec)
+
+
+# --- swap: the claims apps mount after the move -----------------------------------------------
+
+SEAWEEDFS_CSI_DRIVER = "seaweedfs-csi-driver"
+SWAP_CLAIM_SUFFIX = "-seaweedfs"
+
+
+def swap_claim_name(plan: dict[str, Any], volume: dict[str, Any]) -> str:
+    """The claim apps mount after the swap: the run's new PVC for ``pvc:`` targets, or
+    ``<volume>-seaweedfs`` (a static PVC over the bucket) for ``s3://`` targets."""
+    if plan["spec"]["target"]["type"] == "pvc":
+        return str(volume["target"]["pvc"])
+    return f"{volume['name']}{SWAP_CLAIM_SUFFIX}"[:63].rstrip("-")
+
+
+def seaweedfs_volume_name(plan: dict[str, Any], volume: dict[str, Any]) -> str:
+    """The static PersistentVolume's name, also its CSI ``volumeHandle``: PVs are cluster-wide,
+    so the namespace is part of it; the driver finds a PV by the handle's name first."""
+    namespace = plan["spec"]["source"].get("namespace") or "local"
+    return f"{namespace}-{swap_claim_name(plan, volume)}"[:253].rstrip("-.")
+
+
+def seaweedfs_path(plan: dict[str, Any], volume: dict[str, Any]) -> str:
+    """Where the copy put the volume, as the SeaweedFS filer sees it: S3 buckets live under
+    ``/buckets/<bucketName>``, and the copy wrote to ``<prefix>/<volume>/`` inside it."""
+    target = plan["spec"]["target"]
+    parts = [target["bucket"], target.get("prefix", ""), volume["name"]]
+    return "/buckets/" + "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def swap_capacity(volume: dict[str, Any]) -> str:
+    """The static claim's size. seaweedfs-csi-driver enforces the PV capacity as a per-mount
+    quota, so it is at least the source's capacity and what it holds, plus headroom."""
+    source = volume["source"]
+    used = math.ceil((source.get("usedBytes") or 0) * 1.2)
+    return format_gi(max(source.get("capacityBytes") or 0, used))
+
+
+def build_seaweedfs_volume(plan: dict[str, Any], volume: dict[str, Any]) -> dict[str, Any]:
+    """A static PersistentVolume exposing the volume's prefix of the bucket through the
+    seaweedfs-csi-driver (FUSE, ReadWriteMany), pre-bound to :func:`build_seaweedfs_claim`.
+
+    ``collection`` is the bucket's own collection (SeaweedFS stores each bucket in a collection of
+    its name), so files written through the mount belong to the bucket like those the copy wrote.
+    ``Retain``: deleting the claim never deletes the data.
+    """
+    target = plan["spec"]["target"]
+    name = seaweedfs_volume_name(plan, volume)
+    namespace = plan["spec"]["source"].get("namespace")
+    spec: dict[str, Any] = {
+        "capacity": {"storage": swap_capacity(volume)},
+        "accessModes": ["ReadWriteMany"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": "",
+        "volumeMode": "Filesystem",
+        "claimRef": {"namespace": namespace, "name": swap_claim_name(plan, volume)},
+        "csi": {
+            "driver": SEAWEEDFS_CSI_DRIVER,
+            "volumeHandle": name,
+            "volumeAttributes": {
+                "path": seaweedfs_path(plan, volume),
+                "collection": target["bucket"],
+            },
+        },
+    }
+    manifest = _object("v1", "PersistentVolume", name, plan, labels(plan, volume, "swap"), spec)
+    del manifest["metadata"]["namespace"]  # cluster-scoped
+    return manifest
+
+
+def build_seaweedfs_claim(plan: dict[str, Any], volume: dict[str, Any]) -> dict[str, Any]:
+    """The PVC apps mount after the swap, bound to :func:`build_seaweedfs_volume` by name.
+
+    ``storageClassName: ""`` keeps a default StorageClass from provisioning a new, empty volume.
+    """
+    spec = {
+        "storageClassName": "",
+        "volumeName": seaweedfs_volume_name(plan, volume),
+        "accessModes": ["ReadWriteMany"],
+        "volumeMode": "Filesystem",
+        "resources": {"requests": {"storage": swap_capacity(volume)}},
+    }
+    return _object(
+        "v1", "PersistentVolumeClaim", swap_claim_name(plan, volume), plan,
+        labels(plan, volume, "swap"), spec,
+    )  # fmt: skip
+
+
+# --- backups: the nightly CronJob, restore drills, restore Jobs (see migrator/backup/) ---------
+
+BACKUP_SCHEDULE = "0 3 * * *"
+DRILL_SCHEDULES = {"weekly": "30 4 * * 0", "daily": "30 4 * * *"}  # after the nightly backup
+RESTORE_MOUNT = "/mnt/restore"
+DEFAULT_CREDENTIALS_SECRET = "migrator-s3-credentials"
+MAX_CRONJOB_NAME = 52  # a CronJob's Jobs get an 11-character suffix; Job names are labels
+BACKUP_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing a backup's deadline
+MAX_BACKUP_SECONDS = 20 * 3600  # a nightly backup must end before the next one is due
+RESTORE_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+
+
+def _volume_bytes(volume: dict[str, Any]) -> int:
+    source = volume["source"]
+    return int(source.get("usedBytes") or source.get("capacityBytes") or 0)
+
+
+def _pinned_nodes(volume: dict[str, Any]) -> tuple[str, ...] | None:
+    """The nodes an RWO volume in use is attached to (its pods must run there), or None."""
+    if _node_affinity(volume) is None:
+        return None
+    return tuple(sorted(volume["source"]["nodes"]))
+
+
+def backup_groups(plan: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The plan's config volumes, grouped so that one pod can mount each group.
+
+    One group (one CronJob per plan) unless RWO volumes are attached on different nodes: a pod
+    cannot mount those together, so each volume then gets its own CronJob.
+    """
+    volumes = [v for v in plan["spec"]["volumes"] if v["role"] == "config"]
+    pinned = {_pinned_nodes(v) for v in volumes} - {None}
+    if len(pinned) <= 1:
+        return [volumes] if volumes else []
+    return [[v] for v in volumes]
+
+
+def backup_cronjob_name(plan: dict[str, Any], group: list[dict[str, Any]]) -> str:
+    whole = len(group) == len(backup_groups(plan)[0]) and len(backup_groups(plan)) == 1
+    suffix = plan["metadata"]["name"] if whole else group[0]["name"]
+    return f"migrator-backup-{suffix}"[:MAX_CRONJOB_NAME].rstrip("-")
+
+
+def backup_url(plan: dict[str, Any]) -> str:
+    """``s3://BUCKET/PREFIX`` of the plan's backups (``spec.backup``)."""
+    backup = plan["spec"]["backup"]
+    bucket, prefix = backup.get("bucket"), backup.get("prefix", "")
+    if not bucket:
+        return str(backup["url"])
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+def _app_of(volume: dict[str, Any]) -> str | None:
+    if volume.get("release"):
+        return str(volume["release"])
+    workloads = volume.get("workloads") or []
+    return str(workloads[0]["name"]) if workloads else None
+
+
+def backup_command(
+    plan: dict[str, Any], volumes: list[dict[str, Any]], retention: dict[str, int]
+) -> list[str]:
+    """``migrator agent backup`` for ``volumes`` mounted at ``/mnt/source/<name>``."""
+    command = ["migrator", "agent", "backup", "--to", backup_url(plan)]
+    command += ["--plan-name", plan["metadata"]["name"], "--tmp-dir", "/tmp"]
+    for volume in volumes:
+        # NAME and PATH as separate arguments: executors map whole arguments to host paths
+        command += ["--volume", volume["name"], f"{SOURCE_MOUNT}/{volume['name']}"]
+        app = _app_of(volume)
+        if app:
+            command += ["--app", f"{volume['name']}={app}"]
+    for rule, count in retention.items():
+        command += [f"--keep-{rule}", str(count)]
+    return command
+
+
+def _backup_env(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """S3 endpoint and credentials (by reference to the plan's Secret, never by value)."""
+    target = plan["spec"]["target"]
+    secret = target.get("credentialsSecret", DEFAULT_CREDENTIALS_SECRET)
+    env: list[dict[str, Any]] = [{"name": "TMPDIR", "value": "/tmp"}]
+    if target.get("endpoint"):
+        env.append({"name": "AWS_ENDPOINT_URL", "value": target["endpoint"]})
+    return [
+        *env,
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": _secret_ref(secret, "accessKey")},
+        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": _secret_ref(secret, "secretKey")},
+    ]
+
+
+def _container_security(caps: list[str]) -> dict[str, Any]:
+    return {
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"], "add": caps},
+    }
+
+
+def _scratch_limit(volumes: list[dict[str, Any]], factor: float = 1.0) -> str:
+    largest = max((_volume_bytes(v) for v in volumes), default=0)
+    return format_gi(math.ceil(largest * factor))
+
+
+def _backup_pod(
+    plan: dict[str, Any],
+    name: str,
+    command: list[str],
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+    caps: list[str],
+    affinity: dict[str, Any] | None,
+) -> dict[str, Any]:
+    container = {
+        "name": name,
+        "image": plan["spec"]["image"],
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": _backup_env(plan),
+        "volumeMounts": mounts,
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        "securityContext": _container_security(caps),
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if affinity:
+        pod["affinity"] = affinity
+    return pod
+
+
+def _backup_labels(plan: dict[str, Any], step: str, volume: str | None) -> dict[str, str]:
+    found = {
+        **MANAGED_BY,
+        "app.kubernetes.io/name": "migrator",
+        LABEL_PLAN: plan["metadata"]["name"],
+        LABEL_PHASE: "config",
+        LABEL_STEP: step,
+    }
+    if volume:
+        found[LABEL_VOLUME] = volume
+    return found
+
+
+def backup_deadline_seconds(volumes: list[dict[str, Any]]) -> int:
+    """At least an hour; the bytes at a slow floor rate three times over; ends before tomorrow."""
+    size = sum(_volume_bytes(v) for v in volumes)
+    return min(MAX_BACKUP_SECONDS, max(3600, math.ceil(size / BACKUP_RATE_FLOOR) * 3))
+
+
+def _cronjob(
+    plan: dict[str, Any],
+    name: str,
+    object_labels: dict[str, str],
+    schedule: str,
+    pod: dict[str, Any],
+    deadline: int,
+) -> dict[str, Any]:
+    spec = {
+        "schedule": schedule,
+        "timeZone": "Etc/UTC",
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 3600,  # missed by over an hour (controller down): skip it
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {
+            "metadata": {"labels": object_labels},
+            "spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": deadline,
+                "template": {"metadata": {"labels": object_labels}, "spec": pod},
+            },
+        },
+    }
+    return _object("batch/v1", "CronJob", name, plan, object_labels, spec)
+
+
+def build_backup_cronjob(
+    plan: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    schedule: str = BACKUP_SCHEDULE,
+    retention: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The CronJob that snapshots ``volumes`` (config PVCs mounted read-only) every night.
+
+    The pod runs ``migrator agent backup`` as root without privileges but DAC_READ_SEARCH
+    (to read any app's files), on the node an RWO volume is attached to, with a /tmp emptyDir
+    large enough for the databases' copies. Concurrent runs are forbidden.
+    """
+    name = backup_cronjob_name(plan, volumes)
+    single = volumes[0]["name"] if len(volumes) == 1 else None
+    object_labels = _backup_labels(plan, "backup", single)
+    pod_volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for index, volume in enumerate(volumes):
+        claim = volume["source"].get("pvc", volume["name"])
+        pod_volumes.append(
+            {
+                "name": f"source-{index}",
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+            }
+        )
+        mounts.append(
+            {
+                "name": f"source-{index}",
+                "mountPath": f"{SOURCE_MOUNT}/{volume['name']}",
+                "readOnly": True,
+            }
+        )
+    pod_volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": _scratch_limit(volumes)}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    affinity = next((a for a in map(_node_affinity, volumes) if a), None)
+    command = backup_command(plan, volumes, dict(retention or {}))
+    pod = _backup_pod(plan, "backup", command, pod_volumes, mounts, ["DAC_READ_SEARCH"], affinity)
+    return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))
+
+
+def drill_max_age_hours(schedule: str) -> int:
+    """How old the newest snapshot may be when a drill runs: two days for daily backups."""
+    fields = schedule.split()
+    daily = schedule in ("@daily", "@midnight", "@hourly") or (
+        len(fields) == 5 and fields[2:] == ["*", "*", "*"]
+    )
+    return 48 if daily else 9 * 24
+
+
+def build_drill_cronjob(
+    plan: dict[str, Any], schedule: str, backup_schedule: str = BACKUP_SCHEDULE
+) -> dict[str, Any]:
+    """The restore drill: restore each config volume's newest snapshot into an emptyDir and
+    verify it (every file's hash, mode, owner, mtime; PRAGMA integrity_check on each database).
+    A failed drill, or a newest snapshot older than the backups' rhythm allows, fails the Job."""
+    volumes = [v for v in plan["spec"]["volumes"] if v["role"] == "config"]
+    name = f"migrator-backup-drill-{plan['metadata']['name']}"[:MAX_CRONJOB_NAME].rstrip("-")
+    object_labels = _backup_labels(plan, "backup-drill", None)
+    command = ["migrator", "agent", "backup-drill", "--from", backup_url(plan)]
+    for volume in volumes:
+        command += ["--volume", volume["name"]]
+    command += [
+        "--scratch",
+        RESTORE_MOUNT,
+        "--max-age-hours",
+        str(drill_max_age_hours(backup_schedule)),
+    ]
+    pod_volumes = [
+        {"name": "restore", "emptyDir": {"sizeLimit": _scratch_limit(volumes, 1.2)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    mounts = [{"name": "restore", "mountPath": RESTORE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+    pod = _backup_pod(plan, "drill", command, pod_volumes, mounts, RESTORE_CAPS, None)
+    return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))
+
+
+def build_restore_job(
+    plan: dict[str, Any],
+    volume: dict[str, Any],
+    snapshot: str,
+    claim: str,
+    force: bool = False,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A Job restoring ``snapshot`` of ``volume`` into the PVC ``claim`` (mounted read-write).
+
+    It refuses a claim that is not empty unless ``force`` (which replaces its content).
+    """
+    command = [
+        "migrator", "agent", "backup-restore", "--from", backup_url(plan),
+        "--volume", volume["name"], "--snapshot", snapshot, "--to", RESTORE_MOUNT,
+    ]  # fmt: skip
+    if force:
+        command.append("--force")
+    object_labels = _backup_labels(plan, "restore", volume["name"])
+    pod_volumes = [
+        {"name": "restore", "persistentVolumeClaim": {"claimName": claim}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    mounts = [{"name": "restore", "mountPath": RESTORE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+    affinity = _node_affinity(volume) if claim == volume["source"].get("pvc") else None
+    pod = _backup_pod(plan, "restore", command, pod_volumes, mounts, RESTORE_CAPS, affinity)
+    spec = {
+        "backoffLimit": 0,  # a failed restore needs a look, not a blind retry
+        "activeDeadlineSeconds": backup_deadline_seconds([volume]),
+        "ttlSecondsAfterFinished": 7 * 24 * 3600,
+        "template": {"metadata": {"labels": object_labels}, "spec": pod},
+    }
+    job = name or job_name("restore", volume["name"])
+    return _object("batch/v1", "Job", job, plan, object_labels, spec)
+
+
+def job_from_cronjob(cronjob: dict[str, Any], name: str) -> dict[str, Any]:
+    """A one-off Job from a CronJob's template (what ``kubectl create job --from`` makes)."""
+    template = cronjob["spec"]["jobTemplate"]
+    metadata: dict[str, Any] = {"name": name, "labels": dict(template["metadata"]["labels"])}
+    if cronjob["metadata"].get("namespace"):
+        metadata["namespace"] = cronjob["metadata"]["namespace"]
+    spec = {**template["spec"], "ttlSecondsAfterFinished": 24 * 3600}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def render_backups(
+    plan: dict[str, Any],
+    schedule: str = BACKUP_SCHEDULE,
+    retention: dict[str, int] | None = None,
+    drill_schedule: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The backup CronJobs of a plan (and its drill), by file name."""
+    files: dict[str, dict[str, Any]] = {}
+    for group in backup_groups(plan):
+        cronjob = build_backup_cronjob(plan, group, schedule, retention)
+        files[f"{cronjob['metadata']['name']}.yaml"] = cronjob
+    if drill_schedule and files:
+        drill = build_drill_cronjob(plan, drill_schedule, schedule)
+        files[f"{drill['metadata']['name']}.yaml"] = drill
+    return files

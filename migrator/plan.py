@@ -49,7 +49,7 @@ def validate_document(document: Any) -> list[str]:
 
 def _short_message(error: Any) -> str:
     if error.validator == "additionalProperties":
-        return error.message.replace("Additional properties are not allowed", "unknown field")
+        return str(error.message).replace("Additional properties are not allowed", "unknown field")
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
     return str(error.message)
@@ -77,7 +77,8 @@ class Plan:
 
     @property
     def namespace(self) -> str | None:
-        return self.spec["source"].get("namespace")
+        namespace = self.spec["source"].get("namespace")
+        return str(namespace) if namespace else None
 
     @property
     def volumes(self) -> list[dict[str, Any]]:
@@ -100,7 +101,7 @@ class Plan:
     def jobs_dir(self) -> Path:
         """Absolute directory of the rendered manifests."""
         base = project_dir(self.path) if self.path else Path.cwd()
-        return base / self.spec.get("jobsDir", f"jobs/{self.name}")
+        return base / str(self.spec.get("jobsDir", f"jobs/{self.name}"))
 
 
 def project_dir(plan_path: Path) -> Path:

@@ -95,7 +95,7 @@ class RunProgress:
         )
         self.tasks: dict[str, Any] = {}
         self.shards: dict[str, dict[int, tuple[int, int, int, int]]] = {}
-        self.total = None
+        self.total: Any = None
 
     def __enter__(self) -> RunProgress:
         self.progress.__enter__()

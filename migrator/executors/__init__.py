@@ -36,4 +36,4 @@ def completions(manifest: dict[str, Any]) -> int:
 
 
 def is_indexed(manifest: dict[str, Any]) -> bool:
-    return manifest["spec"].get("completionMode") == "Indexed"
+    return bool(manifest["spec"].get("completionMode") == "Indexed")

@@ -76,7 +76,7 @@ class Demo:
     """One run of the demo in ``work_dir``."""
 
     def __init__(
-        self, work_dir: Path, narrator: DemoNarrator, observer_factory: Callable[[], Any]
+        self, work_dir: Path, narrator: DemoNarrator, observer_factory: Callable[..., Any]
     ) -> None:
         self.work = work_dir
         self.narrator = narrator

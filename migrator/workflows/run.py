@@ -133,7 +133,8 @@ def make_context(plan: Plan, options: dict[str, Any]) -> RunContext:
         return local_context(plan, options.get("parallel"))
     from migrator.executors.kubernetes import kubernetes_context
 
-    return kubernetes_context(plan, options)
+    context: RunContext = kubernetes_context(plan, options)
+    return context
 
 
 def run_plan(
