@@ -1,13 +1,23 @@
-"""The one place that talks S3 (boto3): locations, clients, probes."""
+"""The one place that talks S3 (boto3): locations, clients, probes, streaming uploads/downloads."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import functools
+import hashlib
+import io
 import os
 import re
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from migrator.errors import InvalidTargetError, StorageError
+from migrator.errors import BadInputError, InvalidTargetError, StorageError
+
+T = TypeVar("T")
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
@@ -155,3 +165,344 @@ def describe_client_error(exc: Exception, what: str) -> StorageError:
             )
         return StorageError(f"{what}: {code} {error.get('Message', '')}".strip())
     return StorageError(f"{what}: {exc}")
+
+
+# --- streaming uploads and resumable downloads (backups) --------------------------------------
+
+MIN_PART_SIZE = 5 * 2**20  # S3 and SeaweedFS refuse smaller parts (except the last one)
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-[0-9]+$")
+
+
+def s3_call(what: str, fn: Callable[[], T]) -> T:
+    """Run one S3 call, turning botocore errors into a one-line StorageError about ``what``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn()
+    except (BotoCoreError, ClientError) as exc:
+        raise describe_client_error(exc, what) from None
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError (``""`` for anything else)."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What S3 confirmed about an uploaded object: its size and ETag, and the parts sent."""
+
+    key: str
+    size: int
+    etag: str
+    parts: int
+
+
+class MultipartWriter:
+    """A write-only stream into one S3 object, uploaded in parts while the writer keeps writing.
+
+    Memory stays bounded: at most ``in_flight`` parts upload while one fills. Each part carries
+    its Content-MD5, so S3 refuses a part that arrived damaged, and the ETag it returns is
+    compared with that MD5. :meth:`close` completes the upload and checks with a HEAD that the
+    object has exactly the bytes written and the multipart ETag of those parts (MD5 of the part
+    MD5s). A stream smaller than one part becomes a single PUT. Any failure aborts the upload,
+    so no partial object is left behind. Raises StorageError (one line) on S3 errors.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        part_size: int = 16 * 2**20,
+        in_flight: int = 2,
+        content_type: str = "application/octet-stream",
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise BadInputError(f"the part size must be at least {MIN_PART_SIZE // 2**20} MiB")
+        self.client, self.bucket, self.key = client, bucket, key
+        self.part_size, self.content_type = part_size, content_type
+        self.size = 0
+        self._buffer = bytearray()
+        self._pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="s3-part")
+        self._slots = threading.Semaphore(max(1, in_flight))
+        self._parts: list[Future[tuple[int, str, bytes]]] = []
+        self._upload_id: str | None = None
+        self._closed = False
+
+    @property
+    def what(self) -> str:
+        return f"uploading s3://{self.bucket}/{self.key}"
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Buffer ``data``; every full part goes to the uploaders (blocks while they are busy)."""
+        self._buffer += data
+        self.size += len(data)
+        while len(self._buffer) >= self.part_size:
+            part = bytes(self._buffer[: self.part_size])
+            del self._buffer[: self.part_size]
+            self._submit(part)
+        return len(data)
+
+    def _submit(self, part: bytes) -> None:
+        if self._upload_id is None:
+            created = s3_call(
+                self.what,
+                lambda: self.client.create_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+                ),
+            )
+            self._upload_id = str(created["UploadId"])
+        for done in self._parts:
+            if done.done():
+                done.result()  # raise a failed part's error now rather than at close
+        self._slots.acquire()
+        future = self._pool.submit(self._upload_part, len(self._parts) + 1, part)
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._parts.append(future)
+
+    def _upload_part(self, number: int, data: bytes) -> tuple[int, str, bytes]:
+        digest = hashlib.md5(data).digest()
+        response = s3_call(
+            f"{self.what} (part {number})",
+            lambda: self.client.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number,
+                Body=data, ContentMD5=base64.b64encode(digest).decode(),
+            ),
+        )  # fmt: skip
+        etag = str(response["ETag"])
+        if _MD5_HEX.match(etag.strip('"')) and etag.strip('"') != digest.hex():
+            raise StorageError(
+                f"{self.what}: S3 stored part {number} with MD5 {etag.strip(chr(34))}, "
+                f"sent {digest.hex()}"
+            )
+        return number, etag, digest
+
+    def close(self) -> UploadResult:
+        """Send what is left, complete the upload and verify the object; returns what S3 holds."""
+        if self._closed:
+            raise StorageError(f"{self.what}: the upload is already closed")
+        self._closed = True
+        try:
+            if self._upload_id is None:
+                expected, parts = self._put_whole(), 1
+            else:
+                if self._buffer:
+                    self._submit(bytes(self._buffer))
+                    self._buffer.clear()
+                expected, parts = self._complete(), len(self._parts)
+            result = self._check(expected, parts)
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown()
+        return result
+
+    def _put_whole(self) -> str:
+        data = bytes(self._buffer)
+        digest = hashlib.md5(data).digest()
+        s3_call(
+            self.what,
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=data, ContentType=self.content_type,
+                ContentMD5=base64.b64encode(digest).decode(),
+            ),
+        )  # fmt: skip
+        return digest.hex()
+
+    def _complete(self) -> str:
+        results = [future.result() for future in self._parts]
+        listing = [{"PartNumber": number, "ETag": etag} for number, etag, _ in results]
+        s3_call(
+            self.what,
+            lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
+                MultipartUpload={"Parts": listing},
+            ),
+        )  # fmt: skip
+        self._upload_id = None  # completed: nothing to abort any more
+        combined = hashlib.md5(b"".join(digest for _, _, digest in results)).hexdigest()
+        return f"{combined}-{len(results)}"
+
+    def _check(self, expected_etag: str, parts: int) -> UploadResult:
+        head = s3_call(self.what, lambda: self.client.head_object(Bucket=self.bucket, Key=self.key))
+        size, etag = int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
+        problem = ""
+        if size != self.size:
+            problem = f"S3 holds {size} bytes, {self.size} were sent"
+        elif (_MD5_HEX.match(etag) or _MULTIPART_ETAG.match(etag)) and etag != expected_etag:
+            problem = f"S3 reports ETag {etag}, the parts sent make {expected_etag}"
+        if problem:
+            self._delete_quietly()
+            raise StorageError(f"{self.what}: the upload did not verify: {problem}")
+        return UploadResult(self.key, size, etag, parts)
+
+    def _delete_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+    def abort(self) -> None:
+        """Stop uploading and abort the multipart upload (never raises)."""
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=upload_id
+                )
+
+    def __enter__(self) -> MultipartWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+
+class RangedReader(io.RawIOBase):
+    """A read-only stream of one S3 object that survives dropped connections.
+
+    A broken or timed-out response is re-requested from the current offset with a ranged GET
+    (``If-Match`` the first ETag, so a replaced object is never spliced into the stream), up to
+    ``retries`` times in a row. Raises StorageError when the object cannot be read.
+    """
+
+    def __init__(self, client: Any, bucket: str, key: str, retries: int = 5) -> None:
+        super().__init__()
+        self.client, self.bucket, self.key, self.retries = client, bucket, key, retries
+        self.position = 0
+        self.size: int | None = None
+        self.etag: str | None = None
+        self._body: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def _open(self) -> None:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        if self.position:
+            params["Range"] = f"bytes={self.position}-"
+        if self.etag:
+            params["IfMatch"] = self.etag
+        response = s3_call(
+            f"reading s3://{self.bucket}/{self.key}", lambda: self.client.get_object(**params)
+        )
+        if self.etag is None:
+            self.etag = str(response.get("ETag", "")) or None
+            self.size = int(response["ContentLength"])
+        self._body = response["Body"]
+
+    def readinto(self, buffer: Any) -> int:
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        if self.size is not None and self.position >= self.size:
+            return 0
+        for attempt in range(self.retries + 1):
+            try:
+                if self._body is None:
+                    self._open()
+                data = self._body.read(len(buffer))
+                if not data and self.size is not None and self.position < self.size:
+                    raise OSError("the connection closed early")
+                break
+            except (BotoCoreError, Urllib3Error, OSError) as exc:
+                self._drop_body()
+                if attempt == self.retries:
+                    raise StorageError(
+                        f"reading s3://{self.bucket}/{self.key} at byte {self.position}: {exc}"
+                    ) from None
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def _drop_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
+
+
+def open_object(client: Any, bucket: str, key: str, buffer_size: int = 2**20) -> io.BufferedReader:
+    """A buffered, resumable read stream of one object (see :class:`RangedReader`)."""
+    return io.BufferedReader(RangedReader(client, bucket, key), buffer_size=buffer_size)
+
+
+def get_bytes(client: Any, bucket: str, key: str) -> bytes:
+    """The whole body of a small object; raises StorageError (NoSuchKey included)."""
+    with open_object(client, bucket, key) as stream:
+        return stream.read()
+
+
+def put_bytes(
+    client: Any, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+) -> UploadResult:
+    """PUT a small object with its Content-MD5 and verify what S3 stored."""
+    writer = MultipartWriter(client, bucket, key, content_type=content_type)
+    writer.write(data)
+    return writer.close()
+
+
+def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` (``Key``, ``Size``, ``LastModified``, ``ETag``), by key."""
+    paginator = client.get_paginator("list_objects_v2")
+    pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
+    what = f"listing s3://{bucket}/{prefix}"
+    iterator = iter(pages)
+    while True:
+        page = s3_call(what, lambda: next(iterator, None))
+        if page is None:
+            return
+        yield from page.get("Contents") or []
+
+
+def delete_objects(client: Any, bucket: str, keys: list[str]) -> None:
+    """Delete ``keys`` (1000 per request); raises StorageError naming the first failure."""
+    for start in range(0, len(keys), 1000):
+        delete = {"Objects": [{"Key": key} for key in keys[start : start + 1000]], "Quiet": True}
+        response = s3_call(
+            f"deleting from s3://{bucket}",
+            functools.partial(client.delete_objects, Bucket=bucket, Delete=delete),
+        )
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"deleting s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
+                f"{first.get('Message', '')}".strip()
+            )
+
+
+def abort_stale_uploads(client: Any, bucket: str, prefix: str, older_than: float) -> list[str]:
+    """Abort multipart uploads under ``prefix`` started more than ``older_than`` seconds ago.
+
+    What a killed writer leaves behind: invisible, but billed. Returns the keys aborted.
+    """
+    import time
+
+    listing = s3_call(
+        f"listing uploads in s3://{bucket}/{prefix}",
+        lambda: client.list_multipart_uploads(Bucket=bucket, Prefix=prefix),
+    )
+    aborted = []
+    for upload in listing.get("Uploads") or []:
+        started = upload.get("Initiated")
+        if started is not None and time.time() - started.timestamp() > older_than:
+            s3_call(
+                f"aborting the upload of {upload['Key']}",
+                functools.partial(
+                    client.abort_multipart_upload,
+                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"],
+                ),
+            )  # fmt: skip
+            aborted.append(str(upload["Key"]))
+    return aborted
