@@ -1,0 +1,690 @@
+"""`migrator swap`, `rollback` and `status` against the Kubernetes API test server.
+
+The cutover's quiesce is the real :class:`Quiescer` (suspend Flux, scale to 0); the copy and
+verify steps are written to the journal through :class:`Journal`, their documented contract.
+A small stand-in for Flux's helm-controller re-renders each resumed release's Deployment from its
+values, as the real one does after an upgrade.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from migrator.executors.kubernetes import ConfigMapStore, Quiescer
+from migrator.journal import Journal
+from migrator.kube import KubeClient
+from migrator.plan import Plan, load_plan
+from tests import tenant_media
+from tests.helpers import run_cli, validate_manifest
+from tests.kubeapi import (
+    Controller,
+    DeploymentController,
+    KubeAPIServer,
+    ReplicaSetController,
+    StatefulSetController,
+)
+from tests.kubeapi.controllers import controlled_by, pod_from_template
+from tests.kubeapi.store import ObjectStore
+
+NS = tenant_media.NAMESPACE
+HR = "helm.toolkit.fluxcd.io/v2"
+CSI_DRIVER = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "CSIDriver",
+    "metadata": {"name": "seaweedfs-csi-driver"},
+    "spec": {"attachRequired": False, "podInfoOnMount": True},
+}
+
+
+# --- stand-ins for what a cluster runs --------------------------------------------------------
+
+
+def _merged_values(store: ObjectStore, release: dict[str, Any]) -> dict[str, Any]:
+    """valuesFrom ConfigMaps first, spec.values on top (Flux's order)."""
+    values: dict[str, Any] = {}
+    configmaps = store.registry.by_kind("v1", "ConfigMap")
+    for ref in release["spec"].get("valuesFrom") or []:
+        found = store.get(configmaps, release["metadata"]["namespace"], ref["name"])
+        text = ((found or {}).get("data") or {}).get(ref.get("valuesKey") or "values.yaml")
+        if text:
+            _deep_merge(values, yaml.safe_load(text) or {})
+    _deep_merge(values, copy.deepcopy(release["spec"].get("values") or {}))
+    return values
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+class FakeHelmController(Controller):
+    """Renders each non-suspended release's claims into its Deployment (same name), like a helm
+    upgrade of app-template would: volume NAME mounts persistence.NAME.existingClaim."""
+
+    name = "fake-helm-controller"
+
+    def reconcile(self, store: ObjectStore) -> None:
+        releases = store.registry.by_kind(HR, "HelmRelease")
+        deployments = store.registry.by_kind("apps/v1", "Deployment")
+        for release in store.list_objects(releases)[0]:
+            if release["spec"].get("suspend"):
+                continue
+            persistence = _merged_values(store, release).get("persistence") or {}
+            meta = release["metadata"]
+            deployment = store.get(deployments, meta["namespace"], meta["name"])
+            if deployment is None:
+                continue
+            wanted = copy.deepcopy(deployment)
+            for volume in wanted["spec"]["template"]["spec"].get("volumes", []):
+                claim = (persistence.get(volume["name"]) or {}).get("existingClaim")
+                if claim and "persistentVolumeClaim" in volume:
+                    volume["persistentVolumeClaim"]["claimName"] = claim
+            if wanted["spec"]["template"] != deployment["spec"]["template"]:
+                store.update(
+                    deployments, meta["namespace"], meta["name"],
+                    lambda current, w=wanted: {**(current or w), "spec": {**(current or w)["spec"], "template": w["spec"]["template"]}},
+                )  # fmt: skip
+
+
+class StuckReplicaSetController(ReplicaSetController):
+    """Pods of the ``stuck`` app stay Pending (a FUSE mount that fails), with the kubelet's event."""
+
+    def __init__(self, stuck: str) -> None:
+        super().__init__()
+        self.stuck = stuck
+
+    def _sync(self, store: ObjectStore, resource: Any, replica_set: dict[str, Any]) -> None:
+        if not replica_set["metadata"]["name"].startswith(f"{self.stuck}-"):
+            super()._sync(store, resource, replica_set)
+            return
+        pods, events = store.registry.by_kind("v1", "Pod"), store.registry.by_kind("v1", "Event")
+        owned = controlled_by(store, replica_set, pods)
+        wanted = replica_set["spec"].get("replicas", 1)
+        name = f"{replica_set['metadata']['name']}-stuck"
+        if len(owned) < wanted:
+            template = replica_set["spec"]["template"]
+            pod = store.create(
+                pods, pod_from_template(replica_set, resource, template, name, store)
+            )
+            if store.get(events, NS, f"{name}.mount") is None:
+                store.create(events, {
+                    "apiVersion": "v1", "kind": "Event",
+                    "metadata": {"name": f"{name}.mount", "namespace": NS},
+                    "involvedObject": {"kind": "Pod", "name": name, "namespace": NS, "uid": pod["metadata"]["uid"]},
+                    "reason": "FailedMount", "type": "Warning",
+                    "message": 'MountVolume.SetUp failed for volume "media": driver name seaweedfs-csi-driver not found',
+                })  # fmt: skip
+        for pod in owned[wanted:]:
+            store.delete(pods, NS, pod["metadata"]["name"])
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plan_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, ...], str]]:
+    """Plans of tenant-media by 'migrator plan' options, made once per module (planning is the
+    slow part and its result depends only on the namespace)."""
+    cache: dict[tuple[str, ...], str] = {}
+    base = tmp_path_factory.mktemp("plans")
+    with KubeAPIServer(base / "kubeapi") as api:
+        api.seed(tenant_media.tenant_media())
+        for extra in ((), ("--move-config",), ("--target", "pvc:seaweedfs-storage")):
+            cwd = base / str(len(cache))
+            cwd.mkdir()
+            args = ("--target", "s3://media/migrated", *extra)
+            result = run_cli(
+                "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path),
+                "--s3-credentials-secret", tenant_media.SECRET_NAME, "--no-probe", *args, cwd=cwd,
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            cache[extra] = (cwd / "plans" / f"{NS}.yaml").read_text()
+        yield cache
+
+
+@pytest.fixture
+def cozy(tmp_path: Path) -> Iterator[KubeAPIServer]:
+    """tenant-media with the CSI driver installed and a helm-controller stand-in."""
+    with KubeAPIServer(tmp_path / "kubeapi") as api:
+        api.add_controller(FakeHelmController())
+        api.seed([*tenant_media.tenant_media(), CSI_DRIVER])
+        api.settle()
+        yield api
+
+
+def make_plan(texts: dict[tuple[str, ...], str], cwd: Path, *extra: str) -> Plan:
+    path = cwd / "plans" / f"{NS}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(texts[extra])
+    return load_plan(path)
+
+
+def journal_of(api: KubeAPIServer, plan: Plan) -> Journal:
+    kube = KubeClient(api.api_client())
+    return Journal(ConfigMapStore(kube, NS, plan.name), plan.name)
+
+
+def cut_over(
+    api: KubeAPIServer, plan: Plan, phase: str = "all", verified: bool | None = True
+) -> None:
+    """What 'migrator run --cutover' and 'migrator verify' leave behind."""
+    journal = journal_of(api, plan)
+    volumes = plan.volumes_for_phase(phase)
+    Quiescer(KubeClient(api.api_client()), NS, plan, journal, 30)(volumes, False)
+    for volume in volumes:
+        journal.record(volume["name"], "preseed", "done", files=10)
+        journal.record(volume["name"], "cutover", "done", files=10)
+        if verified is not None:  # as 'migrator verify' records it
+            status = "done" if verified else "failed"
+            journal.record(
+                volume["name"], "verify", status, ok=verified, differences=0 if verified else 2
+            )
+
+
+def snapshot(api: KubeAPIServer) -> dict[str, Any]:
+    """What swap and rollback may change: HelmRelease specs, Deployment specs, ConfigMap data."""
+    return {
+        **{f"hr/{o['metadata']['name']}": o["spec"] for o in api.list_objects(HR, "HelmRelease", NS)},
+        **{f"deploy/{o['metadata']['name']}": o["spec"] for o in api.list_objects("apps/v1", "Deployment", NS)},
+        **{f"cm/{o['metadata']['name']}": o.get("data") for o in api.list_objects("v1", "ConfigMap", NS)
+           if o["metadata"]["name"] != f"migrator-{NS}"},
+    }  # fmt: skip
+
+
+def cli(api: KubeAPIServer, command: str, plan: Plan, *args: str) -> tuple[int, Any, str]:
+    result = run_cli(
+        command, "--plan", str(plan.path), "--kubeconfig", str(api.kubeconfig_path), *args
+    )
+    data = json.loads(result.stdout) if "--json" in args and result.stdout.startswith("{") else None
+    return result.exit_code, data, result.output
+
+
+def ready(api: KubeAPIServer, name: str) -> bool:
+    deployment = api.get_object("apps/v1", "Deployment", NS, name) or {}
+    return (
+        (deployment.get("status") or {}).get("readyReplicas", 0)
+        >= deployment["spec"]["replicas"]
+        > 0
+    )
+
+
+def claims_of(api: KubeAPIServer, name: str) -> set[str]:
+    deployment = api.get_object("apps/v1", "Deployment", NS, name) or {}
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    return {v["persistentVolumeClaim"]["claimName"] for v in volumes}
+
+
+# --- swap then rollback -----------------------------------------------------------------------
+
+
+def test_swap_in_cluster_then_rollback_restores_everything(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path)
+    before = snapshot(api)
+    cut_over(api, plan)
+    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 0, output
+    assert [(v["volume"], v["status"], v["newClaim"]) for v in summary["volumes"]] == [
+        ("media", "swapped", "media-seaweedfs")
+    ]
+    pv = api.get_object("v1", "PersistentVolume", None, "tenant-media-media-seaweedfs")
+    pvc = api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs")
+    assert pv is not None and pvc is not None
+    assert (
+        pv["spec"]["csi"]["volumeAttributes"]["path"]
+        == f"/buckets/{tenant_media.BUCKET_NAME}/migrated/media"
+    )
+    for app in ("sonarr", "radarr"):
+        release = api.get_object(HR, "HelmRelease", NS, app)
+        assert (
+            release["spec"]["values"]["persistence"]["media"]["existingClaim"] == "media-seaweedfs"
+        )
+        assert "suspend" not in release["spec"]
+        assert ready(api, app)
+    assert ready(api, "prowlarr")
+
+    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 0, output
+    assert snapshot(api) == before
+    assert api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs") is not None  # kept
+    code, report, _ = cli(api, "status", plan, "--json")
+    assert code == 0
+    states = {v["volume"]: v["state"] for v in report["volumes"]}
+    assert states == {
+        "media": "rolled back", "prowlarr-config": "verified", "radarr-config": "verified",
+        "sonarr-config": "verified",
+    }  # fmt: skip
+
+
+def test_dry_run_changes_nothing(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path)
+    cut_over(api, plan)
+    before, journal = snapshot(api), journal_of(api, plan).store.load()
+    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--dry-run", "--json")
+    assert code == 0, output
+    assert summary["dryRun"] is True
+    assert [o["action"] for o in summary["volumes"][0]["objects"]] == ["would create"] * 2
+    validate_manifest(summary["volumes"][0]["objects"][0]["manifest"])
+    assert {p["name"] for p in summary["volumes"][0]["patches"]} == {"sonarr", "radarr"}
+    assert snapshot(api) == before
+    assert journal_of(api, plan).store.load() == journal
+    assert api.list_objects("v1", "PersistentVolume") == [
+        pv
+        for pv in api.list_objects("v1", "PersistentVolume")
+        if pv["metadata"]["name"].startswith("pvc-")
+    ]
+
+
+# --- GitOps: the user's Flux repo ----------------------------------------------------------------
+
+FLUX_HELMRELEASES = """\
+---
+# yaml-language-server: $schema=https://raw.githubusercontent.com/bjw-s/helm-charts/main/charts/other/app-template/schemas/helmrelease-helm-v2.schema.json
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: &app sonarr
+spec:
+  interval: 30m
+  chart:
+    spec:
+      chart: app-template
+      version: 3.7.3
+      sourceRef: {kind: HelmRepository, name: bjw-s, namespace: flux-system}
+  driftDetection:
+    mode: disabled
+  values:
+    controllers:
+      sonarr:
+        containers:
+          app:
+            image: {repository: ghcr.io/onedr0p/sonarr, tag: rolling}  # {"$imagepolicy": "flux-system:sonarr:tag"}
+    persistence:
+      config:
+        existingClaim: sonarr-config   # Linstor: SQLite stays on block storage
+      media:
+        existingClaim: "media"
+        globalMounts:
+          - path: /media
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: &name radarr
+  labels: {app.kubernetes.io/name: *name}
+spec:
+  interval: 30m
+  chart:
+    spec: {chart: app-template, version: 3.7.3, sourceRef: {kind: HelmRepository, name: bjw-s}}
+  values:
+    persistence:
+      config: {existingClaim: radarr-config}
+      media: {existingClaim: 'media', globalMounts: [{path: /media}]}
+"""
+
+
+def apply_from_git(api: KubeAPIServer, text: str) -> None:
+    """What Flux's kustomize-controller does after a push: the releases' values as in Git."""
+    custom = KubeClient(api.api_client()).custom
+    for document in yaml.safe_load_all(text):
+        persistence = document["spec"]["values"]["persistence"]
+        body = {"spec": {"values": {"persistence": persistence}}}
+        custom.patch_namespaced_custom_object(
+            "helm.toolkit.fluxcd.io", "v2", NS, "helmreleases", document["metadata"]["name"], body
+        )
+
+
+def test_gitops_swap_then_rollback_of_a_flux_repo(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path)
+    repo = tmp_path / "flux" / "apps" / "media"
+    repo.mkdir(parents=True)
+    releases = repo / "helmreleases.yaml"
+    releases.write_text(FLUX_HELMRELEASES)
+    before = snapshot(api)
+    cut_over(api, plan)
+    stopped = snapshot(api)
+
+    code, summary, output = cli(
+        api, "swap", plan, "--values-file", str(releases), "--dry-run", "--json"
+    )
+    assert code == 0, output
+    assert releases.read_text() == FLUX_HELMRELEASES
+    assert summary["files"][0]["written"] is False and summary["files"][0]["diff"]
+    assert api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs") is None
+
+    code, summary, output = cli(api, "swap", plan, "--values-file", str(releases), "--json")
+    assert code == 0, output
+    assert releases.read_text() == FLUX_HELMRELEASES.replace(
+        'existingClaim: "media"', 'existingClaim: "media-seaweedfs"'
+    ).replace("existingClaim: 'media'", "existingClaim: 'media-seaweedfs'")
+    diff = summary["files"][0]["diff"]
+    assert [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")] == [
+        '-        existingClaim: "media"', '+        existingClaim: "media-seaweedfs"',
+        "-      media: {existingClaim: 'media', globalMounts: [{path: /media}]}",
+        "+      media: {existingClaim: 'media-seaweedfs', globalMounts: [{path: /media}]}",
+    ]  # fmt: skip
+    assert api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs") is not None
+    assert snapshot(api) == stopped  # the cluster's releases and apps are Git's business now
+    assert any(s.startswith(f"commit and push: git add {releases}") for s in summary["next"])
+    assert "flux reconcile kustomization apps -n flux-system --with-source" in summary["next"]
+    assert (
+        f"start the apps on the new claims: migrator swap --plan {plan.path} --in-cluster"
+        in summary["next"]
+    )
+
+    apply_from_git(api, releases.read_text())  # the user pushed; Flux applied it
+    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 0, output
+    assert summary["volumes"][0]["status"] == "swapped"
+    assert summary["volumes"][0]["patches"] == []  # Git had already changed the values
+    assert claims_of(api, "sonarr") == {"sonarr-config", "media-seaweedfs"}
+    assert ready(api, "sonarr") and ready(api, "radarr") and ready(api, "prowlarr")
+
+    code, summary, output = cli(
+        api,
+        "rollback",
+        plan,
+        "--values-file",
+        str(releases),
+        "--in-cluster",
+        "--timeout",
+        "20",
+        "--json",
+    )
+    assert code == 0, output
+    assert releases.read_bytes() == FLUX_HELMRELEASES.encode()
+    assert snapshot(api) == before
+    assert summary["volumes"][0]["status"] == "rolled back"
+
+
+def test_values_from_a_configmap_are_rewritten_in_place(
+    plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    values = "# radarr values (configMapGenerator)\npersistence:\n  media:\n    enabled: true\n    existingClaim: media  # NFS\n"
+    objects = tenant_media.tenant_media()
+    radarr = next(
+        o for o in objects if o["kind"] == "HelmRelease" and o["metadata"]["name"] == "radarr"
+    )
+    del radarr["spec"]["values"]["persistence"]["media"]
+    radarr["spec"]["valuesFrom"] = [{"kind": "ConfigMap", "name": "radarr-values"}]
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "radarr-values", "namespace": NS},
+                 "data": {"values.yaml": values}}  # fmt: skip
+    with KubeAPIServer(tmp_path / "kubeapi") as api:
+        api.add_controller(FakeHelmController())
+        api.seed([*objects, configmap, CSI_DRIVER])
+        api.settle()
+        plan = make_plan(plan_texts, tmp_path)
+        before = snapshot(api)
+        cut_over(api, plan)
+        code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+        assert code == 0, output
+        data = api.get_object("v1", "ConfigMap", NS, "radarr-values")["data"]  # type: ignore[index]
+        assert data["values.yaml"] == values.replace(
+            "existingClaim: media ", "existingClaim: media-seaweedfs "
+        )
+        assert claims_of(api, "radarr") == {"radarr-config", "media-seaweedfs"}
+        assert {(p["target"], p["name"]) for p in summary["volumes"][0]["patches"]} == {
+            ("HelmRelease", "sonarr"), ("ConfigMap", "radarr-values"),
+        }  # fmt: skip
+        code, _, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20")
+        assert code == 0, output
+        assert snapshot(api) == before
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def _verify_before_cutover(journal: Journal) -> None:
+    def change(document: dict[str, Any]) -> None:
+        document["volumes"]["media"]["verify"]["at"] = "2020-01-01T00:00:00Z"
+
+    journal.update(change)
+
+
+@pytest.mark.parametrize(
+    ("verified", "tweak", "message"),
+    [
+        (None, None, "refusing to swap: media was not cut over"),
+        (None, "no-cutover", "refusing to swap: media was not cut over ('migrator run --plan"),
+        (False, None, "refusing to swap: the last verify of media found differences (2)"),
+        (True, "verify-first", "refusing to swap: media was not verified since its cutover"),
+    ],
+)
+def test_swap_refuses_without_cutover_and_passed_verify(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path,
+    verified: bool | None, tweak: str | None, message: str,
+) -> None:  # fmt: skip
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path)
+    if tweak != "no-cutover":
+        cut_over(api, plan, verified=verified)
+    if verified is None and tweak is None:
+        journal_of(api, plan).record("media", "verify", "running")
+        journal_of(api, plan).update(lambda d: d["volumes"]["media"].pop("cutover"))
+    if tweak == "verify-first":
+        _verify_before_cutover(journal_of(api, plan))
+    before = snapshot(api)
+    code, _, output = cli(api, "swap", plan, "--in-cluster")
+    assert code == 2
+    assert message in output
+    assert output.strip().endswith("or pass --force")
+    assert snapshot(api) == before
+    assert api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs") is None
+
+
+def test_force_swaps_with_a_warning(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path)
+    cut_over(api, plan, verified=False)
+    code, summary, output = cli(
+        api, "swap", plan, "--in-cluster", "--force", "--timeout", "20", "--json"
+    )
+    assert code == 0, output
+    assert (
+        summary["warnings"][0]
+        == "--force: swapping although the last verify of media found differences (2)"
+    )
+
+
+def test_swap_stops_when_the_cluster_has_no_seaweedfs_csi_driver(
+    plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    with KubeAPIServer(tmp_path / "kubeapi") as api:
+        api.seed(tenant_media.tenant_media())  # Cozystack: SeaweedFS without the CSI driver
+        plan = make_plan(plan_texts, tmp_path)
+        cut_over(api, plan)
+        before = snapshot(api)
+        code, _, output = cli(api, "swap", plan, "--in-cluster")
+        assert code == 3
+        assert "Error: the cluster has no CSIDriver seaweedfs-csi-driver" in output
+        assert "docs/how-to/swap-and-rollback.md" in output
+        assert snapshot(api) == before
+
+
+def test_swap_and_rollback_need_a_place_to_change(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    plan = make_plan(plan_texts, tmp_path)
+    for command in ("swap", "rollback"):
+        code, _, output = cli(cozy, command, plan)
+        assert code == 2
+        assert "say where the claim references live: --values-file PATH" in output
+    code, _, output = cli(
+        cozy, "swap", plan, "--values-file", str(tmp_path / "missing.yaml"), "--force"
+    )
+    assert code == 2
+    assert "does not exist" in output
+
+
+# --- partial swaps, failed cutovers, unhealthy apps ---------------------------------------------
+
+
+def test_partial_swap_keeps_the_failed_app_stopped_and_rollback_undoes_the_rest(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path, "--move-config")
+    squatter = {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "tenant-media-sonarr-config-seaweedfs"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                 "csi": {"driver": "seaweedfs-csi-driver", "volumeHandle": "x",
+                         "volumeAttributes": {"path": "/buckets/someone-else"}}},
+    }  # fmt: skip
+    api.seed([squatter])
+    before = snapshot(api)
+    cut_over(api, plan)
+    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 3
+    statuses = {v["volume"]: v["status"] for v in summary["volumes"]}
+    assert statuses == {
+        "media": "swapped", "prowlarr-config": "swapped", "radarr-config": "swapped",
+        "sonarr-config": "failed",
+    }  # fmt: skip
+    failed = next(v for v in summary["volumes"] if v["volume"] == "sonarr-config")
+    assert (
+        "already exists and serves seaweedfs-csi-driver:/buckets/someone-else" in failed["message"]
+    )
+    assert {r["name"]: r["action"] for r in summary["releases"]} == {
+        "prowlarr": "resumed",
+        "radarr": "resumed",
+        "sonarr": "left as is",
+    }
+    assert ready(api, "radarr") and ready(api, "prowlarr")
+    sonarr = api.get_object("apps/v1", "Deployment", NS, "sonarr")
+    assert sonarr["spec"]["replicas"] == 0  # type: ignore[index]
+    assert api.get_object(HR, "HelmRelease", NS, "sonarr")["spec"]["suspend"] is True  # type: ignore[index]
+    assert (
+        "Error: swap incomplete: sonarr-config: PersistentVolume tenant-media-sonarr-config-seaweedfs already exists"
+        in output
+    )
+
+    code, report, _ = cli(api, "status", plan, "--json")
+    assert {v["volume"]: v["state"] for v in report["volumes"]}["sonarr-config"] == "swap failed"
+
+    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 0, output
+    assert {v["volume"]: v["status"] for v in summary["volumes"]} == {
+        "media": "rolled back", "prowlarr-config": "rolled back", "radarr-config": "rolled back",
+        "sonarr-config": "rolled back",
+    }  # fmt: skip
+    assert snapshot(api) == before
+    assert all(ready(api, app) for app in ("sonarr", "radarr", "prowlarr"))
+
+
+def test_rollback_after_a_failed_cutover_starts_the_apps_again(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path)
+    before = snapshot(api)
+    cut_over(api, plan, verified=None)
+    journal_of(api, plan).record("media", "cutover", "failed", message="rclone exited 1")
+    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 0, output
+    assert summary["nothingToDo"] is False
+    assert {r["name"]: r["action"] for r in summary["releases"]} == dict.fromkeys(
+        ("prowlarr", "radarr", "sonarr"), "resumed"
+    )
+    assert {
+        w["workload"]: (w["action"], w["ready"]) for w in summary["workloads"]
+    } == dict.fromkeys(
+        ("Deployment/prowlarr", "Deployment/radarr", "Deployment/sonarr"), ("scaled", True)
+    )
+    assert snapshot(api) == before
+
+    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--json")
+    assert code == 0, output
+    assert summary["nothingToDo"] is True
+    code, _, output = cli(api, "rollback", plan, "--in-cluster")
+    assert "nothing to undo for phase all" in output
+
+
+def test_a_workload_that_does_not_become_ready_is_reported_with_its_events(
+    plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    controllers = [
+        DeploymentController(),
+        StuckReplicaSetController("sonarr"),
+        StatefulSetController(),
+    ]
+    with KubeAPIServer(tmp_path / "kubeapi", controllers=controllers) as api:
+        api.add_controller(FakeHelmController())
+        api.seed([*tenant_media.tenant_media(), CSI_DRIVER])
+        api.settle()
+        plan = make_plan(plan_texts, tmp_path)
+        cut_over(api, plan)
+        code, summary, _ = cli(api, "swap", plan, "--in-cluster", "--timeout", "1", "--json")
+        assert code == 3
+        sonarr = next(w for w in summary["workloads"] if w["workload"] == "Deployment/sonarr")
+        assert sonarr["ready"] is False
+        assert sonarr["message"] == "not Ready within the timeout (0/1 ready)"
+        assert any("Warning FailedMount: MountVolume.SetUp failed" in e for e in sonarr["events"])
+        assert ready(api, "radarr")
+        code, _, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "1")
+        assert code == 3
+        assert "Error: swap incomplete: Deployment/sonarr: not Ready within the timeout" in output
+        assert "FailedMount" in output
+
+
+def test_without_helm_controller_the_apps_are_not_started_on_the_old_claim(
+    plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    with KubeAPIServer(tmp_path / "kubeapi") as api:
+        api.seed([*tenant_media.tenant_media(), CSI_DRIVER])
+        plan = make_plan(plan_texts, tmp_path)
+        cut_over(api, plan)
+        code, summary, _ = cli(api, "swap", plan, "--in-cluster", "--timeout", "1", "--json")
+        assert code == 3
+        outcome = {w["workload"]: w for w in summary["workloads"]}
+        assert outcome["Deployment/sonarr"]["action"] == "left stopped"
+        assert (
+            "still mounts media: helm-controller has not applied the values"
+            in outcome["Deployment/sonarr"]["message"]
+        )
+        assert api.get_object("apps/v1", "Deployment", NS, "sonarr")["spec"]["replicas"] == 0  # type: ignore[index]
+        assert outcome["Deployment/prowlarr"]["ready"] is True  # it mounts nothing that moved
+
+
+def test_pvc_target_swaps_onto_the_runs_claim(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    from migrator.manifests import build_target_claim
+
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path, "--target", "pvc:seaweedfs-storage")
+    cut_over(api, plan)
+    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 3
+    assert (
+        "PersistentVolumeClaim media-seaweedfs-storage (the run's target) does not exist"
+        in summary["volumes"][0]["message"]
+    )
+    assert {r["name"]: r["action"] for r in summary["releases"]}["sonarr"] == "left as is"
+
+    api.seed([build_target_claim(plan.document, plan.volume("media"))])  # what the run created
+    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 0, output
+    assert summary["volumes"][0]["newClaim"] == "media-seaweedfs-storage"
+    assert claims_of(api, "radarr") == {"radarr-config", "media-seaweedfs-storage"}
+    assert api.get_object("v1", "PersistentVolume", None, "tenant-media-media-seaweedfs") is None
