@@ -3,6 +3,7 @@ verify, prune, and every error path a user can meet."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -256,7 +257,9 @@ def test_prune_keeps_what_the_policy_asks_and_never_the_newest(project: Project)
     repository = project.repository()
     nights = [datetime(2025, 1, 1, 3, tzinfo=UTC) + timedelta(days=d) for d in range(0, 40, 3)]
     for night in nights:
-        create_snapshot(repository, VOLUME, project.config, clock=lambda n=night: n)
+        create_snapshot(
+            repository, VOLUME, project.config, clock=functools.partial(lambda n: n, night)
+        )
     # A run that died long ago: an archive without its record.
     orphan = f"backups/{VOLUME}/20240101T030000Z.tar.zst"
     project.s3().put_object(Bucket=project.bucket, Key=orphan, Body=b"partial")

@@ -1,0 +1,282 @@
+"""Backups on a cluster: the CronJobs `backup install` renders (validated strictly), `--out` and
+`--apply`, and the rendered commands run for real by the API test server's Job controller: a
+backup of a PVC mounted read-only while the app writes, a restore Job into a PVC, a drill."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from migrator import manifests
+from migrator.plan import load_plan
+from migrator.samples import DatabaseWriter, SampleSizes, make_config_dir
+from migrator.seaweedfs import SeaweedFS
+from tests import tenant_media
+from tests.helpers import load_yaml, run_cli, validate_manifest
+from tests.kubeapi import JobController, KubeAPIServer
+
+NS = tenant_media.NAMESPACE
+SIZES = SampleSizes(covers=40, db_rows=300, cover_bytes=(512, 4096))
+
+
+@dataclass
+class Cozy:
+    api: KubeAPIServer
+    root: Path
+    bucket: str
+    server: SeaweedFS
+    claims: dict[tuple[str, str], Path]
+
+    def cli(self, *args: str) -> Any:
+        return run_cli(*args, "--kubeconfig", str(self.api.kubeconfig_path), cwd=self.root)
+
+    def plan(self, *extra: str) -> Path:
+        result = self.cli(
+            "plan", "-n", NS, "--target", "s3://media/migrated",
+            "--s3-credentials-secret", tenant_media.SECRET_NAME,
+            "--s3-endpoint", self.server.s3_endpoint,
+            "--backup-target", f"s3://{self.bucket}/backups", *extra,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return self.root / "plans" / f"{NS}.yaml"
+
+
+@pytest.fixture
+def cozy(tmp_path: Path, seaweedfs: SeaweedFS, bucket: str) -> Iterator[Cozy]:
+    """tenant-media with the config PVCs backed by directories and the Secret's keys real."""
+    claims: dict[tuple[str, str], Path] = {}
+    for app in tenant_media.APPS:
+        claims[(NS, f"{app}-config")] = make_config_dir(
+            tmp_path / "volumes" / app, app, SIZES, random.Random(app)
+        )
+    secret = tenant_media.credentials_secret(
+        access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key
+    )
+    secret["data"]["bucketName"] = base64.b64encode(bucket.encode()).decode()
+    with KubeAPIServer(tmp_path / "kubeapi") as api:
+        api.add_controller(JobController(claims))
+        api.seed(tenant_media.tenant_media(secret=secret))
+        yield Cozy(api, tmp_path, bucket, seaweedfs, claims)
+
+
+def container(cronjob: dict[str, Any]) -> dict[str, Any]:
+    [found] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return dict(found)
+
+
+def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
+    plan_path = cozy.plan()
+    result = run_cli(
+        "backup", "install", "--plan", str(plan_path), "--drill", "weekly", "--keep-daily", "10",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rendered = {m["metadata"]["name"]: m for m in json.loads(result.stdout)}
+    # Each RWO config PVC is attached on its app's node: one pod cannot mount them together.
+    assert sorted(rendered) == [
+        "migrator-backup-drill-tenant-media", "migrator-backup-prowlarr-config",
+        "migrator-backup-radarr-config", "migrator-backup-sonarr-config",
+    ]  # fmt: skip
+    for manifest in rendered.values():
+        validate_manifest(manifest)
+        assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "migrator"
+        assert len(manifest["metadata"]["name"]) <= 52
+    sonarr = rendered["migrator-backup-sonarr-config"]
+    spec = sonarr["spec"]
+    assert (spec["schedule"], spec["timeZone"], spec["concurrencyPolicy"]) == (
+        "0 3 * * *", "Etc/UTC", "Forbid",
+    )  # fmt: skip
+    assert spec["startingDeadlineSeconds"] == 3600
+    assert (spec["successfulJobsHistoryLimit"], spec["failedJobsHistoryLimit"]) == (3, 3)
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 2 and 3600 <= job["activeDeadlineSeconds"] <= 20 * 3600
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    nodes = load_plan(plan_path).volume("sonarr-config")["source"]["nodes"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == nodes
+    assert pod["volumes"][0] == {
+        "name": "source-0",
+        "persistentVolumeClaim": {"claimName": "sonarr-config", "readOnly": True},
+    }
+    main = container(sonarr)
+    assert main["image"] == load_plan(plan_path).spec["image"]
+    assert main["volumeMounts"][0] == {
+        "name": "source-0", "mountPath": "/mnt/source/sonarr-config", "readOnly": True,
+    }  # fmt: skip
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]}
+    assert main["resources"]["limits"]["memory"] == "1Gi"
+    assert main["command"] == [
+        "migrator", "agent", "backup", "--to", f"s3://{cozy.bucket}/backups",
+        "--plan-name", NS, "--tmp-dir", "/tmp",
+        "--volume", "sonarr-config", "/mnt/source/sonarr-config", "--app", "sonarr-config=sonarr",
+        "--keep-last", "0", "--keep-daily", "10", "--keep-weekly", "4", "--keep-monthly", "6",
+    ]  # fmt: skip
+    env = {e["name"]: e for e in main["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == cozy.server.s3_endpoint
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+        "secretKeyRef": {"name": tenant_media.SECRET_NAME, "key": "accessKey"}
+    }
+    assert cozy.server.secret_key not in result.stdout  # by reference only, never by value
+
+    drill = rendered["migrator-backup-drill-tenant-media"]
+    assert drill["spec"]["schedule"] == "30 4 * * 0"
+    assert container(drill)["command"] == [
+        "migrator", "agent", "backup-drill", "--from", f"s3://{cozy.bucket}/backups",
+        "--volume", "prowlarr-config", "--volume", "radarr-config", "--volume", "sonarr-config",
+        "--scratch", "/mnt/restore", "--max-age-hours", "48",
+    ]  # fmt: skip
+    drill_pod = drill["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert all("persistentVolumeClaim" not in v for v in drill_pod["volumes"])
+
+
+def test_one_cronjob_per_plan_when_one_pod_can_mount_every_volume(cozy: Cozy) -> None:
+    document = load_plan(cozy.plan()).document
+    for volume in document["spec"]["volumes"]:
+        volume["source"].pop("nodes", None)  # e.g. RWX, or the apps share a node
+    files = manifests.render_backups(document)
+    [(name, cronjob)] = files.items()
+    assert name == "migrator-backup-tenant-media.yaml"
+    validate_manifest(cronjob)
+    mounts = container(cronjob)["volumeMounts"]
+    assert [m["mountPath"] for m in mounts] == [
+        "/mnt/source/prowlarr-config", "/mnt/source/radarr-config",
+        "/mnt/source/sonarr-config", "/tmp",
+    ]  # fmt: skip
+    assert all(m["readOnly"] for m in mounts[:3])
+
+
+def test_install_out_writes_files_for_the_flux_repository(cozy: Cozy) -> None:
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    out = cozy.root / "flux" / "backups"
+    result = run_cli("backup", "install", "--plan", str(plan_path), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "kustomization.yaml", "migrator-backup-tenant-media.yaml",
+    ]  # fmt: skip
+    assert load_yaml(out / "kustomization.yaml")["resources"] == [
+        "migrator-backup-tenant-media.yaml"
+    ]
+    validate_manifest(load_yaml(out / "migrator-backup-tenant-media.yaml"))
+    (out / "kustomization.yaml").write_text("resources: [mine.yaml]\n")
+    result = run_cli("backup", "install", "--plan", str(plan_path), "--out", str(out))
+    assert result.exit_code == 0
+    assert (out / "kustomization.yaml").read_text() == "resources: [mine.yaml]\n"  # left alone
+
+
+def test_install_apply_creates_the_cronjob_server_side(cozy: Cozy) -> None:
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    for _ in range(2):  # idempotent
+        result = cozy.cli(
+            "backup", "install", "--plan", str(plan_path), "--apply", "--drill", "daily"
+        )
+        assert result.exit_code == 0, result.output
+    stored = cozy.api.get_object("batch/v1", "CronJob", NS, "migrator-backup-tenant-media")
+    assert stored is not None and stored["spec"]["concurrencyPolicy"] == "Forbid"
+    managers = {m["manager"] for m in stored["metadata"].get("managedFields", [])}
+    assert managers == {"migrator"}
+    drill = cozy.api.get_object("batch/v1", "CronJob", NS, "migrator-backup-drill-tenant-media")
+    assert drill is not None and drill["spec"]["schedule"] == "30 4 * * *"
+
+
+def test_bad_install_requests_are_bad_input(cozy: Cozy, tmp_path: Path) -> None:
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    result = run_cli("backup", "install", "--plan", str(plan_path), "--schedule", "nightly")
+    assert result.exit_code == 2 and "is not a cron expression" in result.output
+    media = cozy.plan("--volume", "media")
+    result = run_cli("backup", "install", "--plan", str(media))
+    assert result.exit_code == 2 and "has no config volumes to back up" in result.output
+
+
+def rows(path: Path) -> int:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(connection.execute("select count(*) from Writes").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) -> None:
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    source = cozy.claims[(NS, "sonarr-config")]
+    database = source / "sonarr.db"
+    with DatabaseWriter(database) as writer:
+        while writer.rows_written < 20:
+            writer.stopping.wait(0.01)
+        before = rows(database)
+        result = cozy.cli("backup", "run", "--plan", str(plan_path), "--json")
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["executor"] == "kubernetes"
+    [volume] = outcome["volumes"]
+    assert volume["status"] == "done" and volume["databases"] == ["logs.db", "sonarr.db"]
+    [job_name] = outcome["jobs"]
+    job = cozy.api.get_object("batch/v1", "Job", NS, job_name)
+    assert job is not None
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+
+    # Restoring into the live claim is refused while the app's pod mounts it.
+    live = cozy.cli(
+        "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
+        "--to-pvc", "sonarr-config", "--force",
+    )  # fmt: skip
+    assert live.exit_code == 2
+    assert (
+        "is mounted by running pod(s) sonarr-" in live.output
+        and "stop the app first" in live.output
+    )
+
+    restored = cozy.root / "volumes" / "sonarr-restored"
+    restored.mkdir()
+    cozy.claims[(NS, "sonarr-restored")] = restored
+    cozy.api.seed(
+        [tenant_media.pvc("sonarr-restored", "2Gi", "replicated", ["ReadWriteOnce"], None)]
+    )
+    result = cozy.cli(
+        "backup", "restore", volume["snapshot"], "--plan", str(plan_path), "--volume",
+        "sonarr-config", "--to-pvc", "sonarr-restored", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["databases"] == ["logs.db", "sonarr.db"]
+    assert rows(restored / "sonarr.db") >= before
+    assert (restored / "config.xml").read_bytes() == (source / "config.xml").read_bytes()
+
+    drill_cronjob = manifests.build_drill_cronjob(load_plan(plan_path).document, "30 4 * * 0")
+    drill_job = manifests.job_from_cronjob(drill_cronjob, "migrator-backup-drill-now")
+    from migrator.executors.kubernetes import KubernetesExecutor
+    from migrator.kube import KubeClient
+
+    kube = KubeClient.from_kubeconfig(str(cozy.api.kubeconfig_path))
+    events: list[dict[str, Any]] = []
+    drilled = KubernetesExecutor(kube, 120).run_job(drill_job, lambda _i, e: events.append(e))
+    assert drilled.succeeded, drilled.message
+    done = [e for e in events if e.get("event") == "done"]
+    assert done and done[-1]["ok"] and done[-1]["volumes"][0]["snapshot"] == volume["snapshot"]
+
+
+def test_listing_from_a_workstation_uses_its_own_endpoint_and_keys(cozy: Cozy) -> None:
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    s3 = boto3.client(
+        "s3", endpoint_url=cozy.server.s3_endpoint, aws_access_key_id=cozy.server.access_key,
+        aws_secret_access_key=cozy.server.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+    assert s3.list_objects_v2(Bucket=cozy.bucket).get("KeyCount") == 0
+    result = run_cli(
+        "backup", "list", "--plan", str(plan_path), "--json",
+        env={"AWS_ACCESS_KEY_ID": cozy.server.access_key, "AWS_SECRET_ACCESS_KEY": cozy.server.secret_key},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["snapshots"] == []
