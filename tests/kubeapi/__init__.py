@@ -14,8 +14,10 @@ Where it is deliberately different from a real apiserver:
 - Unknown fields are 422 Invalid (the apiserver's default is to drop them with a warning).
 - Deletion is immediate (no deletionTimestamp, finalizers or grace periods) and garbage
   collection of dependents is synchronous.
-- Only Deployment, ReplicaSet and StatefulSet have controllers: their pods are Running and Ready
-  at once; other pods stay Pending, PVCs stay Pending (no binder), DaemonSets do nothing.
+- Only Deployment, ReplicaSet and StatefulSet have controllers by default: their pods are Running
+  and Ready at once; other pods stay Pending, PVCs stay Pending (no binder), DaemonSets do
+  nothing. Jobs run for real once a test adds ``JobController`` (``jobs.py``): it executes each
+  pod's command on this host with PVCs mapped to directories.
 - Server-side apply records Apply managers only; conflicts are detected between appliers.
 - No RBAC or admission webhooks: ``deny()`` rules are the only way to get a 403.
 """
@@ -29,6 +31,7 @@ from .controllers import (
     default_controllers,
 )
 from .errors import ApiError
+from .jobs import JobController
 from .resources import ResourceType
 from .server import DenyRule, KubeAPIServer, RequestRecord, kube_api_server
 from .store import DeleteOptions, ObjectStore, WatchEvent
@@ -42,6 +45,7 @@ __all__ = [
     "DeleteOptions",
     "DenyRule",
     "DeploymentController",
+    "JobController",
     "KubeAPIServer",
     "ObjectStore",
     "ReplicaSetController",
