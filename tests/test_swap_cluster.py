@@ -688,3 +688,38 @@ def test_pvc_target_swaps_onto_the_runs_claim(
     assert summary["volumes"][0]["newClaim"] == "media-seaweedfs-storage"
     assert claims_of(api, "radarr") == {"radarr-config", "media-seaweedfs-storage"}
     assert api.get_object("v1", "PersistentVolume", None, "tenant-media-media-seaweedfs") is None
+
+
+def test_rollback_without_the_changed_files_is_partial_until_they_are_passed(
+    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+) -> None:
+    api = cozy
+    plan = make_plan(plan_texts, tmp_path)
+    releases = tmp_path / "helmreleases.yaml"
+    releases.write_text(FLUX_HELMRELEASES)
+    cut_over(api, plan)
+    code, _, output = cli(
+        api, "swap", plan, "--values-file", str(releases), "--in-cluster", "--timeout", "20"
+    )
+    assert code == 0, output
+
+    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
+    assert code == 3
+    media = summary["volumes"][0]
+    assert media["status"] == "partly rolled back"
+    assert media["message"] == f"{releases} still name media-seaweedfs: re-run with --values-file"
+    assert {w["workload"]: w["action"] for w in summary["workloads"]}[
+        "Deployment/sonarr"
+    ] == "left as is"
+    assert api.get_object(HR, "HelmRelease", NS, "sonarr")["spec"]["values"]["persistence"]["media"] == {  # type: ignore[index]
+        "existingClaim": "media", "globalMounts": [{"path": "/media"}]
+    }  # fmt: skip
+    code, report, _ = cli(api, "status", plan, "--json")
+    assert report["volumes"][0]["state"] == "partly rolled back"
+
+    code, summary, output = cli(api, "rollback", plan, "--values-file", str(releases), "--json")
+    assert code == 0, output
+    assert summary["volumes"][0]["status"] == "rolled back"
+    assert releases.read_text() == FLUX_HELMRELEASES
+    code, report, _ = cli(api, "status", plan, "--json")
+    assert report["volumes"][0]["state"] == "rolled back"
