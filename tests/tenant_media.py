@@ -204,12 +204,15 @@ def helmrelease(
 
 
 def credentials_secret(
-    host: str = S3_HOST, access_key: str = "AKIAEXAMPLE", secret_key: str = "topsecretvalue"
+    host: str = S3_HOST,
+    access_key: str = "AKIAEXAMPLE",
+    secret_key: str = "topsecretvalue",
+    bucket: str = BUCKET_NAME,
 ) -> dict[str, Any]:
     info = {
         "metadata": {"name": "bc-media-admin"},
         "spec": {
-            "bucketName": BUCKET_NAME,
+            "bucketName": bucket,
             "authenticationType": "KEY",
             "secretS3": {
                 "endpoint": f"https://{host}",
@@ -229,7 +232,7 @@ def credentials_secret(
             "accessKey": _b64(access_key),
             "secretKey": _b64(secret_key),
             "endpoint": _b64(host),
-            "bucketName": _b64(BUCKET_NAME),
+            "bucketName": _b64(bucket),
             "BucketInfo": _b64(json.dumps(info)),
         },
     }
