@@ -36,7 +36,11 @@ def cli_reference() -> str:
     ]
     for path, command in [("migrator", cli), *_commands(cli, "migrator")]:
         with click.Context(
-            command, info_name=path, terminal_width=100, max_content_width=100
+            command,
+            info_name=path,
+            terminal_width=100,
+            max_content_width=100,
+            help_option_names=["-h", "--help"],  # as the real CLI; click caches the option
         ) as ctx:
             text = command.get_help(ctx)
         lines += [
