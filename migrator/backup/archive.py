@@ -80,14 +80,58 @@ def _kind(mode: int) -> str:
     return "o"
 
 
+_TYPES = {"f": b"0", "d": b"5", "l": b"2"}
+_OCTAL_LIMITS = (8**7, 8**11)  # 8-byte and 12-byte numeric fields
+
+
 def tar_header(
     path: bytes, kind: str, size: int, st: os.stat_result, linkname: bytes = b""
 ) -> bytes:
-    """A pax tar header for one member (numeric owners, whole-second mtime)."""
+    """A tar header for one member (numeric owners, whole-second mtime).
+
+    Short ASCII names with ordinary numbers get a plain ustar header built here (tarfile takes
+    ~30 µs a header, which shows on 20,000 covers); anything else gets tarfile's pax header.
+    """
+    size = size if kind == "f" else 0
+    mtime = st.st_mtime_ns // 1_000_000_000
+    name = path + b"/" if kind == "d" else path
+    small, large = _OCTAL_LIMITS
+    if (
+        len(name) <= 100 and len(linkname) <= 100 and name.isascii() and linkname.isascii()
+        and 0 <= st.st_uid < small and 0 <= st.st_gid < small and size < large and 0 <= mtime < large
+    ):  # fmt: skip
+        return _ustar(name, kind, size, mtime, st, linkname)
+    return _pax(path, kind, size, mtime, st, linkname)
+
+
+def _ustar(
+    name: bytes, kind: str, size: int, mtime: int, st: os.stat_result, linkname: bytes
+) -> bytes:
+    header = b"".join(
+        (
+            name.ljust(100, b"\0"),
+            b"%07o\0" % stat.S_IMODE(st.st_mode),
+            b"%07o\0" % st.st_uid,
+            b"%07o\0" % st.st_gid,
+            b"%011o\0" % size,
+            b"%011o\0" % mtime,
+            b"        ",  # the checksum counts itself as spaces
+            _TYPES[kind],
+            linkname.ljust(100, b"\0"),
+            b"ustar\x0000",
+            bytes(32 + 32 + 8 + 8 + 155 + 12),
+        )
+    )
+    checksum = b"%06o\0 " % sum(header)
+    return header[:148] + checksum + header[156:]
+
+
+def _pax(
+    path: bytes, kind: str, size: int, mtime: int, st: os.stat_result, linkname: bytes
+) -> bytes:
     info = tarfile.TarInfo(os.fsdecode(path))
     info.type = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE}[kind]
-    info.size = size if kind == "f" else 0
-    info.mtime = st.st_mtime_ns // 1_000_000_000
+    info.size, info.mtime = size, mtime
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
     info.uname = info.gname = ""

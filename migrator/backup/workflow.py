@@ -62,7 +62,7 @@ def open_repository(plan: Plan, endpoint: str | None = None) -> BackupRepository
     """The plan's backups, reached from this machine."""
     location = backup_location(plan)
     settings = S3Settings.from_environment(endpoint or plan.spec["target"].get("endpoint"))
-    return BackupRepository(make_client(settings), location)
+    return BackupRepository(make_client(settings, flexible_checksums=False), location)
 
 
 def check_schedule(schedule: str) -> str:

@@ -456,7 +456,8 @@ def _agent_repository(url: str) -> Any:
     from migrator.backup.repository import BackupRepository
     from migrator.objectstore import S3Location, S3Settings, make_client
 
-    return BackupRepository(make_client(S3Settings.from_environment(None)), S3Location.parse(url))
+    settings = S3Settings.from_environment(None)
+    return BackupRepository(make_client(settings, flexible_checksums=False), S3Location.parse(url))
 
 
 @agent_group.command("backup")
