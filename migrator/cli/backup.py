@@ -143,18 +143,22 @@ class _Progress:
             disable=not enabled,
         )
         self.tasks: dict[str, Any] = {}
+        self.started = False
 
     def __enter__(self) -> _Progress:
-        self.progress.__enter__()
-        return self
+        return self  # started by the first event: an error before it prints nothing else
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
+        if self.started:
+            self.progress.__exit__(None, None, None)
 
     def __call__(self, event: dict[str, Any]) -> None:
         volume, kind = event.get("volume"), event.get("event")
         if not volume:
             return
+        if not self.started:
+            self.progress.__enter__()
+            self.started = True
         if volume not in self.tasks:
             self.tasks[volume] = self.progress.add_task(volume, total=None, files=0)
         if kind == "progress":
