@@ -40,8 +40,8 @@ STATE_HEADER = "#migrator-copy-state v1"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 LINK_SUFFIX = ".rclonelink"
-CHECKPOINT_SECONDS = 20.0
-CHECKPOINT_FILES = 5000
+# Progress is saved this often while rclone runs (and always when it stops, even on a signal).
+CHECKPOINT_SECONDS = 30.0
 
 Signature = tuple[int, int]  # (size, mtime_ns)
 Emit = Callable[[dict[str, Any]], None]
@@ -358,10 +358,7 @@ class StateRecorder:
         if path in self.current:
             self.state[path] = self.current[path]
             self.pending += 1
-            if (
-                self.pending >= CHECKPOINT_FILES
-                or time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS
-            ):
+            if time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
                 self.checkpoint()
 
     def made_dir(self, path: str) -> None:
