@@ -445,7 +445,7 @@ def build_seaweedfs_volume(plan: dict[str, Any], volume: dict[str, Any]) -> dict
         },
     }
     manifest = _object("v1", "PersistentVolume", name, plan, labels(plan, volume, "swap"), spec)
-    del manifest["metadata"]["namespace"]  # cluster-scoped
+    manifest["metadata"].pop("namespace", None)  # cluster-scoped
     return manifest
 
 

@@ -28,6 +28,36 @@ DEMO_SIZES = SampleSizes(
 )
 
 
+SAMPLE_HELMRELEASE = """\
+# Sonarr, deployed with the bjw-s app-template (what a Flux repository holds)
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: sonarr
+  namespace: tenant-media
+spec:
+  interval: 30m
+  chart:
+    spec:
+      chart: app-template
+      version: 3.7.3
+      sourceRef: {kind: HelmRepository, name: bjw-s, namespace: flux-system}
+  values:
+    controllers:
+      sonarr:
+        containers:
+          app:
+            image: {repository: ghcr.io/onedr0p/sonarr, tag: rolling}
+    persistence:
+      config:
+        existingClaim: sonarr-config   # stays on block storage: SQLite
+      media:
+        existingClaim: "media"         # the shared library
+        globalMounts:
+          - path: /media
+"""
+
+
 class DemoNarrator(Protocol):
     def step(self, title: str, detail: str = "") -> None: ...
 
@@ -214,7 +244,37 @@ class Demo:
         return report
 
     def _extra_steps(self, plan: Any, tree: SampleTree, server: SeaweedFS) -> None:
-        """Swap and backup steps, when those commands are available."""
+        self._swap_values_file(plan)
+        self._backups(plan, tree)
+
+    def _swap_values_file(self, plan: Any) -> None:
+        """The GitOps half of ``migrator swap --values-file``: the same rewrite, shown as a diff."""
+        from migrator.manifests import (
+            swap_claim_name,
+        )
+        from migrator.values import rewrite_claims
+
+        self.narrator.step(
+            "migrator swap --values-file",
+            "point the HelmRelease at the new claim; every other byte kept",
+        )
+        media = plan.volume("media")
+        values = self.work / "flux" / "sonarr-helmrelease.yaml"
+        values.parent.mkdir(parents=True, exist_ok=True)
+        values.write_text(SAMPLE_HELMRELEASE)
+        rewrite = rewrite_claims(
+            values.read_text(), {"media": swap_claim_name(plan.document, media)}, str(values)
+        )
+        values.write_text(rewrite.text)
+        for line in rewrite.diff("flux/sonarr-helmrelease.yaml").splitlines():
+            self.narrator.result(line, ok=True)
+        self.narrator.result(
+            "on a cluster, 'migrator swap' also creates the static PV/PVC over the bucket"
+        )
+        self._record("swap-values-file", len(rewrite.changes) == 1, changes=len(rewrite.changes))
+
+    def _backups(self, plan: Any, tree: SampleTree) -> None:
+        """Backup steps, when the backup commands are available."""
 
     def _corrupt_and_catch(self, plan: Any, server: SeaweedFS) -> None:
         from migrator.objectstore import S3Settings, make_client
