@@ -126,12 +126,15 @@ def _error_name(exc: sqlite3.Error) -> str:
 def _copy_stable(source: Path, dest: Path, work: Path) -> str:
     """Copy one database by the first method that works here; returns the method's name."""
     wal, shm = Path(f"{source}-wal"), Path(f"{source}-shm")
-    try:
-        _backup(uri(source, mode="ro"), dest)
-        return "read-only"
-    except sqlite3.OperationalError as exc:
-        if _error_name(exc) != "SQLITE_CANTOPEN" or shm.exists():
-            raise
+    # A closed database (no -wal, no -shm) is read without locks: on a writable directory
+    # mode=ro would create -wal/-shm beside it and, read-only, could not remove them again.
+    if wal.exists() or shm.exists():
+        try:
+            _backup(uri(source, mode="ro"), dest)
+            return "read-only"
+        except sqlite3.OperationalError as exc:
+            if _error_name(exc) != "SQLITE_CANTOPEN" or shm.exists():
+                raise
     before = (_signature(source), _signature(wal))
     if before[1] is None:
         _backup(uri(source, immutable="1"), dest)
