@@ -164,7 +164,11 @@ def test_backup_while_the_app_writes_then_list_and_restore(project: Project) -> 
 
 
 def test_restore_refuses_a_non_empty_target_and_force_replaces_it(project: Project) -> None:
-    create_snapshot(project.repository(), VOLUME, project.config)
+    before = sorted(p.name for p in project.config.iterdir())
+    record = create_snapshot(project.repository(), VOLUME, project.config)
+    # Closed databases are read without creating -wal/-shm beside them: the source is untouched.
+    assert sorted(p.name for p in project.config.iterdir()) == before
+    assert {d["method"] for d in record["databases"]} == {"immutable"}
     target = project.root / "restored"
     target.mkdir()
     (target / "sonarr.db-wal").write_bytes(b"stale WAL of another database")

@@ -15,9 +15,10 @@ What works on a read-only mount (measured on SQLite 3.40 and documented in
   Locks only work between processes of one kernel: the backup pod must run on the node where
   the app mounts the volume (an RWO volume forces that anyway).
 - App stopped cleanly (no ``-wal``, no ``-shm``): ``mode=ro`` fails with SQLITE_CANTOPEN
-  because the ``-shm`` cannot be created. Nobody writes, so the file is read with
-  ``immutable=1`` (no locks, no WAL); the database's size and mtime are compared before and
-  after, and a writer that appeared meanwhile makes the copy start again in ``mode=ro``.
+  because the ``-shm`` cannot be created (and on a writable directory it would create
+  ``-wal``/``-shm`` it cannot remove). Nobody writes, so the file is read with
+  ``immutable=1`` (no locks, no WAL) straight away; the database's size and mtime are compared
+  before and after, and a writer that appeared meanwhile makes the copy start again.
 - A ``-wal`` without its ``-shm`` (a crashed app, no writer): the database and its WAL are
   copied byte for byte to the temporary directory, checked unchanged, and SQLite recovers the
   WAL there before the backup API copies it.
