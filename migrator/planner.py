@@ -102,7 +102,13 @@ def build_plan_document(
     }
     if request.backup_target:
         backup = S3Location.parse(request.backup_target)
-        spec["backup"] = {"url": backup.url, "bucket": backup.bucket, "prefix": backup.prefix}
+        bucket = backup.bucket
+        requested = (
+            S3Location.parse(request.target).bucket if request.target.startswith("s3://") else None
+        )
+        if target.location is not None and bucket == requested:
+            bucket = target.location.bucket  # the same Bucket app: use the name COSI assigned
+        spec["backup"] = {"url": backup.url, "bucket": bucket, "prefix": backup.prefix}
     spec.update(
         image=request.image,
         moveConfig=request.move_config,

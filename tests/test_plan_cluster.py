@@ -67,7 +67,7 @@ def test_discovery_and_classification(cluster: KubeAPIServer, tmp_path: Path) ->
 def test_cosi_secret_gives_bucket_and_endpoint_but_no_secret_values(
     cluster: KubeAPIServer, tmp_path: Path
 ) -> None:
-    result = s3_plan(cluster, tmp_path)
+    result = s3_plan(cluster, tmp_path, "--backup-target", "s3://media/backups")
     assert result.exit_code == 0, result.output
     text = (tmp_path / "plans" / f"{NS}.yaml").read_text()
     document = load_yaml(tmp_path / "plans" / f"{NS}.yaml")
@@ -75,6 +75,7 @@ def test_cosi_secret_gives_bucket_and_endpoint_but_no_secret_values(
     assert target["bucket"] == tenant_media.BUCKET_NAME
     assert target["endpoint"] == f"https://{tenant_media.S3_HOST}"
     assert target["credentialsSecret"] == tenant_media.SECRET_NAME
+    assert document["spec"]["backup"]["bucket"] == tenant_media.BUCKET_NAME  # same Bucket app
     assert "unreachable from here" in target["probe"]  # in-cluster endpoint: a warning only
     for secret in ("topsecretvalue", "AKIAEXAMPLE"):
         assert secret not in text
