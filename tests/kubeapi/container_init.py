@@ -194,8 +194,10 @@ def build_root(spec: dict[str, Any]) -> None:
         mount(volume["source"], target, None, MS_BIND | MS_REC)
         if volume["readOnly"]:
             remount_read_only(target)
+    # A shadow is as writable as what it covers: read-only on the (read-only) root, writable
+    # inside a writable volume such as an emptyDir at /tmp holding a bound-back checkout.
     for directory, was_read_only in shadowed.items():
-        if was_read_only or spec.get("readOnlyRoot"):
+        if was_read_only:
             remount_read_only(directory)
     os.chroot(root)
 

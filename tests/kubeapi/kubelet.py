@@ -541,6 +541,19 @@ def signal_group(pid: int, number: int) -> None:
 
 # --- one pod ------------------------------------------------------------------------------------
 
+# The test suite's own checkout: an editable install imports the package from here.
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def host_paths_to_keep(path_prepend: list[str]) -> list[str]:
+    """Host directories the pod's tools need even where a volume is mounted over them (a clone
+    under /tmp behind a pod's private /tmp): the PATH additions, the virtualenv, and the
+    checkout that the editable install points into."""
+    keep = list(dict.fromkeys(os.path.realpath(p) for p in (*path_prepend, sys.prefix, _PROJECT_ROOT)))
+    # One bind covers everything below it (a venv inside the checkout comes with it).
+    return [p for p in keep if not any(p != q and _is_under(p, q) for q in keep)]
+
+
 
 @dataclass
 class KubeletConfig:
@@ -773,9 +786,11 @@ class PodRun:
         if all(m.target.rstrip("/") != "/tmp" for m in mounts):
             mounts = [*mounts, Mount(self._dir / "tmp", "/tmp", read_only_root)]
         ordered = sorted(mounts, key=lambda m: len(PurePosixPath(m.target).parts))
+        # Bound back as they are (remounting a bind of the host's own tree read-only fails with
+        # EINVAL under a read-only root); nothing in a pod writes there.
         ordered += [
-            Mount(Path(tools), tools, True)
-            for tools in self.kubelet.path_prepend
+            Mount(Path(tools), tools, False)
+            for tools in host_paths_to_keep(self.kubelet.path_prepend)
             if Path(tools).is_dir() and any(_is_under(tools, m.target) for m in mounts)
         ]
         return {
