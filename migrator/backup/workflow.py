@@ -211,14 +211,9 @@ def run_backup(
 
 def local_executor(plan: Plan) -> Any:
     """The local executor with the plan's source directories as its claims."""
-    from migrator.executors.local import LocalExecutor
+    from migrator.executors.local import LocalExecutor, local_claims
 
-    claims = {
-        v["source"].get("pvc", v["name"]): Path(v["source"]["path"])
-        for v in plan.volumes
-        if v["source"].get("path")
-    }
-    return LocalExecutor(claims)
+    return LocalExecutor(local_claims(plan.volumes))
 
 
 # --- from this machine ------------------------------------------------------------------------

@@ -45,6 +45,15 @@ def environment_secret(name: str, key: str) -> str:
     return value
 
 
+def local_claims(volumes: list[dict[str, Any]]) -> dict[str, Path]:
+    """Claim name -> directory for the volumes of a ``--source-dir`` plan (what the Jobs mount)."""
+    return {
+        v["source"].get("pvc", v["name"]): Path(v["source"]["path"])
+        for v in volumes
+        if v["source"].get("path")
+    }
+
+
 class LocalExecutor:
     """Runs Jobs as local processes. ``claims`` maps PVC names to host directories."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
@@ -107,15 +106,11 @@ def load_manifest(plan: Plan, volume: dict[str, Any], step: str) -> dict[str, An
 
 def local_context(plan: Plan, parallel: int | None) -> RunContext:
     """Local executor, journal file and lock file beside the plan."""
-    from migrator.executors.local import LocalExecutor
+    from migrator.executors.local import LocalExecutor, local_claims
 
     if plan.path is None:
         raise BadInputError("a local run needs a plan file")
-    claims = {
-        v["source"].get("pvc", v["name"]): Path(v["source"]["path"])
-        for v in plan.volumes
-        if v["source"].get("path")
-    }
+    claims = local_claims(plan.volumes)
     missing = [v["name"] for v in plan.volumes if not v["source"].get("path")]
     if missing:
         raise BadInputError(
