@@ -103,7 +103,7 @@ def test_malformed_yaml_and_missing_file(tmp_path: Path) -> None:
     assert result.output == f"Error: plan file '{tmp_path / 'nope.yaml'}' does not exist\n"
 
 
-def test_plan_holds_no_secret_values(plan_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_holds_no_secret_values(plan_path: Path) -> None:
     text = plan_path.read_text()
     assert "secretKey:" not in text and "AWS_SECRET" not in text
     assert validate_document(yaml.safe_load(text)) == []

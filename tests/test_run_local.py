@@ -115,11 +115,6 @@ def test_preseed_change_cutover_and_verify(tmp_path: Path, s3_env: SeaweedFS, bu
     )
     # the copied database is consistent
     restored = tmp_path / "restored.db"
-    restored.write_bytes(
-        rclone(s3_env, "cat", f"s3:{bucket}/arr/sonarr-config/sonarr.db").stdout.encode("latin-1")
-        if False
-        else b""
-    )
     db = subprocess.run(
         [find_rclone(), "cat", f"s3:{bucket}/arr/sonarr-config/sonarr.db"],
         env=rclone_env(s3_env),
