@@ -3,7 +3,7 @@
 The listing (ListObjectsV2) gives keys, sizes, ETags and LastModified; it is sorted here
 by relative path bytes, because SeaweedFS lists a directory's children before its siblings
 (``a/b`` before ``a-c``). Objects are then fetched by worker processes, each running threads
-with keep-alive connections (:mod:`migrator.checksum.s3get`): small objects in batches, a few
+with keep-alive connections (:mod:`migrator.s3wire`): small objects in batches, a few
 GETs pipelined per connection, big ones as parallel ranged GETs hashed in order. The listing
 is held in memory to be sorted (about 200 bytes per object). mtime, mode, uid and gid come from the rclone metadata
 headers of the GET responses (``x-amz-meta-mtime`` seconds, ``-mode`` octal, ``-uid``, ``-gid``).
@@ -42,8 +42,8 @@ from migrator.checksum.entry import (
 from migrator.checksum.errors import ChecksumError
 from migrator.checksum.local import pool_context
 from migrator.checksum.pipeline import HashStats, Progress, ProgressBatcher, Ready, run_in_order
-from migrator.checksum.s3get import Endpoint, GetClient, Response, list_objects
 from migrator.objectstore import S3Settings
+from migrator.s3wire import Client, Endpoint, Response, list_objects
 
 LINK_SUFFIX = ".rclonelink"
 PART_SIZE = 8 << 20  # one ranged GET of a big object
@@ -67,7 +67,7 @@ def list_prefix(settings: S3Settings, bucket: str, prefix: str) -> Iterator[List
     """
     base = prefix.strip("/")
     start = f"{base}/" if base else ""
-    client = GetClient(Endpoint.from_settings(settings))
+    client = Client(Endpoint.from_settings(settings), error=ChecksumError)
     try:
         for key, size, etag, modified in list_objects(client, bucket, start):
             relative = key[len(start) :]
@@ -148,7 +148,7 @@ class _Worker:
     """Per-process state: one GET client and one thread pool, made on first use."""
 
     def __init__(self, endpoint: Endpoint, threads: int) -> None:
-        self.client = GetClient(endpoint)
+        self.client = Client(endpoint, error=ChecksumError)
         self.pool = ThreadPoolExecutor(max(threads, RANGES_IN_FLIGHT), thread_name_prefix="s3-get")
         self.threads = threads
         self.local = threading.local()
