@@ -17,6 +17,7 @@ on a file system.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -35,6 +36,15 @@ from typing import IO, Any
 import xxhash
 
 from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
+from migrator.uploader import (
+    Destination,
+    Uploader,
+    UploadReport,
+    can_upload,
+    extension,
+    flag_value,
+    native_destination,
+)
 
 STATE_HEADER = "#migrator-copy-state v1"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -242,6 +252,25 @@ class Rclone:
         return files, dirs
 
 
+def rclone_content_types(rclone: Rclone, extensions: set[str]) -> dict[str, str]:
+    """The Content-Type rclone sends for each file name extension, asked of rclone itself
+    (``lsjson`` of one empty file per extension): its MIME table is Go's, plus the system's."""
+    wanted = sorted(e for e in extensions if e and "\x00" not in e and len(e) < 250)
+    if not wanted:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="migrator-types-") as scratch:
+        for ext in wanted:
+            with contextlib.suppress(OSError):
+                Path(scratch, "x" + ext).touch()
+        result = rclone.run("lsjson", "--files-only", "--no-modtime", scratch)
+    if result.returncode != 0:
+        raise OperationFailedError(f"rclone lsjson: {_last_error(result.stderr)}")
+    types = {}
+    for item in json.loads(result.stdout or b"[]"):
+        types[str(item["Name"])[1:]] = str(item.get("MimeType") or "application/octet-stream")
+    return types
+
+
 def _is_not_found(stderr: bytes) -> bool:
     text = stderr.decode(errors="replace").lower()
     return "not found" in text or "doesn't exist" in text or "no such" in text
@@ -267,6 +296,9 @@ class CopyRequest:
     skip_live_sqlite: bool = False
     shard: Shard = field(default_factory=Shard)
     rclone_flags: list[str] = field(default_factory=list)
+    # "auto": S3 destinations are written by migrator.uploader where it is exactly equivalent
+    # to rclone; "rclone": rclone moves every file.
+    uploader: str = "auto"
 
 
 @dataclass
@@ -278,6 +310,7 @@ class CopyOutcome:
     deleted: int
     skipped_sqlite: list[str]
     seconds: float
+    native: int = 0  # files stored by migrator's own uploader (the rest of ``copied``: rclone)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -288,6 +321,7 @@ class CopyOutcome:
             "deleted": self.deleted,
             "skippedSqlite": self.skipped_sqlite,
             "seconds": round(self.seconds, 3),
+            "native": self.native,
         }
 
 
@@ -316,8 +350,24 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     emit({"event": "plan", "files": len(tree.files), "bytes": tree.total_bytes,
           "toCopy": len(todo), "toCopyBytes": todo_bytes, "skippedSqlite": tree.skipped_sqlite})  # fmt: skip
     recorder = StateRecorder(rclone, location, previous, tree.files)
-    if todo:
-        _transfer(request, rclone, todo, todo_bytes, recorder, emit, trusted=location is not None)
+    destination = None
+    if todo and location and request.uploader == "auto":
+        destination = native_destination(request.dest, request.rclone_flags)
+    rest, native = todo, []
+    if destination is not None:
+        native = [p for p in todo if can_upload(p, tree.files[p][0])]
+        rest = [p for p in todo if not can_upload(p, tree.files[p][0])]
+        _upload(request, rclone, destination, native, todo, todo_bytes, tree, recorder, emit)
+    if rest:
+        done_files, done_bytes = (
+            len(todo) - len(rest),
+            sum(tree.files[p][0] for p in todo if p in recorder.done),
+        )
+        emit_rest = _with_offset(emit, done_files, done_bytes, len(todo), todo_bytes)
+        rest_bytes = sum(tree.files[p][0] for p in rest)
+        _transfer(
+            request, rclone, rest, rest_bytes, recorder, emit_rest, trusted=location is not None
+        )
     for directory in new_dirs:
         _make_dir(request, rclone, directory)
         recorder.made_dir(directory)
@@ -331,6 +381,7 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         deleted=deleted,
         skipped_sqlite=tree.skipped_sqlite,
         seconds=time.monotonic() - started,
+        native=len(native),
     )
     emit({"event": "done", **outcome.as_dict()})
     return outcome
@@ -353,10 +404,11 @@ class StateRecorder:
         self.last_checkpoint = time.monotonic()
         self.done: set[str] = set()
 
-    def copied(self, path: str) -> None:
+    def copied(self, path: str, signature: Signature | None = None) -> None:
+        """``path`` is stored, with the content it had at ``signature`` (default: the walk's)."""
         self.done.add(path)
         if path in self.current:
-            self.state[path] = self.current[path]
+            self.state[path] = signature or self.current[path]
             self.pending += 1
             if time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
                 self.checkpoint()
@@ -380,6 +432,67 @@ class StateRecorder:
             }
         self.pending = max(self.pending, 1)
         self.checkpoint()
+
+
+def _upload(
+    request: CopyRequest,
+    rclone: Rclone,
+    destination: Destination,
+    paths: list[str],
+    todo: list[str],
+    todo_bytes: int,
+    tree: SourceTree,
+    recorder: StateRecorder,
+    emit: Emit,
+) -> None:
+    """Store ``paths`` with the native uploader; raises on a partial copy, saving progress."""
+    if not paths:
+        return
+    threads = flag_value(request.rclone_flags, "--transfers", 4)
+    types = rclone_content_types(rclone, {extension(path) for path in paths})
+    uploader = Uploader(destination, str(request.source), threads, types)
+    started = time.monotonic()
+
+    def tick(report: UploadReport) -> None:
+        sent = min(uploader.bytes_sent, todo_bytes)
+        speed = sent / max(time.monotonic() - started, 1e-3)
+        eta = (todo_bytes - sent) / speed if speed > 0 else None
+        emit({"event": "progress", "bytes": sent, "totalBytes": todo_bytes,
+              "files": report.uploaded, "totalFiles": len(todo), "speed": speed,
+              "eta": eta, "errors": len(report.failures)})  # fmt: skip
+
+    try:
+        with _SignalGuard():
+            report = uploader.run(paths, recorder.copied, tick, tree.files)
+    except (Interrupted, KeyboardInterrupt):
+        recorder.checkpoint()
+        emit({"event": "error", "message": "interrupted: progress saved, re-run to resume"})
+        raise InterruptedRunError("interrupted: progress saved, re-run to resume") from None
+    if report.vanished:
+        emit({"event": "vanished", "files": report.vanished[:100], "count": len(report.vanished)})
+    if report.failures:
+        recorder.checkpoint()
+        for failure in report.failures[:20]:
+            emit({"event": "error", "message": failure.message, "object": failure.path})
+        fatal = next((f for f in report.failures if f.fatal), None)
+        if fatal is not None:
+            raise OperationFailedError(fatal.message)
+        raise OperationFailedError(
+            f"{len(report.failures)} of {len(paths)} files could not be stored (first: "
+            f"{report.failures[0].message}): the copy is partial; re-run to resume"
+        )
+
+
+def _with_offset(emit: Emit, files: int, size: int, total_files: int, total_bytes: int) -> Emit:
+    """An emitter adding what an earlier stage copied to the progress of a later one."""
+
+    def emit_with_offset(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            event = {**event, "files": event["files"] + files, "bytes": event["bytes"] + size,
+                     "totalFiles": total_files, "totalBytes": total_bytes}  # fmt: skip
+        emit(event)
+
+    return emit_with_offset
 
 
 def _transfer(

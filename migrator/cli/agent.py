@@ -40,6 +40,14 @@ def agent_group() -> None:
 @click.option(
     "--shard", metavar="INDEX/COUNT", help="Copy only this partition of the files (Indexed Jobs)."
 )
+@click.option(
+    "--uploader",
+    type=click.Choice(["auto", "rclone"]),
+    default="auto",
+    show_default=True,
+    help="auto: S3 destinations are written by migrator's own uploader where that is exactly "
+    "what rclone would store (rclone takes the rest); rclone: rclone moves every file.",
+)
 @click.argument("rclone_flags", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
 def agent_copy(**options: Any) -> None:
@@ -54,6 +62,7 @@ def agent_copy(**options: Any) -> None:
         skip_live_sqlite=options["skip_live_sqlite"],
         shard=Shard.parse(options["shard"]),
         rclone_flags=list(options["rclone_flags"]),
+        uploader=options["uploader"],
     )
     run_copy(request, json_lines(sys.stdout))
 

@@ -1,0 +1,176 @@
+"""The copy agent's own S3 uploader, against real SeaweedFS and real rclone.
+
+The uploader may only be used where it stores exactly what ``rclone copy --metadata --links``
+would, so the main test copies one tree with each and compares every object and its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from migrator.seaweedfs import SeaweedFS
+from migrator.uploader import INLINE_MAX_BYTES, Uploader, native_destination
+from tests.helpers import run_cli
+
+FLAGS = ["--transfers", "4", "--metadata", "--links", "--s3-no-check-bucket", "--s3-no-head",
+         "--s3-disable-checksum"]  # fmt: skip
+
+
+def remote_env(server: SeaweedFS, secret: str | None = None) -> dict[str, str]:
+    """The variables a copy Job gets: an rclone remote named ``dest``."""
+    return {
+        "RCLONE_CONFIG_DEST_TYPE": "s3",
+        "RCLONE_CONFIG_DEST_PROVIDER": "SeaweedFS",
+        "RCLONE_CONFIG_DEST_ENDPOINT": server.s3_endpoint,
+        "RCLONE_CONFIG_DEST_FORCE_PATH_STYLE": "true",
+        "RCLONE_CONFIG_DEST_ACCESS_KEY_ID": server.access_key,
+        "RCLONE_CONFIG_DEST_SECRET_ACCESS_KEY": secret or server.secret_key,
+    }
+
+
+def agent_copy(
+    server: SeaweedFS, source: Path, dest: str, *extra: str, secret: str | None = None
+) -> tuple[int, list[dict[str, Any]], str]:
+    bucket_and_prefix = dest.removeprefix("dest:")
+    args = ["agent", "copy", "--source", str(source), "--dest", dest,
+            "--state", f"dest:{bucket_and_prefix}-state", *extra, "--", *FLAGS]  # fmt: skip
+    result = run_cli(*args, env=remote_env(server, secret))
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.exit_code, events, result.output
+
+
+def s3(server: SeaweedFS) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+
+
+def stored(server: SeaweedFS, bucket: str, prefix: str) -> dict[str, tuple[Any, ...]]:
+    """key -> (content, content type, user metadata) of every object under ``prefix/``."""
+    client = s3(server)
+    objects = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for item in page.get("Contents", []):
+            got = client.get_object(Bucket=bucket, Key=item["Key"])
+            objects[item["Key"][len(prefix) + 1 :]] = (
+                got["Body"].read(), got["ContentType"], got["Metadata"])  # fmt: skip
+    return objects
+
+
+def odd_tree(root: Path) -> Path:
+    (root / "MediaCover" / "12").mkdir(parents=True)
+    (root / "Backups").mkdir()
+    (root / "config.xml").write_text("<Config><Port>7878</Port></Config>\n")
+    (root / "config.xml").chmod(0o600)
+    (root / "MediaCover" / "12" / "poster.jpg").write_bytes(os.urandom(40_000))
+    (root / "MediaCover" / "12" / "fanart 1 (ünïcödé).png").write_bytes(os.urandom(3000))
+    (root / "empty.log").write_bytes(b"")
+    (root / "Backups" / "big.zip").write_bytes(os.urandom(INLINE_MAX_BYTES * 3 + 17))  # sendfile
+    (root / "Backups" / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "Backups" / "script.sh").chmod(0o755)
+    (root / "latest").symlink_to("Backups/big.zip")
+    os.utime(root / "config.xml", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    return root
+
+
+def test_native_uploads_store_exactly_what_rclone_stores(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    source = odd_tree(tmp_path / "radarr")
+    code, events, output = agent_copy(seaweedfs, source, f"dest:{bucket}/native")
+    assert code == 0, output
+    done = events[-1]
+    assert done["event"] == "done" and done["copied"] == 7 and done["native"] == 7
+    code, events, output = agent_copy(
+        seaweedfs, source, f"dest:{bucket}/rclone", "--uploader", "rclone"
+    )
+    assert code == 0, output
+    assert events[-1]["native"] == 0
+    ours, theirs = stored(seaweedfs, bucket, "native"), stored(seaweedfs, bucket, "rclone")
+    assert sorted(ours) == sorted(theirs)
+    assert "latest.rclonelink" in ours and ours["latest.rclonelink"][0] == b"Backups/big.zip"
+    for key, (content, ctype, meta) in theirs.items():
+        our_content, our_ctype, our_meta = ours[key]
+        assert our_content == content, key
+        assert our_ctype == ctype, key
+        for name in ("mtime", "mode", "uid", "gid"):
+            assert our_meta[name] == meta[name], (key, name)
+    assert ours["config.xml"][2]["mtime"] == "1600000000.123456789"
+    assert ours["config.xml"][2]["mode"] == "100600"
+
+
+def test_rerun_after_a_change_sends_only_the_changed_file(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    source = odd_tree(tmp_path / "radarr")
+    assert agent_copy(seaweedfs, source, f"dest:{bucket}/v")[0] == 0
+    (source / "config.xml").write_text("<Config><Port>7879</Port></Config>\n")
+    code, events, _ = agent_copy(seaweedfs, source, f"dest:{bucket}/v")
+    assert code == 0
+    assert events[-1]["copied"] == 1 and events[-1]["native"] == 1
+    assert stored(seaweedfs, bucket, "v")["config.xml"][0] == b"<Config><Port>7879</Port></Config>\n"
+
+
+def test_wrong_secret_is_one_clear_error(tmp_path: Path, seaweedfs: SeaweedFS, bucket: str) -> None:
+    source = odd_tree(tmp_path / "radarr")
+    started = time.monotonic()
+    code, _events, output = agent_copy(
+        seaweedfs, source, f"dest:{bucket}/v", secret="not-the-secret"
+    )
+    assert code == 3
+    assert "check the credentials" in output or "SignatureDoesNotMatch" in output
+    assert "not-the-secret" not in output
+    assert time.monotonic() - started < 30  # no retrying what cannot succeed
+
+
+def test_a_file_gone_since_the_walk_is_skipped_not_failed(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    source = odd_tree(tmp_path / "radarr")
+    destination = native_destination(f"dest:{bucket}/v", FLAGS, remote_env(seaweedfs))
+    assert destination is not None
+    signatures = {"config.xml": (36, 0), "deleted-meanwhile.txt": (5, 0)}
+    copied: dict[str, tuple[int, int]] = {}
+    report = Uploader(destination, str(source), threads=2).run(
+        list(signatures), lambda path, sig: copied.__setitem__(path, sig), lambda r: None, signatures
+    )
+    assert report.vanished == ["deleted-meanwhile.txt"]
+    assert report.failures == []
+    st = (source / "config.xml").stat()
+    assert copied == {"config.xml": (st.st_size, st.st_mtime_ns)}  # what was read, not the walk's
+
+
+@pytest.mark.parametrize(
+    ("change", "native"),
+    [
+        ({}, True),
+        ({"RCLONE_CONFIG_DEST_SERVER_SIDE_ENCRYPTION": "AES256"}, False),
+        ({"RCLONE_CONFIG_DEST_ENV_AUTH": "true"}, False),
+        ({"RCLONE_CONFIG_DEST_FORCE_PATH_STYLE": "false"}, False),
+        ({"RCLONE_BWLIMIT": "10M"}, False),
+        ({"RCLONE_CONFIG_DEST_TYPE": "local"}, False),
+    ],
+)
+def test_anything_the_uploader_does_not_reproduce_goes_to_rclone(
+    seaweedfs: SeaweedFS, change: dict[str, str], native: bool
+) -> None:
+    env = {**remote_env(seaweedfs), "RCLONE_CONFIG_DIR": "/tmp/rclone", **change}
+    assert (native_destination("dest:bucket/a/b", FLAGS, env) is not None) is native
+
+
+def test_unknown_flags_and_other_remotes_go_to_rclone(seaweedfs: SeaweedFS) -> None:
+    env = remote_env(seaweedfs)
+    found = native_destination("dest:bucket/a/b", FLAGS, env)
+    assert found is not None and (found.bucket, found.prefix) == ("bucket", "a/b")
+    assert native_destination("dest:bucket/a", [*FLAGS, "--bwlimit", "1M"], env) is None
+    assert native_destination("dest:bucket/a", [*FLAGS, "--exclude=*.tmp"], env) is None
+    assert native_destination("other:bucket/a", FLAGS, env) is None
+    assert native_destination("/mnt/dest", FLAGS, env) is None
