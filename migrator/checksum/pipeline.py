@@ -1,11 +1,14 @@
-"""Ordered, bounded batching: work goes out in batches, results come back in input order."""
+"""Ordered, bounded batching: work goes out in batches, results come back in input order.
+
+Plain classes, not dataclasses: this module is on the import path of a one-shot hashing job,
+where importing ``dataclasses`` (and ``inspect`` with it) costs about 10 ms of a 0.15 s run.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 W = TypeVar("W")  # a unit of work (a path, an object)
@@ -15,16 +18,19 @@ T = TypeVar("T")  # what the stream yields (entries)
 Progress = Callable[[int, int], None]  # (files, bytes) increments
 
 
-@dataclass
 class HashStats:
     """Counters of one run: everything listed, and what was read versus taken from the cache."""
 
-    files: int = 0
-    bytes: int = 0
-    hashed_files: int = 0
-    hashed_bytes: int = 0
-    cached_files: int = 0
-    cached_bytes: int = 0
+    __slots__ = ("bytes", "cached_bytes", "cached_files", "files", "hashed_bytes", "hashed_files")
+
+    def __init__(self) -> None:
+        self.files = self.bytes = 0
+        self.hashed_files = self.hashed_bytes = 0
+        self.cached_files = self.cached_bytes = 0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        return f"HashStats({fields})"
 
 
 class ProgressBatcher:
@@ -49,19 +55,23 @@ class ProgressBatcher:
         self.files = self.bytes = 0
 
 
-@dataclass
 class Ready(Generic[T]):
     """A stream item that needs no work (a symlink, a cache hit): passed through in place."""
 
-    value: T
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
 
 
-@dataclass
 class _Segment(Generic[T, W, R]):
-    items: list[Ready[T] | W] = field(default_factory=list)
-    work: list[W] = field(default_factory=list)
-    weight: int = 0
-    result: Future[list[R]] | list[R] | None = None
+    __slots__ = ("items", "result", "weight", "work")
+
+    def __init__(self) -> None:
+        self.items: list[Ready[T] | W] = []
+        self.work: list[W] = []
+        self.weight = 0
+        self.result: Future[list[R]] | list[R] | None = None
 
 
 def run_in_order(
