@@ -173,11 +173,12 @@ def extension(relpath: str) -> str:
 
 def metadata_headers(st: os.stat_result) -> dict[str, str]:
     """What ``rclone --metadata`` stores for a local file (atime/btime left out: not kept)."""
-    mtime = st.st_mtime_ns
+    seconds, nanos = divmod(st.st_mtime_ns, 1_000_000_000)
+    fraction = f"{nanos:09d}".rstrip("0")  # as rclone writes it: 1600000000.5, 1600000000
     return {
         "x-amz-meta-gid": str(st.st_gid),
         "x-amz-meta-mode": f"{st.st_mode:o}",
-        "x-amz-meta-mtime": f"{mtime // 1_000_000_000}.{mtime % 1_000_000_000:09d}",
+        "x-amz-meta-mtime": f"{seconds}.{fraction}" if fraction else str(seconds),
         "x-amz-meta-uid": str(st.st_uid),
     }
 

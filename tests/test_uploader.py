@@ -78,6 +78,8 @@ def odd_tree(root: Path) -> Path:
     (root / "Backups" / "script.sh").chmod(0o755)
     (root / "latest").symlink_to("Backups/big.zip")
     os.utime(root / "config.xml", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.utime(root / "empty.log", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    os.utime(root / "Backups" / "script.sh", ns=(1_600_000_000_500_000_000,) * 2)
     return root
 
 
@@ -105,6 +107,8 @@ def test_native_uploads_store_exactly_what_rclone_stores(
             assert our_meta[name] == meta[name], (key, name)
     assert ours["config.xml"][2]["mtime"] == "1600000000.123456789"
     assert ours["config.xml"][2]["mode"] == "100600"
+    assert ours["empty.log"][2]["mtime"] == "1600000000"  # trailing zeros trimmed, as rclone does
+    assert ours["Backups/script.sh"][2]["mtime"] == "1600000000.5"
 
 
 def test_rerun_after_a_change_sends_only_the_changed_file(

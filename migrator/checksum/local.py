@@ -243,6 +243,7 @@ def _file_work(
 # A batch whose files average this much is hashed by a thread: hashing, which releases the GIL,
 # dominates its per-file interpreter work.
 THREAD_BATCH_AVERAGE = 1 << 20
+HASH_THREAD_PREFIX = "migrator-hash"
 
 
 class _HybridPool(Executor):
@@ -257,7 +258,9 @@ class _HybridPool(Executor):
         work: list[_FileWork] = args[0]
         if sum(size for _, size in work) >= THREAD_BATCH_AVERAGE * len(work):
             if self._threads is None:
-                self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="hash")
+                self._threads = ThreadPoolExecutor(
+                    self.workers, thread_name_prefix=HASH_THREAD_PREFIX
+                )
             return self._threads.submit(fn, *args, **kwargs)
         if self._processes is None:
             from concurrent.futures import ProcessPoolExecutor
@@ -279,16 +282,22 @@ def _make_pool(workers: int) -> Callable[[], Executor]:
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
-    """``fork`` when this process runs one thread, else ``forkserver``.
+    """``fork`` when this process runs no other thread than ours, else ``forkserver``.
 
     fork starts workers in ~10 ms against ~150 ms for the first forkserver, which matters for a
     20,000-file tree hashed in 0.2 s; but forking a process that runs other threads (a progress
-    bar) can copy a held lock into the child, so then the forkserver is worth its cost.
+    bar) can copy a held lock into the child, so then the forkserver is worth its cost. Our own
+    hashing threads do not count: they only read files and hash buffers (no Python lock held
+    across either), and a forked worker never touches their pool.
     """
     import multiprocessing
 
-    method = "fork" if threading.active_count() == 1 else "forkserver"
-    return multiprocessing.get_context(method)
+    others = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.name.startswith(HASH_THREAD_PREFIX)
+    ]
+    return multiprocessing.get_context("forkserver" if others else "fork")
 
 
 def cache_identity(root: Path) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import http.client
 import itertools
 import os
 import queue
@@ -43,7 +42,7 @@ from migrator.checksum.errors import ChecksumError
 from migrator.checksum.local import pool_context
 from migrator.checksum.pipeline import HashStats, Progress, ProgressBatcher, Ready, run_in_order
 from migrator.objectstore import S3Settings
-from migrator.s3wire import Client, Endpoint, Response, list_objects
+from migrator.s3wire import Client, Endpoint, ProtocolError, Response, list_objects
 
 LINK_SUFFIX = ".rclonelink"
 PART_SIZE = 8 << 20  # one ranged GET of a big object
@@ -210,7 +209,7 @@ class _Fetcher:
             try:
                 for response in worker.client.pipeline(self.bucket, [item[1] for item in items]):
                     results.append(self._consume(worker, items[len(results)], response))
-            except (OSError, ValueError, http.client.HTTPException):
+            except (OSError, ValueError, ProtocolError):
                 worker.client.reset()
         for item in items[len(results) :]:
             results.append(self._whole(worker, item))
