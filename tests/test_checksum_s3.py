@@ -174,6 +174,20 @@ def test_big_objects_are_hashed_from_ranged_gets(
     assert compare(hash_tree(tmp_path, workers=1), iter(remote)).ok
 
 
+def test_big_objects_below_the_range_threshold_are_streamed_side_by_side(
+    settings: S3Settings, client: Any, bucket: str, tmp_path: Path
+) -> None:
+    bodies = {f"movie {index}.mkv": os.urandom((3 << 20) + index) for index in range(5)}
+    for name, body in bodies.items():
+        (tmp_path / name).write_bytes(body)
+        client.put_object(Bucket=bucket, Key=name, Body=body)
+    remote = list(hash_s3_prefix(settings, bucket, workers=1, threads=4))
+    assert [(e.path.decode(), e.size, e.xxh3) for e in remote] == [
+        (name, len(body), xxhash.xxh3_128_hexdigest(body)) for name, body in sorted(bodies.items())
+    ]
+    assert compare(hash_tree(tmp_path, workers=1), iter(remote)).ok
+
+
 def test_objects_without_rclone_metadata_have_unknown_metadata(
     settings: S3Settings, client: Any, bucket: str
 ) -> None:
