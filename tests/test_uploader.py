@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ def stored(server: SeaweedFS, bucket: str, prefix: str) -> dict[str, tuple[Any, 
     """key -> (content, content type, user metadata) of every object under ``prefix/``."""
     client = s3(server)
     objects = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "/"
+    ):
         for item in page.get("Contents", []):
             got = client.get_object(Bucket=bucket, Key=item["Key"])
             objects[item["Key"][len(prefix) + 1 :]] = (
@@ -120,7 +123,9 @@ def test_rerun_after_a_change_sends_only_the_changed_file(
     code, events, _ = agent_copy(seaweedfs, source, f"dest:{bucket}/v")
     assert code == 0
     assert events[-1]["copied"] == 1 and events[-1]["native"] == 1
-    assert stored(seaweedfs, bucket, "v")["config.xml"][0] == b"<Config><Port>7879</Port></Config>\n"
+    assert (
+        stored(seaweedfs, bucket, "v")["config.xml"][0] == b"<Config><Port>7879</Port></Config>\n"
+    )
 
 
 def test_wrong_secret_is_one_clear_error(tmp_path: Path, seaweedfs: SeaweedFS, bucket: str) -> None:
@@ -144,7 +149,10 @@ def test_a_file_gone_since_the_walk_is_skipped_not_failed(
     signatures = {"config.xml": (36, 0), "deleted-meanwhile.txt": (5, 0)}
     copied: dict[str, tuple[int, int]] = {}
     report = Uploader(destination, str(source), threads=2).run(
-        list(signatures), lambda path, sig: copied.__setitem__(path, sig), lambda r: None, signatures
+        list(signatures),
+        lambda path, sig: copied.__setitem__(path, sig),
+        lambda r: None,
+        signatures,
     )
     assert report.vanished == ["deleted-meanwhile.txt"]
     assert report.failures == []
@@ -178,3 +186,54 @@ def test_unknown_flags_and_other_remotes_go_to_rclone(seaweedfs: SeaweedFS) -> N
     assert native_destination("dest:bucket/a", [*FLAGS, "--exclude=*.tmp"], env) is None
     assert native_destination("other:bucket/a", FLAGS, env) is None
     assert native_destination("/mnt/dest", FLAGS, env) is None
+
+
+def test_a_file_rewritten_while_it_is_sent_is_recorded_with_what_was_stored(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    """Whatever the uploader records as copied must be exactly the content it stored."""
+    source = tmp_path / "src"
+    source.mkdir()
+    target = source / "growing.bin"
+    versions: dict[tuple[int, int], bytes] = {}
+
+    block = os.urandom(32 << 20)
+
+    def write(index: int) -> None:
+        # Rewritten in place, piece by piece, so a send overlapping it reads a mix of versions.
+        content = index.to_bytes(8, "big") * 1024 + block[index:]  # one size (signature) each
+        with open(target, "r+b" if target.exists() else "wb") as handle:
+            for start in range(0, len(content), 1 << 20):
+                handle.write(content[start : start + (1 << 20)])
+            handle.truncate()
+        st = target.stat()
+        versions[(st.st_size, st.st_mtime_ns)] = content
+
+    write(0)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        index = 1
+        while not stop.is_set():
+            write(index)
+            index += 1
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    destination = native_destination(f"dest:{bucket}/v", FLAGS, remote_env(seaweedfs))
+    assert destination is not None
+    copied: dict[str, tuple[int, int]] = {}
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    walked = target.stat()
+    report = Uploader(destination, str(source), threads=1).run(
+        ["growing.bin"],
+        lambda path, sig: copied.__setitem__(path, sig),
+        lambda r: None,
+        {"growing.bin": (walked.st_size, walked.st_mtime_ns)},
+    )
+    writer.join()
+    assert report.failures == []
+    assert len(versions) > 2  # the file really changed during the upload
+    body = s3(seaweedfs).get_object(Bucket=bucket, Key="v/growing.bin")["Body"].read()
+    assert body == versions[copied["growing.bin"]]
