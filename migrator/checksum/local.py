@@ -340,6 +340,7 @@ def hash_tree(
     cache_path = Path(cache) if cache is not None else None
     reader = CacheReader(cache_path, identity) if cache_path is not None else None
     writer = CacheWriter(cache_path if threshold is None else None, identity)
+    writing = cache_path is not None and threshold is None
     workers = workers or os.cpu_count() or 1
 
     def finish(work: _FileWork, result: _Hashed | None) -> _Item | None:
@@ -363,7 +364,7 @@ def hash_tree(
     try:
         for entry, inode in items:
             _count(stats, entry, inode)
-            if entry.type == FILE:
+            if writing and entry.type == FILE:
                 real_inode = inode if inode >= 0 else -inode - 1
                 writer.add(
                     entry.path,
