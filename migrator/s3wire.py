@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
@@ -34,6 +34,9 @@ from migrator.objectstore import S3Settings
 
 if TYPE_CHECKING:
     import ssl
+
+
+T = TypeVar("T")
 
 
 class WireError(StorageError):
@@ -377,28 +380,20 @@ class Client:
             for name, value in sorted((query or {}).items())
         )
         target = f"{path}?{canonical_query}" if canonical_query else path
-        for attempt in range(_ATTEMPTS):
-            try:
-                connection = self._connection()
-                headers = self._local.signer.headers(path, canonical_query)
-                if byte_range is not None:
-                    headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
-                head = f"GET {target} HTTP/1.1\r\n" + "".join(
-                    f"{name}: {value}\r\n" for name, value in headers.items()
-                )
-                response = connection.request((head + "\r\n").encode())
-                if (response.header("connection") or "").lower() == "close":
-                    self._local.connection = None  # the server will close it after this body
-                return response
-            except _RETRYABLE as exc:
-                self.reset()
-                if attempt == _ATTEMPTS - 1:
-                    raise self.error(
-                        f"GET s3://{bucket}/{key} failed on {self.endpoint.scheme}://"
-                        f"{self.endpoint.host}: {exc}"
-                    ) from None
-                time.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
+
+        def send(connection: _Connection, signer: Signer) -> Response:
+            headers = signer.headers(path, canonical_query)
+            if byte_range is not None:
+                headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+            head = f"GET {target} HTTP/1.1\r\n" + "".join(
+                f"{name}: {value}\r\n" for name, value in headers.items()
+            )
+            response = connection.request((head + "\r\n").encode())
+            if (response.header("connection") or "").lower() == "close":
+                self._local.connection = None  # the server will close it after this body
+            return response
+
+        return self._retrying(f"GET s3://{bucket}/{key}", send)
 
     def put(self, bucket: str, key: str, body: Body, headers: dict[str, str]) -> Answer:
         """PUT one whole object; ``headers`` are ``Content-Type`` and ``x-amz-*`` (lower-case)
@@ -410,21 +405,29 @@ class Client:
         plain = "".join(
             f"{name}: {value}\r\n" for name, value in headers.items() if name not in amz
         )
+
+        def send(connection: _Connection, signer: Signer) -> Answer:
+            signed = signer.headers(path, "", "PUT", amz)
+            head = (
+                f"PUT {path} HTTP/1.1\r\nContent-Length: {body.length}\r\n{plain}"
+                + "".join(f"{name}: {value}\r\n" for name, value in signed.items())
+                + "\r\n"
+            ).encode()
+            body.send(connection, head)
+            response = connection.response()
+            answer = Answer(response.status, bytes(response.read()))
+            if (response.header("connection") or "").lower() == "close":
+                self.reset()
+            return answer
+
+        return self._retrying(f"PUT s3://{bucket}/{key}", send)
+
+    def _retrying(self, what: str, send: Callable[[_Connection, Signer], T]) -> T:
+        """``send`` on this thread's connection; a connection failure is retried on a fresh
+        connection, and raises ``self.error`` when it persists. SourceChanged is not retried."""
         for attempt in range(_ATTEMPTS):
             try:
-                connection = self._connection()
-                signed = self._local.signer.headers(path, "", "PUT", amz)
-                head = (
-                    f"PUT {path} HTTP/1.1\r\nContent-Length: {body.length}\r\n{plain}"
-                    + "".join(f"{name}: {value}\r\n" for name, value in signed.items())
-                    + "\r\n"
-                ).encode()
-                body.send(connection, head)
-                response = connection.response()
-                answer = Answer(response.status, bytes(response.read()))
-                if (response.header("connection") or "").lower() == "close":
-                    self.reset()
-                return answer
+                return send(self._connection(), self._local.signer)
             except SourceChanged:
                 self.reset()
                 raise
@@ -432,8 +435,7 @@ class Client:
                 self.reset()
                 if attempt == _ATTEMPTS - 1:
                     raise self.error(
-                        f"PUT s3://{bucket}/{key} failed on {self.endpoint.scheme}://"
-                        f"{self.endpoint.host}: {exc}"
+                        f"{what} failed on {self.endpoint.scheme}://{self.endpoint.host}: {exc}"
                     ) from None
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
