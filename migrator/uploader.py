@@ -21,6 +21,7 @@ rclone uploads in parallel multipart) goes through rclone as before.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import queue
 import stat
@@ -107,10 +108,41 @@ def native_destination(
         secret_key=config.get("SECRET_ACCESS_KEY", ""),
         region=config.get("REGION") or "us-east-1",
     )
-    return Destination(Endpoint.from_settings(settings), bucket, prefix.strip("/"))
+    endpoint = Endpoint.from_settings(settings)
+    if _proxied(endpoint, environ):
+        return None  # rclone honours HTTP(S)_PROXY; these sockets connect directly
+    return Destination(endpoint, bucket, prefix.strip("/"))
+
+
+def _proxied(endpoint: Endpoint, environ: Mapping[str, str]) -> bool:
+    """Whether rclone would reach ``endpoint`` through a proxy from the environment (as Go's
+    ProxyFromEnvironment decides: never for loopback, not for hosts in NO_PROXY)."""
+    if not any(environ.get(name) for name in _PROXY_ENV):
+        return False
+    host = endpoint.host.lower()
+    if host.startswith("["):
+        host = host[1 : host.index("]")]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return False
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return False
+    except ValueError:
+        pass
+    for entry in (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(","):
+        entry = entry.strip().lower()
+        if entry.count(":") == 1:
+            entry = entry.partition(":")[0]  # a port in NO_PROXY applies to every port here
+        domain = entry.lstrip("*").lstrip(".")
+        if entry == "*" or (domain and (host == domain or host.endswith("." + domain))):
+            return False
+    return True
 
 
 _BENIGN_ENV = frozenset({"RCLONE_CONFIG_DIR", "RCLONE_CACHE_DIR", "RCLONE_CONFIG"})
+_PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _known_flags(flags: list[str]) -> bool:

@@ -168,6 +168,16 @@ def test_a_file_gone_since_the_walk_is_skipped_not_failed(
         ({"RCLONE_CONFIG_DEST_ENV_AUTH": "true"}, False),
         ({"RCLONE_CONFIG_DEST_FORCE_PATH_STYLE": "false"}, False),
         ({"RCLONE_BWLIMIT": "10M"}, False),
+        ({"HTTPS_PROXY": "http://proxy.example:3128"}, True),  # loopback is never proxied
+        ({"HTTPS_PROXY": "http://p:3128", "RCLONE_CONFIG_DEST_ENDPOINT": "http://s3.lan"}, False),
+        (
+            {
+                "HTTP_PROXY": "http://p:3128",
+                "RCLONE_CONFIG_DEST_ENDPOINT": "http://s3.lan:8333",
+                "NO_PROXY": ".lan",
+            },
+            True,
+        ),
         ({"RCLONE_CONFIG_DEST_TYPE": "local"}, False),
     ],
 )
