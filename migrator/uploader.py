@@ -46,6 +46,8 @@ INLINE_MAX_BYTES = 2**20
 # Attempts per file; the waits between them (0.25 s doubling to 8 s, about 30 s in all) ride
 # out a restart of the S3 gateway, as rclone's low-level retries do.
 ATTEMPTS = 8
+# Files failing in a row, per connection, after which the copy stops (the rest would fail too).
+GIVE_UP_AFTER = 2
 # Variables of an rclone S3 remote that this uploader honours; any other one (a CA, SSE, ACL,
 # storage class, env_auth, ...) means rclone does the upload.
 KNOWN_REMOTE_KEYS = frozenset(
@@ -190,6 +192,7 @@ class UploadReport:
     bytes: int = 0
     vanished: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    failing_in_a_row: int = 0
 
 
 class Stop(Exception):
@@ -299,12 +302,16 @@ class Uploader:
         if kind == "ok":
             report.uploaded += 1
             report.bytes += value[0]
+            report.failing_in_a_row = 0
             on_copied(path, value)
         elif kind == "gone":
             report.vanished.append(path)
         elif kind == "error":
             report.failures.append(value)
-            if value.fatal:
+            report.failing_in_a_row += 1
+            # Each failure took its retries (about 30 s): when every connection keeps failing,
+            # the endpoint is down or full, and the rest would fail the same way.
+            if value.fatal or report.failing_in_a_row >= GIVE_UP_AFTER * self.threads:
                 self.stop.set()
 
     def _work(

@@ -247,3 +247,54 @@ def test_a_file_rewritten_while_it_is_sent_is_recorded_with_what_was_stored(
     assert len(versions) > 2  # the file really changed during the upload
     body = s3(seaweedfs).get_object(Bucket=bucket, Key="v/growing.bin")["Body"].read()
     assert body == versions[copied["growing.bin"]]
+
+
+def test_an_endpoint_that_keeps_failing_stops_the_copy_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or broken server answers every PUT with 500: give up after a few files, not all."""
+    import http.server
+
+    from migrator import uploader
+
+    requests = []
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            requests.append(self.path)
+            body = b"<Error><Code>InternalError</Code></Error>"
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(uploader, "ATTEMPTS", 2)
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(60):
+        (source / f"f{index}").write_bytes(b"x" * index)
+    env = {
+        "RCLONE_CONFIG_DEST_TYPE": "s3",
+        "RCLONE_CONFIG_DEST_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "RCLONE_CONFIG_DEST_ACCESS_KEY_ID": "key",
+        "RCLONE_CONFIG_DEST_SECRET_ACCESS_KEY": "secret",
+    }
+    destination = native_destination("dest:bucket/v", FLAGS, env)
+    assert destination is not None
+    names = [f"f{index}" for index in range(60)]
+    try:
+        report = Uploader(destination, str(source), threads=2).run(
+            names, lambda path, sig: None, lambda r: None, {n: (1, 0) for n in names}
+        )
+    finally:
+        server.shutdown()
+    assert report.uploaded == 0
+    assert 4 <= len(report.failures) < 10  # stopped after 2 per connection failed in a row
+    assert len(requests) < 20
+    assert "HTTP 500 InternalError" in report.failures[0].message
