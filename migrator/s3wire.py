@@ -480,9 +480,7 @@ class Body:
     def send(self, connection: _Connection, head: bytes) -> None:
         sock = connection.sock
         if self.fd is None:
-            sock.sendall(head + self.data if self.length < 2**20 else head)
-            if self.length >= 2**20:
-                sock.sendall(self.data)
+            sock.sendall(head + self.data)  # in-memory bodies are small: one send
             return
         sock.sendall(head)
         sent = 0

@@ -189,7 +189,6 @@ class Failure:
 @dataclass
 class UploadReport:
     uploaded: int = 0
-    bytes: int = 0
     vanished: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     failing_in_a_row: int = 0
@@ -301,7 +300,6 @@ class Uploader:
     ) -> None:
         if kind == "ok":
             report.uploaded += 1
-            report.bytes += value[0]
             report.failing_in_a_row = 0
             on_copied(path, value)
         elif kind == "gone":
