@@ -358,13 +358,9 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         native = [p for p in todo if can_upload(p, tree.files[p][0])]
         rest = [p for p in todo if not can_upload(p, tree.files[p][0])]
         _upload(request, rclone, destination, native, todo, todo_bytes, tree, recorder, emit)
-    if rest:
-        done_files, done_bytes = (
-            len(todo) - len(rest),
-            sum(tree.files[p][0] for p in todo if p in recorder.done),
-        )
-        emit_rest = _with_offset(emit, done_files, done_bytes, len(todo), todo_bytes)
+    if rest:  # after the native uploads, all of which succeeded (or _upload raised)
         rest_bytes = sum(tree.files[p][0] for p in rest)
+        emit_rest = _with_offset(emit, len(native), todo_bytes - rest_bytes, len(todo), todo_bytes)
         _transfer(
             request, rclone, rest, rest_bytes, recorder, emit_rest, trusted=location is not None
         )
@@ -536,6 +532,11 @@ def _transfer(
         raise OperationFailedError(
             f"rclone copy exited with code {code}: the copy is partial; re-run to resume"
         )
+    # Exit 0 means every listed file was copied, including those whose "Copied" log line names
+    # them in rclone's own encoding (invalid UTF-8), which the log-following cannot match.
+    for path in todo:
+        if path not in recorder.done:
+            recorder.copied(path)
 
 
 class Interrupted(Exception):

@@ -298,3 +298,18 @@ def test_an_endpoint_that_keeps_failing_stops_the_copy_early(
     assert 4 <= len(report.failures) < 10  # stopped after 2 per connection failed in a row
     assert len(requests) < 20
     assert "HTTP 500 InternalError" in report.failures[0].message
+
+
+def test_names_the_uploader_leaves_alone_go_through_rclone_in_the_same_copy(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    source = odd_tree(tmp_path / "radarr")
+    (Path(os.fsdecode(bytes(source) + b"/latin1-\xe9t\xe9.txt"))).write_bytes(b"not utf-8")
+    code, events, output = agent_copy(seaweedfs, source, f"dest:{bucket}/mixed")
+    assert code == 0, output
+    done = events[-1]
+    assert (done["copied"], done["native"]) == (8, 7)  # the Latin-1 name went to rclone
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["totalFiles"] == 8  # one progress for both stages
+    code, events, _ = agent_copy(seaweedfs, source, f"dest:{bucket}/mixed")
+    assert code == 0 and events[-1]["copied"] == 0  # both stages recorded their files
