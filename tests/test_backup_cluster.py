@@ -65,6 +65,7 @@ def cozy(tmp_path: Path, seaweedfs: SeaweedFS, bucket: str) -> Iterator[Cozy]:
     with KubeAPIServer(tmp_path / "kubeapi") as api:
         api.add_controller(JobController(claims))
         api.seed(tenant_media.tenant_media(secret=secret))
+        api.settle()  # the workloads' pods are scheduled, as on a live cluster
         yield Cozy(api, tmp_path, bucket, seaweedfs, claims)
 
 

@@ -20,6 +20,7 @@ NS = tenant_media.NAMESPACE
 def cluster(tmp_path: Path) -> Iterator[KubeAPIServer]:
     with KubeAPIServer(tmp_path / "kubeapi") as api:
         api.seed(tenant_media.tenant_media())
+        api.settle()  # the workloads' pods are scheduled, as on a live cluster
         yield api
 
 
@@ -184,6 +185,7 @@ def test_block_pvc_target_has_no_sqlite_warning(cluster: KubeAPIServer, tmp_path
 def test_flux_lints(tmp_path: Path) -> None:
     with KubeAPIServer(tmp_path / "kubeapi") as api:
         api.seed(tenant_media.tenant_media(drift="enabled"))
+        api.settle()  # the workloads' pods are scheduled, as on a live cluster
         result = s3_plan(api, tmp_path, "--json", "--release", "sonarr")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)

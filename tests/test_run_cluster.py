@@ -46,6 +46,7 @@ def cozy(tmp_path: Path, seaweedfs: SeaweedFS) -> Iterator[tuple[KubeAPIServer, 
     with KubeAPIServer(tmp_path / "kubeapi") as api:
         api.add_controller(JobController(claims))
         api.seed(tenant_media.tenant_media(secret=secret))
+        api.settle()  # the workloads' pods are scheduled, as on a live cluster
         yield api, {"tree": tree, "bucket": bucket, "s3": s3, "server": seaweedfs, "tmp": tmp_path}
 
 

@@ -139,6 +139,7 @@ def plan_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[
     base = tmp_path_factory.mktemp("plans")
     with KubeAPIServer(base / "kubeapi") as api:
         api.seed(tenant_media.tenant_media())
+        api.settle()  # the workloads' pods are scheduled, as on a live cluster
         for extra in ((), ("--move-config",), ("--target", "pvc:seaweedfs-storage")):
             cwd = base / str(len(cache))
             cwd.mkdir()
@@ -511,6 +512,7 @@ def test_swap_stops_when_the_cluster_has_no_seaweedfs_csi_driver(
 ) -> None:
     with KubeAPIServer(tmp_path / "kubeapi") as api:
         api.seed(tenant_media.tenant_media())  # Cozystack: SeaweedFS without the CSI driver
+        api.settle()
         plan = make_plan(plan_texts, tmp_path)
         cut_over(api, plan)
         before = snapshot(api)
@@ -652,6 +654,7 @@ def test_without_helm_controller_the_apps_are_not_started_on_the_old_claim(
 ) -> None:
     with KubeAPIServer(tmp_path / "kubeapi") as api:
         api.seed([*tenant_media.tenant_media(), CSI_DRIVER])
+        api.settle()  # the workloads' pods are scheduled, as on a live cluster
         plan = make_plan(plan_texts, tmp_path)
         cut_over(api, plan)
         code, summary, _ = cli(api, "swap", plan, "--in-cluster", "--timeout", "1", "--json")
