@@ -851,7 +851,15 @@ def test_deleting_a_running_pod_kills_it_and_a_replacement_completes(
             mounts=[mount("data", "/data")],
         ),
     )
-    first = wait_for_log(api, core, "interrupted", "first")
+    wait_for_log(api, core, "interrupted", "first")
+    # As with a real kubelet, the log can show up before the Running status is written.
+    api.wait_for(
+        lambda: (
+            [(p.get("status") or {}).get("phase") for p in stored_pods(api, "interrupted")]
+            == ["Running"]
+        )
+    )
+    first = pods_of(core, "interrupted")[0]
     assert first.status.phase == "Running"
 
     core.delete_namespaced_pod(first.metadata.name, NS)
