@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -126,14 +129,37 @@ def test_lost_and_found_at_the_top_is_skipped(tmp_path: Path) -> None:
     ]
 
 
+UNREADABLE_CHECK = """
+import sys
+from migrator.checksum import ChecksumError, hash_tree
+try:
+    list(hash_tree(sys.argv[1], workers=1))
+except ChecksumError as error:
+    print(error)
+    sys.exit(0)
+sys.exit("read a file it may not read")
+"""
+
+
 def test_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
     secret = tmp_path / "secret"
     secret.write_bytes(b"x")
     secret.chmod(0)
-    with pytest.raises(ChecksumError, match="secret"):
-        list(hash_tree(tmp_path, workers=1))
+    if os.geteuid() != 0:
+        with pytest.raises(ChecksumError, match="secret"):
+            list(hash_tree(tmp_path, workers=1))
+        return
+    # root reads every file: hash in a child that lost the capabilities that let it do so.
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without util-linux setpriv to drop CAP_DAC_OVERRIDE")
+    drop = "--bounding-set=-dac_override,-dac_read_search"
+    child = subprocess.run(
+        [setpriv, drop, sys.executable, "-c", UNREADABLE_CHECK, str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert "secret" in child.stdout
 
 
 def test_a_missing_root_is_an_error(tmp_path: Path) -> None:
