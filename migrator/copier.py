@@ -466,6 +466,10 @@ def _upload(
         raise InterruptedRunError("interrupted: progress saved, re-run to resume") from None
     if report.vanished:
         emit({"event": "vanished", "files": report.vanished[:100], "count": len(report.vanished)})
+    if report.gave_up:
+        recorder.checkpoint()
+        emit({"event": "error", "message": report.gave_up})
+        raise OperationFailedError(f"{report.gave_up}; progress saved, re-run to resume")
     if report.failures:
         recorder.checkpoint()
         for failure in report.failures[:20]:

@@ -96,6 +96,7 @@ class RunProgress:
         self.tasks: dict[str, Any] = {}
         self.shards: dict[str, dict[int, tuple[int, int, int, int]]] = {}
         self.total: Any = None
+        self.printed: set[tuple[str, str]] = set()
 
     def __enter__(self) -> RunProgress:
         self.progress.__enter__()
@@ -121,7 +122,10 @@ class RunProgress:
         elif kind == "done":
             done_bytes, done_files = total_bytes, total_files
         elif kind == "error" and event.get("message"):
-            err.print(f"  {volume}: {escape(str(event['message']))}", markup=True)
+            message = str(event["message"])
+            if (volume, message) not in self.printed:  # a retried pod often fails the same way
+                self.printed.add((volume, message))
+                err.print(f"  {volume}: {escape(message)}", markup=True)
             return
         shards[index] = (done_bytes, total_bytes, done_files, total_files)
         self._refresh(volume)

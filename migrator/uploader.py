@@ -46,8 +46,11 @@ INLINE_MAX_BYTES = 2**20
 # Attempts per file; the waits between them (0.25 s doubling to 8 s, about 30 s in all) ride
 # out a restart of the S3 gateway, as rclone's low-level retries do.
 ATTEMPTS = 8
-# Files failing in a row, per connection, after which the copy stops (the rest would fail too).
-GIVE_UP_AFTER = 2
+# SeaweedFS answers a write it cannot place with a bare 500 InternalError (its log says why).
+REFUSED_HINT = (
+    "SeaweedFS answers this when the bucket is over its quota or its volumes are full or "
+    "read-only; its log says which"
+)
 # Variables of an rclone S3 remote that this uploader honours; any other one (a CA, SSE, ACL,
 # storage class, env_auth, ...) means rclone does the upload.
 KNOWN_REMOTE_KEYS = frozenset(
@@ -184,6 +187,8 @@ class Failure:
     path: str
     message: str
     fatal: bool = False
+    problem: str = ""  # the last answer of a file that failed every attempt
+    started: float = 0.0  # time.monotonic() of its first attempt
 
 
 @dataclass
@@ -191,7 +196,8 @@ class UploadReport:
     uploaded: int = 0
     vanished: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
-    failing_in_a_row: int = 0
+    last_stored: float = 0.0  # time.monotonic() of the latest stored file
+    gave_up: str = ""  # why the copy stopped early: every write failed
 
 
 class Stop(Exception):
@@ -300,16 +306,19 @@ class Uploader:
     ) -> None:
         if kind == "ok":
             report.uploaded += 1
-            report.failing_in_a_row = 0
+            report.last_stored = time.monotonic()
             on_copied(path, value)
         elif kind == "gone":
             report.vanished.append(path)
         elif kind == "error":
             report.failures.append(value)
-            report.failing_in_a_row += 1
-            # Each failure took its retries (about 30 s): when every connection keeps failing,
-            # the endpoint is down or full, and the rest would fail the same way.
-            if value.fatal or report.failing_in_a_row >= GIVE_UP_AFTER * self.threads:
+            if value.fatal:
+                self.stop.set()
+            elif value.problem and report.last_stored < value.started:
+                # This file took all its retries (about 30 s) and no other file was stored
+                # meanwhile: the endpoint is down, full or read-only, and the rest would fail
+                # the same way.
+                report.gave_up = self._refusal(value)
                 self.stop.set()
 
     def _work(
@@ -340,6 +349,7 @@ class Uploader:
         """Store one file; its signature, or None when it vanished from the source."""
         key = self.destination.key(path)
         problem = ""
+        started = time.monotonic()
         for attempt in range(ATTEMPTS):
             if attempt:
                 self.stop.wait(min(8.0, 0.125 * 2**attempt))
@@ -376,7 +386,17 @@ class Uploader:
                 continue
             raise _Failed(self._failure(path, key, answer))
         where = f"s3://{self.destination.bucket}/{key}"
-        raise _Failed(Failure(path, f"storing {where} failed {ATTEMPTS} times: {problem}"))
+        message = f"storing {where} failed {ATTEMPTS} times: {problem}"
+        raise _Failed(Failure(path, message, problem=problem, started=started))
+
+    def _refusal(self, failure: Failure) -> str:
+        """One line saying that every write failed, and what that usually means."""
+        where = f"{self.destination.endpoint.host} (bucket {self.destination.bucket!r})"
+        waited = time.monotonic() - failure.started
+        line = f"every write to S3 at {where} failed for {waited:.0f} s: {failure.problem}"
+        if failure.problem.startswith("HTTP 500"):
+            line += f" ({REFUSED_HINT})"
+        return line
 
     def _open(self, index: int, path: str) -> tuple[Body, os.stat_result, int | None] | None:
         """The body to send and the stat it was read under; None if it changed meanwhile.

@@ -10,6 +10,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import boto3
 import pytest
 
 from migrator.seaweedfs import SeaweedFS
-from migrator.uploader import INLINE_MAX_BYTES, Uploader, native_destination
+from migrator.uploader import INLINE_MAX_BYTES, Uploader, UploadReport, native_destination
 from tests.helpers import run_cli
 
 FLAGS = ["--transfers", "4", "--metadata", "--links", "--s3-no-check-bucket", "--s3-no-head",
@@ -249,55 +250,88 @@ def test_a_file_rewritten_while_it_is_sent_is_recorded_with_what_was_stored(
     assert body == versions[copied["growing.bin"]]
 
 
+class FakeS3:
+    """An HTTP server answering PUTs with 500 InternalError for keys ``failing(path)`` selects,
+    200 otherwise; it records every request path."""
+
+    def __init__(self, failing: Callable[[str], bool]) -> None:
+        import http.server
+
+        requests: list[str] = []
+        self.requests = requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                requests.append(self.path)
+                fail = failing(self.path)
+                body = b"<Error><Code>InternalError</Code></Error>" if fail else b""
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def upload(self, source: Path, names: list[str]) -> UploadReport:
+        env = {
+            "RCLONE_CONFIG_DEST_TYPE": "s3",
+            "RCLONE_CONFIG_DEST_ENDPOINT": f"http://127.0.0.1:{self.server.server_address[1]}",
+            "RCLONE_CONFIG_DEST_ACCESS_KEY_ID": "key",
+            "RCLONE_CONFIG_DEST_SECRET_ACCESS_KEY": "secret",
+        }
+        destination = native_destination("dest:bucket/v", FLAGS, env)
+        assert destination is not None
+        try:
+            return Uploader(destination, str(source), threads=2).run(
+                names, lambda path, sig: None, lambda r: None, {n: (1, 0) for n in names}
+            )
+        finally:
+            self.server.shutdown()
+
+
+def small_files(root: Path, count: int) -> list[str]:
+    root.mkdir()
+    for index in range(count):
+        (root / f"f{index}").write_bytes(b"x" * index)
+    return [f"f{index}" for index in range(count)]
+
+
 def test_an_endpoint_that_keeps_failing_stops_the_copy_early(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full or broken server answers every PUT with 500: give up after a few files, not all."""
-    import http.server
-
     from migrator import uploader
 
-    requests = []
-
-    class Failing(http.server.BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            requests.append(self.path)
-            body = b"<Error><Code>InternalError</Code></Error>"
-            self.send_response(500)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(uploader, "ATTEMPTS", 2)
-    source = tmp_path / "src"
-    source.mkdir()
-    for index in range(60):
-        (source / f"f{index}").write_bytes(b"x" * index)
-    env = {
-        "RCLONE_CONFIG_DEST_TYPE": "s3",
-        "RCLONE_CONFIG_DEST_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-        "RCLONE_CONFIG_DEST_ACCESS_KEY_ID": "key",
-        "RCLONE_CONFIG_DEST_SECRET_ACCESS_KEY": "secret",
-    }
-    destination = native_destination("dest:bucket/v", FLAGS, env)
-    assert destination is not None
-    names = [f"f{index}" for index in range(60)]
-    try:
-        report = Uploader(destination, str(source), threads=2).run(
-            names, lambda path, sig: None, lambda r: None, {n: (1, 0) for n in names}
-        )
-    finally:
-        server.shutdown()
+    server = FakeS3(lambda path: True)
+    report = server.upload(tmp_path / "src", small_files(tmp_path / "src", 60))
     assert report.uploaded == 0
-    assert 4 <= len(report.failures) < 10  # stopped after 2 per connection failed in a row
-    assert len(requests) < 20
-    assert "HTTP 500 InternalError" in report.failures[0].message
+    # It stopped once a file had failed all its attempts with nothing stored meanwhile: the
+    # connections' first files, not all 60.
+    assert 2 <= len(report.failures) <= 3
+    assert len(server.requests) <= 6
+    assert report.gave_up.startswith("every write to S3 at 127.0.0.1:")
+    assert "HTTP 500 InternalError (SeaweedFS answers this when the bucket is over its quota" in (
+        report.gave_up
+    )
+
+
+def test_one_file_that_keeps_failing_does_not_stop_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from migrator import uploader
+
+    monkeypatch.setattr(uploader, "ATTEMPTS", 3)
+    server = FakeS3(lambda path: path.endswith("/f20"))
+    report = server.upload(tmp_path / "src", small_files(tmp_path / "src", 40))
+    assert (report.uploaded, report.gave_up) == (39, "")
+    [failure] = report.failures
+    assert failure.path == "f20" and "failed 3 times: HTTP 500 InternalError" in failure.message
 
 
 def test_names_the_uploader_leaves_alone_go_through_rclone_in_the_same_copy(
