@@ -152,6 +152,13 @@ def probe_bucket(settings: S3Settings, bucket: str) -> str:
     return "bucket exists"
 
 
+# SeaweedFS answers a write it cannot place with a bare 500 InternalError (its log says why).
+REFUSED_HINT = (
+    "SeaweedFS answers this when the bucket is over its quota or its volumes are full or "
+    "read-only; its log says which"
+)
+
+
 def describe_client_error(exc: Exception, what: str) -> StorageError:
     """Turn a boto3/botocore exception into a one-line StorageError that says what to do."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
@@ -173,6 +180,8 @@ def describe_client_error(exc: Exception, what: str) -> StorageError:
             return StorageError(
                 f"{what}: the bucket is full ({code}); free space or raise its quota"
             )
+        if code == "InternalError" and what.startswith(("uploading", "storing", "writing")):
+            return StorageError(f"{what}: HTTP 500 InternalError ({REFUSED_HINT})")
         return StorageError(f"{what}: {code} {error.get('Message', '')}".strip())
     return StorageError(f"{what}: {exc}")
 

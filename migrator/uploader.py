@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrator.objectstore import S3Settings
+from migrator.objectstore import REFUSED_HINT, S3Settings
 from migrator.s3wire import Answer, Body, Client, Endpoint, SourceChanged, WireError
 
 Signature = tuple[int, int]  # (size, mtime_ns), as in migrator.copier
@@ -46,11 +46,6 @@ INLINE_MAX_BYTES = 2**20
 # Attempts per file; the waits between them (0.25 s doubling to 8 s, about 30 s in all) ride
 # out a restart of the S3 gateway, as rclone's low-level retries do.
 ATTEMPTS = 8
-# SeaweedFS answers a write it cannot place with a bare 500 InternalError (its log says why).
-REFUSED_HINT = (
-    "SeaweedFS answers this when the bucket is over its quota or its volumes are full or "
-    "read-only; its log says which"
-)
 # Variables of an rclone S3 remote that this uploader honours; any other one (a CA, SSE, ACL,
 # storage class, env_auth, ...) means rclone does the upload.
 KNOWN_REMOTE_KEYS = frozenset(
