@@ -36,6 +36,7 @@ from typing import IO, Any
 import xxhash
 
 from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
+from migrator.rclone_names import standard_path
 from migrator.uploader import (
     Destination,
     Uploader,
@@ -633,11 +634,14 @@ def _make_dir(request: CopyRequest, rclone: Rclone, directory: str) -> None:
 
 def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> int:
     """Delete destination files and directory markers the source no longer has (this shard's)."""
+    # rclone lists (and takes back) names in its standard encoding, a tab as "␉" and so on:
+    # compare there, or such files would look extra and be deleted right after their copy.
     files, dirs = rclone.list_tree(request.dest)
-    wanted = set(tree.files)
+    wanted = {standard_path(name) for name in tree.files}
+    kept = wanted | {standard_path(name) for name in tree.skipped_sqlite}
     extras = []
     for name in files:
-        if name not in wanted and request.shard.owns(name) and name not in tree.skipped_sqlite:
+        if name not in kept and request.shard.owns(name):
             extras.append(name)  # a live database left for later is not an extra
     if extras:
         with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as listing:
@@ -648,7 +652,7 @@ def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> in
             raise OperationFailedError(
                 f"deleting extras in {request.dest}: {_last_error(result.stderr)}"
             )
-    for directory in sorted(dirs - tree.dirs, key=len, reverse=True):
+    for directory in sorted(dirs - {standard_path(d) for d in tree.dirs}, key=len, reverse=True):
         if request.shard.owns(directory + "/") and not any(
             f.startswith(directory + "/") for f in wanted
         ):

@@ -43,6 +43,7 @@ from migrator.checksum.errors import ChecksumError
 from migrator.checksum.local import pool_context
 from migrator.checksum.pipeline import HashStats, Progress, ProgressBatcher, Ready, run_in_order
 from migrator.objectstore import S3Settings
+from migrator.rclone_names import local_path_of_key
 from migrator.s3wire import Client, Endpoint, ProtocolError, Response, list_objects
 
 LINK_SUFFIX = ".rclonelink"
@@ -87,7 +88,7 @@ def list_prefix(settings: S3Settings, bucket: str, prefix: str) -> Iterator[List
             elif relative.endswith(LINK_SUFFIX):
                 relative = relative[: -len(LINK_SUFFIX)]
                 kind = SYMLINK
-            yield (relative.encode(), key, size, etag, modified, kind)
+            yield (local_path_of_key(relative), key, size, etag, modified, kind)
     finally:
         client.reset()
 
