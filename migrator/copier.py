@@ -42,6 +42,7 @@ from migrator.uploader import (
     Uploader,
     UploadReport,
     can_upload,
+    check_remote_trust,
     extension,
     flag_value,
     native_destination,
@@ -338,6 +339,7 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     rclone = rclone or Rclone()
     if not request.source.is_dir():
         raise BadInputError(f"source {request.source} is not a directory")
+    check_remote_trust(request.dest)
     tree = walk_source(request.source, request.shard, request.skip_live_sqlite)
     location = state_path(request)
     previous = decode_state(rclone.read(location)) if location else {}

@@ -160,6 +160,20 @@ class KubeClient:
         items: list[dict[str, Any]] = (result or {}).get("items") or []
         return items
 
+    def read_config_map_key(self, namespace: str, name: str, key: str) -> str:
+        """The text of one key of a ConfigMap; BadInputError naming what is missing."""
+        found = self._get_or_none(
+            f"reading ConfigMap {name}",
+            lambda: self.core.read_namespaced_config_map(name, namespace),
+        )
+        if found is None:
+            raise BadInputError(f"ConfigMap {name!r} not found in namespace {namespace}")
+        data = found.get("data") or {}
+        if key not in data:
+            keys = ", ".join(sorted(data)) or "none"
+            raise BadInputError(f"ConfigMap {name!r} has no key {key!r} (keys: {keys})")
+        return str(data[key])
+
     def read_secret_public_fields(self, namespace: str, name: str) -> dict[str, str]:
         """Read only the non-secret fields of an S3 credentials Secret.
 

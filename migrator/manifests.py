@@ -127,6 +127,34 @@ def _env(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return env
 
 
+CA_MOUNT = "/etc/migrator/s3-ca"
+CA_FILE = f"{CA_MOUNT}/ca.crt"
+
+
+def _trust_ca(plan: dict[str, Any], pod: dict[str, Any]) -> None:
+    """Mount the plan's S3 CA bundle (``spec.target.caBundle``) into every container of ``pod``
+    and point rclone (RCLONE_CA_CERT) and boto3/migrator (AWS_CA_BUNDLE) at it.
+
+    A ConfigMap key in cluster mode; in local mode a file on this host (a hostPath volume, which
+    the local executor maps to that file).
+    """
+    bundle = plan["spec"]["target"].get("caBundle")
+    if not bundle:
+        return
+    if "configMap" in bundle:
+        source: dict[str, Any] = {"configMap": {
+            "name": bundle["configMap"], "items": [{"key": bundle["key"], "path": "ca.crt"}]}}  # fmt: skip
+        mount = {"name": "s3-ca", "mountPath": CA_MOUNT, "readOnly": True}
+    else:
+        source = {"hostPath": {"path": bundle["path"], "type": "File"}}
+        mount = {"name": "s3-ca", "mountPath": CA_FILE, "readOnly": True}
+    pod["volumes"].append({"name": "s3-ca", **source})
+    for container in pod["containers"]:
+        container["volumeMounts"].append(dict(mount))
+        container["env"] += [{"name": "RCLONE_CA_CERT", "value": CA_FILE},
+                             {"name": "AWS_CA_BUNDLE", "value": CA_FILE}]  # fmt: skip
+
+
 def _secret_ref(secret: str, key: str) -> dict[str, Any]:
     return {"secretKeyRef": {"name": secret, "key": key}}
 
@@ -231,6 +259,7 @@ def build_copy_job(plan: dict[str, Any], volume: dict[str, Any], step: str) -> d
     affinity = _node_affinity(volume)
     if affinity:
         pod_spec["affinity"] = affinity
+    _trust_ca(plan, pod_spec)
     step_labels = labels(plan, volume, step)
     spec: dict[str, Any] = {
         "backoffLimit": 3 * shards,
@@ -371,6 +400,7 @@ def build_verify_job(
     affinity = _node_affinity(volume)
     if affinity:
         pod_spec["affinity"] = affinity
+    _trust_ca(plan, pod_spec)
     spec = {
         "backoffLimit": 2,
         "activeDeadlineSeconds": active_deadline_seconds(volume),
@@ -602,6 +632,7 @@ def _backup_pod(
     }
     if affinity:
         pod["affinity"] = affinity
+    _trust_ca(plan, pod)
     return pod
 
 

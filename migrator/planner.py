@@ -40,6 +40,9 @@ class PlanRequest:
     context: str | None = None
     release: str | None = None
     backup_target: str | None = None
+    # spec.target.caBundle: {"configMap", "key"} or {"path"}; ca_file is a readable copy of it
+    ca_bundle: dict[str, str] | None = None
+    ca_file: str | None = None
 
 
 @dataclass
@@ -155,6 +158,8 @@ def _target_section(request: PlanRequest, target: Target, probe: str | None) -> 
             section["endpoint"] = endpoint
         if request.credentials_secret:
             section["credentialsSecret"] = request.credentials_secret
+        if request.ca_bundle:
+            section["caBundle"] = dict(request.ca_bundle)
     else:
         section["storageClass"] = target.storage_class
         section["provisioner"] = target.provisioner

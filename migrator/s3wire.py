@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,12 @@ class ProtocolError(Exception):
 
 _RETRYABLE = (ProtocolError, ConnectionError, TimeoutError, OSError)
 _ATTEMPTS = 4
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed verification of the server's TLS certificate."""
+    ssl_module = sys.modules.get("ssl")  # imported only for https endpoints
+    return ssl_module is not None and isinstance(exc, ssl_module.SSLCertVerificationError)
 
 
 @dataclass(frozen=True)
@@ -327,6 +334,26 @@ class Client:
                 self._context.check_hostname = False
                 self._context.verify_mode = ssl.CERT_NONE
 
+    def check_trust(self) -> None:
+        """Raise (at once) if the endpoint's TLS certificate is not trusted; other failures to
+        connect are left to the requests that follow, which retry them."""
+        if self._context is None:
+            return
+        try:
+            _Connection(self.endpoint.host, self.timeout, self._context).close()
+        except OSError as exc:
+            if _untrusted(exc):
+                raise self._untrusted_error(f"connecting to {self.endpoint.host}", exc) from None
+
+    def _untrusted_error(self, what: str, exc: BaseException) -> MigratorError:
+        error = self.error(
+            f"{what}: the TLS certificate of {self.endpoint.host} is not trusted "
+            f"({getattr(exc, 'verify_message', exc)}); give its CA with --s3-ca-bundle when "
+            "planning (or AWS_CA_BUNDLE)"
+        )
+        error.fatal = True  # type: ignore[attr-defined]
+        return error
+
     def _connection(self) -> _Connection:
         connection: _Connection | None = getattr(self._local, "connection", None)
         if connection is None:
@@ -433,6 +460,8 @@ class Client:
                 raise
             except _RETRYABLE as exc:
                 self.reset()
+                if _untrusted(exc):  # retrying cannot help: fail at once, saying what to do
+                    raise self._untrusted_error(what, exc) from None
                 if attempt == _ATTEMPTS - 1:
                     raise self.error(
                         f"{what} failed on {self.endpoint.scheme}://{self.endpoint.host}: {exc}"

@@ -107,11 +107,31 @@ def native_destination(
         access_key=config["ACCESS_KEY_ID"],
         secret_key=config.get("SECRET_ACCESS_KEY", ""),
         region=config.get("REGION") or "us-east-1",
+        ca_bundle=environ.get("RCLONE_CA_CERT") or None,  # rclone's --ca-cert
     )
     endpoint = Endpoint.from_settings(settings)
     if _proxied(endpoint, environ):
         return None  # rclone honours HTTP(S)_PROXY; these sockets connect directly
     return Destination(endpoint, bucket, prefix.strip("/"))
+
+
+def check_remote_trust(dest: str, environ: Mapping[str, str] | None = None) -> None:
+    """Fail at once, in one line, when ``dest`` is an rclone S3 remote over HTTPS whose
+    certificate is not trusted (rclone would retry that for minutes, silently)."""
+    environ = os.environ if environ is None else environ
+    remote, sep, _ = dest.partition(":")
+    if not sep or not remote.isidentifier():
+        return
+    var = f"RCLONE_CONFIG_{remote.upper()}_"
+    if environ.get(var + "TYPE") != "s3" or not environ.get(var + "ENDPOINT", "").startswith(
+        "https://"
+    ):
+        return
+    settings = S3Settings(endpoint=environ[var + "ENDPOINT"],
+                          ca_bundle=environ.get("RCLONE_CA_CERT") or None)  # fmt: skip
+    endpoint = Endpoint.from_settings(settings)
+    if not _proxied(endpoint, environ):  # through a proxy, the proxy's answer is what we'd see
+        Client(endpoint, timeout=15.0).check_trust()
 
 
 def _proxied(endpoint: Endpoint, environ: Mapping[str, str]) -> bool:
@@ -141,7 +161,9 @@ def _proxied(endpoint: Endpoint, environ: Mapping[str, str]) -> bool:
     return True
 
 
-_BENIGN_ENV = frozenset({"RCLONE_CONFIG_DIR", "RCLONE_CACHE_DIR", "RCLONE_CONFIG"})
+_BENIGN_ENV = frozenset(
+    {"RCLONE_CONFIG_DIR", "RCLONE_CACHE_DIR", "RCLONE_CONFIG", "RCLONE_CA_CERT"}
+)
 _PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -368,6 +390,8 @@ class Uploader:
                 problem = "the source file kept changing while it was sent"
                 continue
             except WireError as exc:
+                if getattr(exc, "fatal", False):  # an untrusted certificate
+                    raise _Failed(Failure(path, str(exc), fatal=True)) from None
                 problem = str(exc)  # the endpoint is unreachable: wait and try again
                 continue
             finally:

@@ -8,6 +8,7 @@ from ``--s3-endpoint``, the plan, or AWS_ENDPOINT_URL; credentials from the AWS_
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -62,6 +63,9 @@ def open_repository(plan: Plan, endpoint: str | None = None) -> BackupRepository
     """The plan's backups, reached from this machine."""
     location = backup_location(plan)
     settings = S3Settings.from_environment(endpoint or plan.spec["target"].get("endpoint"))
+    bundle = plan.spec["target"].get("caBundle") or {}
+    if bundle.get("path"):  # local mode: the plan's CA file, what the Jobs trust too
+        settings = dataclasses.replace(settings, ca_bundle=bundle["path"])
     return BackupRepository(make_client(settings, flexible_checksums=False), location)
 
 

@@ -39,6 +39,12 @@ from migrator.errors import BadInputError, Outcome
     help="Secret with accessKey/secretKey (e.g. bucket-<bucket>-<user>-credentials); cluster mode.",
 )
 @click.option(
+    "--s3-ca-bundle",
+    metavar="CONFIGMAP[/KEY] | FILE",
+    help="CA certificates to trust for the S3 endpoint (a private CA): a ConfigMap key in the "
+    "namespace (cluster mode; KEY defaults to ca.crt), or a PEM file (local mode).",
+)
+@click.option(
     "--role",
     "roles",
     multiple=True,

@@ -134,6 +134,8 @@ class LocalExecutor:
                 if claim not in self.claims:
                     raise BadInputError(f"no local directory for claim {claim!r}")
                 mounts[mount["mountPath"]] = str(self.claims[claim])
+            elif "hostPath" in volume:  # this host is the node
+                mounts[mount["mountPath"]] = volume["hostPath"]["path"]
             else:
                 host = scratch / mount["name"]
                 host.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +73,15 @@ def make_plan(options: dict[str, Any]) -> PlanResult:
         )
     target = resolve_target(request, inventory)
     probe = None
-    if target.type == "s3":
-        probe = _probe(
-            inventory, request, target.location.bucket if target.location else "", options
-        )
+    if options.get("s3_ca_bundle") and target.type != "s3":
+        raise BadInputError("--s3-ca-bundle is for s3:// targets")
+    with tempfile.TemporaryDirectory(prefix="migrator-ca-") as scratch:
+        if target.type == "s3":
+            if options.get("s3_ca_bundle"):
+                _ca_bundle(request, options, Path(scratch))
+            probe = _probe(
+                inventory, request, target.location.bucket if target.location else "", options
+            )
     document = build_plan_document(inventory, request, target, probe)
     out = (
         Path(options["out"])
@@ -120,6 +127,33 @@ def _discover_cluster(options: dict[str, Any], request: PlanRequest) -> Inventor
     return inventory
 
 
+def _ca_bundle(request: PlanRequest, options: dict[str, Any], scratch: Path) -> None:
+    """Resolve --s3-ca-bundle into ``request.ca_bundle`` (what the plan says) and
+    ``request.ca_file`` (a file with those certificates, for probing from here)."""
+    value = str(options["s3_ca_bundle"])
+    if options.get("namespace"):
+        from migrator.kube import KubeClient
+
+        name, _, key = value.partition("/")
+        kube = KubeClient.from_kubeconfig(options.get("kubeconfig"), options.get("context"))
+        text = kube.read_config_map_key(options["namespace"], name, key or "ca.crt")
+        where = f"ConfigMap {name!r} key {key or 'ca.crt'!r}"
+        request.ca_bundle = {"configMap": name, "key": key or "ca.crt"}
+        path = scratch / "ca.crt"
+        path.write_text(text)
+    else:
+        path = Path(value).expanduser().absolute()
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            raise BadInputError(f"--s3-ca-bundle {value}: {exc.strerror or exc}") from None
+        where = str(path)
+        request.ca_bundle = {"path": str(path)}
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise BadInputError(f"--s3-ca-bundle: {where} holds no PEM certificate")
+    request.ca_file = str(path)
+
+
 def _probe(
     inventory: Inventory, request: PlanRequest, bucket: str, options: dict[str, Any]
 ) -> str | None:
@@ -132,4 +166,7 @@ def _probe(
             raise BadInputError("no S3 endpoint: pass --s3-endpoint URL (or set AWS_ENDPOINT_URL)")
     if options.get("no_probe"):
         return None
-    return probe_bucket(S3Settings.from_environment(endpoint), bucket)
+    settings = S3Settings.from_environment(endpoint)
+    if request.ca_file:
+        settings = dataclasses.replace(settings, ca_bundle=request.ca_file)
+    return probe_bucket(settings, bucket)
