@@ -205,10 +205,14 @@ def template_hash(template: Any) -> str:
     return "".join(alphabet[b % len(alphabet)] for b in digest[:10])
 
 
-def pick_node(store: ObjectStore, pod_name: str) -> str | None:
-    """A schedulable Node for a pod (stable per name), or None when there are no Nodes."""
+def pick_node(store: ObjectStore, pod_name: str, spec: Obj | None = None) -> str | None:
+    """A schedulable Node for a pod (stable per name) that matches its ``nodeSelector``, as the
+    scheduler would pick; None when no Node fits (or there are none)."""
     nodes, _ = store.list_objects(store.registry.by_kind("v1", "Node"))
-    names = [n["metadata"]["name"] for n in nodes if not (n.get("spec") or {}).get("unschedulable")]
+    selector = (spec or {}).get("nodeSelector") or {}
+    names = [n["metadata"]["name"] for n in nodes
+             if not (n.get("spec") or {}).get("unschedulable")
+             and all((n["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
     return names[zlib.crc32(pod_name.encode()) % len(names)] if names else None
 
 
@@ -262,7 +266,7 @@ def pod_from_template(owner: Obj, resource: ResourceType, template: Obj, name: s
     """A Pod built from a pod template, owned by ``owner``, bound to a Node if there are any."""
     metadata = template.get("metadata") or {}
     spec = json.loads(json.dumps(template.get("spec") or {}))
-    node = pick_node(store, name)
+    node = pick_node(store, name, spec)
     if node:
         spec["nodeName"] = node
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {
