@@ -83,11 +83,7 @@ def native_destination(
 ) -> Destination | None:
     """The destination if ``rclone copy ... DEST FLAGS`` can be done natively, else None."""
     environ = os.environ if environ is None else environ
-    remote, sep, path = dest.partition(":")
-    if not sep or not remote.isidentifier() or remote.startswith(":"):
-        return None
-    var = f"RCLONE_CONFIG_{remote.upper()}_"
-    config = {name[len(var) :]: value for name, value in environ.items() if name.startswith(var)}
+    config, path = _remote_config(dest, environ)
     if config.get("TYPE") != "s3" or not config.get("ENDPOINT"):
         return None
     if set(config) - KNOWN_REMOTE_KEYS or not config.get("ACCESS_KEY_ID"):
@@ -115,19 +111,26 @@ def native_destination(
     return Destination(endpoint, bucket, prefix.strip("/"))
 
 
+def _remote_config(dest: str, environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The ``RCLONE_CONFIG_<REMOTE>_*`` settings of ``REMOTE:path`` (without the prefix) and
+    the path; no settings for a local path or an inline ``:backend:`` remote."""
+    remote, sep, path = dest.partition(":")
+    if not sep or not remote.isidentifier():
+        return {}, dest
+    var = f"RCLONE_CONFIG_{remote.upper()}_"
+    return {
+        name[len(var) :]: value for name, value in environ.items() if name.startswith(var)
+    }, path
+
+
 def check_remote_trust(dest: str, environ: Mapping[str, str] | None = None) -> None:
     """Fail at once, in one line, when ``dest`` is an rclone S3 remote over HTTPS whose
     certificate is not trusted (rclone would retry that for minutes, silently)."""
     environ = os.environ if environ is None else environ
-    remote, sep, _ = dest.partition(":")
-    if not sep or not remote.isidentifier():
+    config, _ = _remote_config(dest, environ)
+    if config.get("TYPE") != "s3" or not config.get("ENDPOINT", "").startswith("https://"):
         return
-    var = f"RCLONE_CONFIG_{remote.upper()}_"
-    if environ.get(var + "TYPE") != "s3" or not environ.get(var + "ENDPOINT", "").startswith(
-        "https://"
-    ):
-        return
-    settings = S3Settings(endpoint=environ[var + "ENDPOINT"],
+    settings = S3Settings(endpoint=config["ENDPOINT"],
                           ca_bundle=environ.get("RCLONE_CA_CERT") or None)  # fmt: skip
     endpoint = Endpoint.from_settings(settings)
     if not _proxied(endpoint, environ):  # through a proxy, the proxy's answer is what we'd see
