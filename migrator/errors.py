@@ -81,6 +81,10 @@ class ClusterUnreachableError(OperationFailedError):
     pass
 
 
+class ConflictError(OperationFailedError):
+    """The object changed since it was read (HTTP 409): someone else wrote it in between."""
+
+
 class StorageError(OperationFailedError):
     pass
 

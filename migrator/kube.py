@@ -10,11 +10,13 @@ import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from migrator.errors import (
     BadInputError,
     ClusterUnreachableError,
+    ConflictError,
     OperationFailedError,
     UnknownNamespaceError,
     UnknownSecretError,
@@ -25,6 +27,54 @@ T = TypeVar("T")
 FLUX_HELM_GROUP = "helm.toolkit.fluxcd.io"
 FLUX_HELM_VERSION = "v2"
 NON_SECRET_KEYS = ("endpoint", "bucketName", "region")
+# Every request is bounded: an API server that accepts and never answers (or a half-open
+# connection after a laptop slept) fails the command instead of hanging it. Seconds.
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 20
+# A watch or a followed log may be silent for as long as it was asked to last: its read timeout
+# is that (timeoutSeconds) plus this grace; with no timeoutSeconds only connecting is bounded.
+STREAM_GRACE = 30
+
+
+def request_timeout(url: str) -> tuple[float, float | None]:
+    """The (connect, read) timeout of a request to ``url``, a path with its query string."""
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    if query.get("watch") in ("true", "1") or query.get("follow") in ("true", "1"):
+        seconds = query.get("timeoutSeconds")
+        return CONNECT_TIMEOUT, float(seconds) + STREAM_GRACE if seconds else None
+    return CONNECT_TIMEOUT, READ_TIMEOUT
+
+
+def _api_client(configuration: Any) -> Any:
+    """An ApiClient that gives every request without an explicit timeout the default one, and
+    does not repeat a request whose answer timed out (that would multiply the wait)."""
+    import urllib3
+    from kubernetes import client
+    from urllib3.exceptions import ReadTimeoutError
+
+    class _Retry(urllib3.Retry):
+        def increment(
+            self,
+            method: str | None = None,
+            url: str | None = None,
+            response: Any = None,
+            error: Exception | None = None,
+            _pool: Any = None,
+            _stacktrace: Any = None,
+        ) -> Self:
+            if isinstance(error, ReadTimeoutError):
+                raise error
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    class _BoundedApiClient(client.ApiClient):  # type: ignore[misc]
+        def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("_request_timeout"):
+                kwargs["_request_timeout"] = request_timeout(url)
+            return super().call_api(method, url, *args, **kwargs)
+
+    if configuration.retries is None:
+        configuration.retries = _Retry(total=3, connect=1)
+    return _BoundedApiClient(configuration=configuration)
 
 
 class KubeClient:
@@ -48,26 +98,27 @@ class KubeClient:
 
         Raises BadInputError when the file or context does not exist.
         """
-        from kubernetes import config
+        from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
         if kubeconfig and not Path(kubeconfig).exists():
             raise BadInputError(f"kubeconfig {kubeconfig!r} does not exist")
+        configuration = client.Configuration()
         try:
-            api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+            config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
         except ConfigException as exc:
             if kubeconfig or context:
                 raise BadInputError(f"cannot load kubeconfig: {exc}") from None
+            configuration = client.Configuration()
             try:
-                config.load_incluster_config()
+                config.load_incluster_config(client_configuration=configuration)
             except ConfigException:
                 raise BadInputError(
                     "no Kubernetes configuration found; pass --kubeconfig or set KUBECONFIG"
                 ) from None
-            from kubernetes import client
-
-            api_client = client.ApiClient()
-        return cls(api_client)
+        return cls(_api_client(configuration))
 
     def _dict(self, obj: Any) -> Any:
         return self.api_client.sanitize_for_serialization(obj)
@@ -90,12 +141,37 @@ class KubeClient:
                     f"{what}: permission denied ({exc.status} {exc.reason}); "
                     "check your kubeconfig user's RBAC rights"
                 ) from None
+            if exc.status == 409:
+                raise ConflictError(f"{what}: {exc.reason}; it changed since it was read") from None
             raise OperationFailedError(f"{what}: API error {exc.status} {exc.reason}") from None
         except (Urllib3Error, OSError) as exc:
-            raise ClusterUnreachableError(
-                f"{what}: the Kubernetes API is unreachable ({type(exc).__name__}); "
-                "check --kubeconfig/--context and the network"
-            ) from None
+            raise ClusterUnreachableError(f"{what}: {self._unreachable(exc)}") from None
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """Why the API server could not be used, naming it (never its credentials)."""
+        from urllib3.exceptions import (
+            ConnectTimeoutError,
+            MaxRetryError,
+            NewConnectionError,
+            ReadTimeoutError,
+        )
+
+        server = self.api_client.configuration.host
+        reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+        hint = "check --kubeconfig/--context and the network"
+        if isinstance(reason, ReadTimeoutError):
+            return (
+                f"the Kubernetes API server {server} did not answer within {READ_TIMEOUT}s; {hint}"
+            )
+        # urllib3 makes a refused connection a kind of connect timeout; it is not one.
+        if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
+            return (
+                f"could not connect to the Kubernetes API server {server} "
+                f"within {CONNECT_TIMEOUT}s; {hint}"
+            )
+        return (
+            f"the Kubernetes API server {server} is unreachable ({type(reason).__name__}); {hint}"
+        )
 
     def _get_or_none(self, what: str, fn: Callable[[], Any]) -> Any:
         found = self.call(what, fn, missing_ok=True)

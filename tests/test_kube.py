@@ -1,0 +1,87 @@
+"""The Kubernetes client's own guarantees (migrator/kube.py): bounded requests, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from tests import tenant_media
+
+NS = tenant_media.NAMESPACE
+
+
+@contextmanager
+def silent_api_server() -> Iterator[str]:
+    """A loopback TCP server that accepts connections and never answers: a hung API server (or
+    a half-open connection). Yields its ``host:port``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stopping.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def kubeconfig_for(path: Path, address: str) -> Path:
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "hung",
+        "clusters": [{"name": "hung", "cluster": {"server": f"http://{address}"}}],
+        "users": [{"name": "someone", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "hung", "context": {"cluster": "hung", "user": "someone"}}],
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def migrator(
+    *args: str, cwd: Path, ceiling: float
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run the CLI as a user does (its own process, no debug tracebacks); fail past ``ceiling``."""
+    env = {k: v for k, v in os.environ.items() if k != "MIGRATOR_DEBUG"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "migrator", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=ceiling,
+    )  # fmt: skip
+    return result, time.monotonic() - started
+
+
+def test_an_api_server_that_never_answers_fails_plan_with_one_line(tmp_path: Path) -> None:
+    with silent_api_server() as address:
+        kubeconfig = kubeconfig_for(tmp_path / "kubeconfig", address)
+        result, elapsed = migrator(
+            "plan", "-n", NS, "--kubeconfig", str(kubeconfig), "--target", "pvc:local",
+            cwd=tmp_path, ceiling=90,
+        )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert f"the Kubernetes API server http://{address} did not answer within" in lines[0]
+    assert "not-a-secret" not in result.stderr
+    assert elapsed < 60  # one read timeout (20 s), not retried; generous for a busy machine
