@@ -85,6 +85,10 @@ class ConflictError(OperationFailedError):
     """The object changed since it was read (HTTP 409): someone else wrote it in between."""
 
 
+class LeaseLostError(OperationFailedError):
+    """Another run took this run's Lease (or it could not be renewed in time): stop writing."""
+
+
 class StorageError(OperationFailedError):
     pass
 

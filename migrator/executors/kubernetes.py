@@ -11,10 +11,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from migrator.copier import iter_events
-from migrator.errors import BadInputError, OperationFailedError
+from migrator.errors import BadInputError, ConflictError, LeaseLostError, OperationFailedError
 from migrator.executors import EventSink, JobResult
 from migrator.journal import Journal
 from migrator.kube import FLUX_HELM_GROUP, FLUX_HELM_VERSION, KubeClient
@@ -24,6 +25,7 @@ FIELD_MANAGER = "migrator"
 SPEC_HASH = "migrator.cozystack.io/spec-hash"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 LEASE_SECONDS = 60
+RENEW_RETRY_SECONDS = 2  # after a failed renewal, try again this soon
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -258,10 +260,21 @@ class LogFollower:
 
 
 class ConfigMapStore:
-    """The journal as a ConfigMap ``migrator-<plan>`` (key ``journal.json``)."""
+    """The journal as a ConfigMap ``migrator-<plan>`` (key ``journal.json``).
 
-    def __init__(self, kube: KubeClient, namespace: str, plan: str) -> None:
+    ``guard`` runs before every write (a run passes :meth:`LeaseLock.ensure_held`): a run that
+    lost its Lease raises instead of overwriting the journal of the run that holds it now.
+    """
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        namespace: str,
+        plan: str,
+        guard: Callable[[], None] | None = None,
+    ) -> None:
         self.kube, self.namespace, self.name = kube, namespace, f"migrator-{plan}"
+        self.guard = guard
 
     def load(self) -> dict[str, Any]:
         found = self.kube.call(
@@ -275,6 +288,8 @@ class ConfigMapStore:
         return loaded
 
     def save(self, document: dict[str, Any]) -> None:
+        if self.guard is not None:
+            self.guard()
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -295,13 +310,45 @@ class ConfigMapStore:
 
 
 class LeaseLock:
-    """A coordination.k8s.io Lease ``migrator-<plan>``: one run of a plan at a time, renewed while held."""
+    """A coordination.k8s.io Lease ``migrator-<plan>``: one run of a plan at a time.
 
-    def __init__(self, kube: KubeClient, namespace: str, plan: str) -> None:
+    A thread renews it every ``renew_every`` seconds (a third of the lease by default) with a
+    read and a replace conditional on the read's resourceVersion, so a renewal never overwrites
+    another run's hold. The Lease is lost when another identity holds it, when it is gone, or when
+    no renewal succeeded for two thirds of the lease (another run may take it once it expires);
+    then :attr:`lost` is set and :meth:`ensure_held` raises LeaseLostError. On exit the Lease is
+    deleted only while it is still ours, with a resourceVersion precondition.
+    """
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        namespace: str,
+        plan: str,
+        duration: int = LEASE_SECONDS,
+        renew_every: float | None = None,
+    ) -> None:
         self.kube, self.namespace, self.name = kube, namespace, f"migrator-{plan}"
         self.identity = f"{socket.gethostname()}/{os.getpid()}"
+        self.duration = duration
+        self.renew_every = renew_every or duration / 3
         self.stopping = threading.Event()
+        self.lost = threading.Event()
+        self.lost_reason = ""
         self.thread: threading.Thread | None = None
+        self.resource_version = ""
+        # Wall-clock time (it goes on while a laptop sleeps, as the other runs' clocks do).
+        self.renewed_at = 0.0
+        self._mutex = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def _api(self) -> Any:
+        from kubernetes import client
+
+        return client.CoordinationV1Api(self.kube.api_client)
 
     def _now(self) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
@@ -320,41 +367,49 @@ class LeaseLock:
             "metadata": metadata,
             "spec": {
                 "holderIdentity": self.identity,
-                "leaseDurationSeconds": LEASE_SECONDS,
+                "leaseDurationSeconds": self.duration,
                 "renewTime": self._now(),
             },
         }
 
-    def __enter__(self) -> LeaseLock:
-        from kubernetes import client
-
-        api = client.CoordinationV1Api(self.kube.api_client)
-        current = self.kube.call(
+    def _read(self) -> dict[str, Any] | None:
+        api = self._api()
+        found = self.kube.call(
             "reading the run Lease",
             lambda: api.read_namespaced_lease(self.name, self.namespace),
             missing_ok=True,
         )
+        return None if found is None else dict(self.kube._dict(found))
+
+    def _held(self, written: Any) -> None:
+        self.resource_version = str(self.kube._dict(written)["metadata"]["resourceVersion"])
+        self.renewed_at = time.time()
+
+    def __enter__(self) -> LeaseLock:
+        api = self._api()
+        current = self._read()
         if current is None:
-            self.kube.call(
+            created = self.kube.call(
                 "taking the run Lease",
                 lambda: api.create_namespaced_lease(self.namespace, self._body()),
             )
         else:
-            self._take_over(api, self.kube._dict(current))
-        self.thread = threading.Thread(target=self._renew, args=(api,), daemon=True)
+            created = self._take_over(api, current)
+        self._held(created)
+        self.thread = threading.Thread(target=self._renew, daemon=True, name="lease-renewer")
         self.thread.start()
         return self
 
-    def _take_over(self, api: Any, lease: dict[str, Any]) -> None:
+    def _take_over(self, api: Any, lease: dict[str, Any]) -> Any:
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
         if holder and holder != self.identity and not self._expired(spec):
             raise OperationFailedError(
-                f"another migrator run of this plan is in progress ({holder}, Lease {self.namespace}/{self.name}); "
+                f"another migrator run of this plan is in progress ({holder}, Lease {self.where}); "
                 "wait for it, or stop it, then re-run"
             )
         body = self._body(lease["metadata"]["resourceVersion"])
-        self.kube.call(
+        return self.kube.call(
             "taking the run Lease",
             lambda: api.replace_namespaced_lease(self.name, self.namespace, body),
         )
@@ -369,25 +424,100 @@ class LeaseLock:
         seconds = calendar.timegm(time.strptime(str(renew)[:19], "%Y-%m-%dT%H:%M:%S"))
         return time.time() - seconds > int(spec.get("leaseDurationSeconds") or LEASE_SECONDS)
 
-    def _renew(self, api: Any) -> None:
-        while not self.stopping.wait(LEASE_SECONDS / 3):
-            try:
-                api.patch_namespaced_lease(
-                    self.name, self.namespace, {"spec": {"renewTime": self._now()}}
+    def ensure_held(self) -> None:
+        """Renew the Lease now, so it is ours for a full lease from here; call before a write
+        that only the holder may make. Raises LeaseLostError when it is no longer ours (or was
+        never taken), OperationFailedError when the API server cannot tell."""
+        with self._mutex:
+            self._renew_once()
+
+    def _lose(self, reason: str) -> LeaseLostError:
+        self.lost_reason = reason
+        self.lost.set()
+        return LeaseLostError(reason)
+
+    def _renew_once(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLostError(self.lost_reason)
+        if not self.resource_version:
+            raise LeaseLostError(f"this run does not hold the run Lease {self.where}")
+        api = self._api()
+        for _ in range(3):
+            current = self._read()
+            holder = ((current or {}).get("spec") or {}).get("holderIdentity")
+            if current is None or holder != self.identity:
+                raise self._lose(
+                    f"lost the run Lease {self.where} to {holder or 'nobody (it was deleted)'}; "
+                    "this run stopped and left the journal to the run that holds it: "
+                    "see 'migrator status', and re-run once that run is over"
                 )
-            except Exception:
-                continue
+            try:
+                self._held(self._replace(api, current["metadata"]["resourceVersion"]))
+                return
+            except ConflictError:
+                continue  # written in between: read again to see by whom
+        raise OperationFailedError(f"renewing the run Lease {self.where}: it keeps changing")
 
-    def __exit__(self, *exc: object) -> None:
-        from kubernetes import client
-
-        self.stopping.set()
-        api = client.CoordinationV1Api(self.kube.api_client)
-        self.kube.call(
-            "releasing the run Lease",
-            lambda: api.delete_namespaced_lease(self.name, self.namespace),
-            missing_ok=True,
+    def _replace(self, api: Any, resource_version: str) -> Any:
+        """Write ourselves in as the holder, renewed now, if the Lease is still that version."""
+        body = self._body(resource_version)
+        return self.kube.call(
+            "renewing the run Lease",
+            lambda: api.replace_namespaced_lease(self.name, self.namespace, body),
         )
+
+    def _renew(self) -> None:
+        delay = self.renew_every
+        while not self.stopping.wait(delay):
+            try:
+                self.ensure_held()
+                delay = self.renew_every
+            except LeaseLostError:
+                return
+            except OperationFailedError as exc:
+                silent = time.time() - self.renewed_at
+                if silent >= self.duration * 2 / 3:
+                    self._lose(
+                        f"could not renew the run Lease {self.where} for {silent:.0f}s "
+                        f"({exc.message}); another run may hold it now, so this run stopped: "
+                        "see 'migrator status', and re-run"
+                    )
+                    return
+                delay = min(self.renew_every, RENEW_RETRY_SECONDS)
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=self.duration)
+        try:
+            self._release()
+        except OperationFailedError:
+            if kind is None:
+                raise
+            # The run already failed: its own error says more; the Lease will expire.
+
+    def _release(self) -> None:
+        """Delete the Lease if it is still ours, and only the version we hold."""
+        with self._mutex:
+            if self.lost.is_set() or not self.resource_version:
+                return
+            current = self._read()
+            spec = (current or {}).get("spec") or {}
+            if current is None or spec.get("holderIdentity") != self.identity:
+                return
+            api = self._api()
+            version = current["metadata"]["resourceVersion"]
+            precondition = {"preconditions": {"resourceVersion": version}}
+            try:
+                self.kube.call(
+                    "releasing the run Lease",
+                    lambda: api.delete_namespaced_lease(
+                        self.name, self.namespace, body=precondition
+                    ),
+                    missing_ok=True,
+                )
+            except ConflictError:
+                return  # taken over since the read: it is the other run's now
 
 
 class Quiescer:
@@ -538,11 +668,12 @@ def kubernetes_context(plan: Plan, options: dict[str, Any]) -> Any:
     )
     kube.require_namespace(namespace)
     timeout = float(options.get("timeout") or 24 * 3600)
-    journal = Journal(ConfigMapStore(kube, namespace, plan.name), plan.name)
+    lock = LeaseLock(kube, namespace, plan.name)
+    journal = Journal(ConfigMapStore(kube, namespace, plan.name, lock.ensure_held), plan.name)
     return RunContext(
         executor=KubernetesExecutor(kube, timeout, options.get("parallel")),
         executor_name="kubernetes",
         journal=journal,
-        lock=LeaseLock(kube, namespace, plan.name),
+        lock=lock,
         quiesce=Quiescer(kube, namespace, plan, journal, min(timeout, 600)),
     )

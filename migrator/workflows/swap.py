@@ -213,10 +213,14 @@ def swap_context(plan: Plan, options: dict[str, Any], dry_run: bool) -> SwapCont
     from migrator.executors.kubernetes import LeaseLock
 
     kube = _kube(plan, options)
-    lock: contextlib.AbstractContextManager[Any] = (
-        contextlib.nullcontext() if dry_run else LeaseLock(kube, plan.namespace, plan.name)
+    if dry_run:
+        return SwapContext(
+            _cluster_journal(plan, kube), contextlib.nullcontext(), Cluster(kube, plan.namespace)
+        )
+    lock = LeaseLock(kube, plan.namespace, plan.name)
+    return SwapContext(
+        _cluster_journal(plan, kube, lock.ensure_held), lock, Cluster(kube, plan.namespace)
     )
-    return SwapContext(_cluster_journal(plan, kube), lock, Cluster(kube, plan.namespace))
 
 
 def _kube(plan: Plan, options: dict[str, Any]) -> KubeClient:
@@ -228,10 +232,12 @@ def _kube(plan: Plan, options: dict[str, Any]) -> KubeClient:
     return kube
 
 
-def _cluster_journal(plan: Plan, kube: KubeClient) -> Journal:
+def _cluster_journal(
+    plan: Plan, kube: KubeClient, guard: Callable[[], None] | None = None
+) -> Journal:
     from migrator.executors.kubernetes import ConfigMapStore
 
-    return Journal(ConfigMapStore(kube, plan.namespace or "", plan.name), plan.name)
+    return Journal(ConfigMapStore(kube, plan.namespace or "", plan.name, guard), plan.name)
 
 
 # --- the plan's shape -------------------------------------------------------------------------
