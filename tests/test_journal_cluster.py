@@ -22,6 +22,7 @@ from migrator.journal import Journal
 from migrator.kube import KubeClient
 from migrator.plan import load_plan
 from tests import tenant_media, test_run_cluster
+from tests.helpers import run_cli
 from tests.kubeapi import KubeAPIServer
 
 NS = tenant_media.NAMESPACE
@@ -143,3 +144,45 @@ def test_journal_writes_check_the_lease_first(cluster: KubeAPIServer) -> None:
         journal.record("media", "preseed", "done")
     assert journal.step("media", "preseed")["status"] == "running"
     assert holder(cluster, "migrator-demo") == OTHER
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def test_status_only_reads_the_journal(cluster: KubeAPIServer, tmp_path: Path) -> None:
+    made = run_cli(
+        "plan", "-n", NS, "--kubeconfig", str(cluster.kubeconfig_path), "--target", "s3://media/m",
+        "--s3-credentials-secret", tenant_media.SECRET_NAME, "--no-probe", cwd=tmp_path,
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    plan = load_plan(tmp_path / "plans" / f"{NS}.yaml")
+    configmap = f"migrator-{plan.name}"
+
+    def status(*args: str) -> Any:
+        """``migrator status`` with a kubeconfig that may only get, list and watch."""
+        rules = [cluster.deny(verb, "*") for verb in WRITES]
+        start = len(cluster.requests)
+        result = run_cli(
+            "status", "--plan", str(plan.path), "--kubeconfig", str(cluster.kubeconfig_path), *args
+        )
+        assert [r for r in cluster.requests[start:] if r.verb in WRITES] == []
+        for rule in rules:
+            cluster.allow(rule)
+        assert result.exit_code == 0, result.output
+        return result
+
+    report = json.loads(status("--json").stdout)  # no journal yet: nothing to create either
+    assert {v["state"] for v in report["volumes"]} == {"planned"}
+    assert cluster.get_object("v1", "ConfigMap", NS, configmap) is None
+
+    journal = Journal(ConfigMapStore(KubeClient(cluster.api_client()), NS, plan.name), plan.name)
+    journal.record("sonarr-config", "preseed", "done", files=3)
+    journal.update(lambda d: d.update(workloads={"Deployment/sonarr": {"previousReplicas": 1}}))
+    stored = cluster.get_object("v1", "ConfigMap", NS, configmap) or {}
+
+    report = json.loads(status("--json").stdout)
+    assert {v["volume"]: v["state"] for v in report["volumes"]}["sonarr-config"] == "pre-seeded"
+    assert report["workloads"] == {"Deployment/sonarr": {"previousReplicas": 1}}
+    assert "sonarr-config" in status().stdout  # the table reads the same journal
+    after = cluster.get_object("v1", "ConfigMap", NS, configmap) or {}
+    assert after["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]

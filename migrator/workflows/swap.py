@@ -1140,11 +1140,9 @@ def status(plan: Plan, journal: Journal) -> dict[str, Any]:
             "state": state, "since": since, "detail": detail,
             "steps": {step: entry[step].get("status") for step in STEP_ORDER if entry.get(step)},
         })  # fmt: skip
-    workloads: dict[str, Any] = {}
-    journal.update(lambda document: workloads.update(document.get("workloads", {})))
     return {
         "plan": plan.name,
         "volumes": volumes,
         "releases": journal.releases(),
-        "workloads": workloads,
+        "workloads": journal_workloads(journal),
     }
