@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from migrator.kube import CONNECT_TIMEOUT, READ_TIMEOUT, request_timeout
 from tests import tenant_media
 
 NS = tenant_media.NAMESPACE
@@ -85,3 +86,11 @@ def test_an_api_server_that_never_answers_fails_plan_with_one_line(tmp_path: Pat
     assert f"the Kubernetes API server http://{address} did not answer within" in lines[0]
     assert "not-a-secret" not in result.stderr
     assert elapsed < 60  # one read timeout (20 s), not retried; generous for a busy machine
+
+
+def test_streams_are_bounded_by_what_they_asked_for() -> None:
+    base = "https://api.example:6443/api/v1/namespaces/tenant-media/pods"
+    assert request_timeout(base) == (CONNECT_TIMEOUT, READ_TIMEOUT)
+    assert request_timeout(f"{base}?watch=true&timeoutSeconds=300") == (CONNECT_TIMEOUT, 330)
+    assert request_timeout(f"{base}/app-0/log?follow=true") == (CONNECT_TIMEOUT, None)
+    assert request_timeout(f"{base}?watch=false&limit=500") == (CONNECT_TIMEOUT, READ_TIMEOUT)
