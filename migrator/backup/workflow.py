@@ -248,9 +248,10 @@ def restore_to_directory(
     target: Path,
     force: bool,
     progress: Callable[[int, int], None] | None = None,
+    keep_setid: bool = False,
 ) -> ReadReport:
     found = repository.resolve(volume, snapshot)
-    return restore_snapshot(repository, found, target, force, progress)
+    return restore_snapshot(repository, found, target, force, progress, keep_setid)
 
 
 def verify(
@@ -278,6 +279,7 @@ def restore_to_claim(
     kube: Any,
     timeout: float,
     on_event: Callable[[dict[str, Any]], None],
+    keep_setid: bool = False,
 ) -> JobResult:
     """Run a restore Job into the PVC ``claim``; refuses a claim a running pod mounts."""
     from migrator.executors.kubernetes import KubernetesExecutor
@@ -293,7 +295,9 @@ def restore_to_claim(
         )
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     name = f"{manifests.job_name('restore', volume['name'])[:46].rstrip('-')}-{stamp}"
-    job = manifests.build_restore_job(plan.document, volume, snapshot, claim, force, name)
+    job = manifests.build_restore_job(
+        plan.document, volume, snapshot, claim, force, name, keep_setid
+    )
     result: JobResult = KubernetesExecutor(kube, timeout).run_job(
         job, lambda _index, event: on_event(event)
     )
@@ -320,9 +324,12 @@ def restore_claim_outcome(
     force: bool,
     kube: Any,
     timeout: float,
+    keep_setid: bool = False,
 ) -> dict[str, Any]:
     """Run the restore Job and return its report; OperationFailedError when it gave none."""
-    result = restore_to_claim(plan, volume, snapshot, claim, force, kube, timeout, lambda _e: None)
+    result = restore_to_claim(
+        plan, volume, snapshot, claim, force, kube, timeout, lambda _e: None, keep_setid
+    )
     if result.done_events:
         done = result.done_events[-1]
         return {k: v for k, v in done.items() if k not in ("migrator", "event")}
