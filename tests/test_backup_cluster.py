@@ -195,6 +195,9 @@ def test_bad_install_requests_are_bad_input(cozy: Cozy, tmp_path: Path) -> None:
     plan_path = cozy.plan("--volume", "sonarr-config")
     result = run_cli("backup", "install", "--plan", str(plan_path), "--schedule", "nightly")
     assert result.exit_code == 2 and "is not a cron expression" in result.output
+    result = run_cli("backup", "install", "--plan", str(plan_path), "--schedule", "99 99 * * *")
+    assert result.exit_code == 2, result.output
+    assert "minute 99 is out of range 0-59" in result.output
     media = cozy.plan("--volume", "media")
     result = run_cli("backup", "install", "--plan", str(media))
     assert result.exit_code == 2 and "has no config volumes to back up" in result.output
