@@ -348,6 +348,21 @@ def test_a_huge_name_header_is_refused_in_bounded_memory(
     assert f"problem: the archive is damaged: a {what} header of {size} bytes" in stderr
 
 
+def test_a_gnu_sparse_member_is_refused(project: Project) -> None:
+    """tarfile reads a sparse member's whole map into memory; migrator never writes one."""
+    info = tarfile.TarInfo("config.xml")
+    info.type, info.size = tarfile.GNUTYPE_SPARSE, 9
+    parts: list[Part] = [
+        member("./", tarfile.DIRTYPE),
+        info.tobuf(tarfile.GNU_FORMAT),
+        pad(b"<Config/>"),
+    ]
+    store_snapshot(project, parts, [file_entry("config.xml", b"<Config/>")])
+    result = run_cli(*project.restore_args(project.root / "restored"))
+    assert result.exit_code == 3, result.output
+    assert "a GNU sparse member (migrator never writes one)" in only_error_line(result)
+
+
 # --- item 12: duplicates, setuid/setgid ---------------------------------------------------------
 
 
