@@ -765,10 +765,12 @@ def build_restore_job(
     claim: str,
     force: bool = False,
     name: str | None = None,
+    keep_setid: bool = False,
 ) -> dict[str, Any]:
     """A Job restoring ``snapshot`` of ``volume`` into the PVC ``claim`` (mounted read-write).
 
-    It refuses a claim that is not empty unless ``force`` (which replaces its content).
+    It refuses a claim that is not empty unless ``force`` (which replaces its content), and
+    restores files' setuid/setgid bits only with ``keep_setid``.
     """
     command = [
         "migrator", "agent", "backup-restore", "--from", backup_url(plan),
@@ -776,6 +778,8 @@ def build_restore_job(
     ]  # fmt: skip
     if force:
         command.append("--force")
+    if keep_setid:
+        command.append("--keep-setid")
     object_labels = _backup_labels(plan, "restore", volume["name"])
     pod_volumes = [
         {"name": "restore", "persistentVolumeClaim": {"claimName": claim}},

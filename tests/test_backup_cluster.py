@@ -195,6 +195,9 @@ def test_bad_install_requests_are_bad_input(cozy: Cozy, tmp_path: Path) -> None:
     plan_path = cozy.plan("--volume", "sonarr-config")
     result = run_cli("backup", "install", "--plan", str(plan_path), "--schedule", "nightly")
     assert result.exit_code == 2 and "is not a cron expression" in result.output
+    result = run_cli("backup", "install", "--plan", str(plan_path), "--schedule", "99 99 * * *")
+    assert result.exit_code == 2, result.output
+    assert "minute 99 is out of range 0-59" in result.output
     media = cozy.plan("--volume", "media")
     result = run_cli("backup", "install", "--plan", str(media))
     assert result.exit_code == 2 and "has no config volumes to back up" in result.output
@@ -281,3 +284,31 @@ def test_listing_from_a_workstation_uses_its_own_endpoint_and_keys(cozy: Cozy) -
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["snapshots"] == []
+
+
+def test_restore_job_brings_back_setuid_bits_only_when_asked(cozy: Cozy) -> None:
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    source = cozy.claims[(NS, "sonarr-config")]
+    (source / "tool").write_bytes(b"#!/bin/sh\n")
+    (source / "tool").chmod(0o4755)
+    result = cozy.cli("backup", "run", "--plan", str(plan_path), "--json")
+    assert result.exit_code == 0, result.output
+    modes = {}
+    for claim, extra in (("sonarr-plain", ()), ("sonarr-kept", ("--keep-setid",))):
+        restored = cozy.root / "volumes" / claim
+        restored.mkdir()
+        cozy.claims[(NS, claim)] = restored
+        cozy.api.seed([tenant_media.pvc(claim, "2Gi", "replicated", ["ReadWriteOnce"], None)])
+        result = cozy.cli(
+            "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
+            "--to-pvc", claim, "--json", *extra,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        modes[claim] = (restored / "tool").stat().st_mode & 0o7777
+    assert modes == {"sonarr-plain": 0o755, "sonarr-kept": 0o4755}
+    job = manifests.build_restore_job(
+        load_plan(plan_path).document, {"name": "sonarr-config", "source": {}}, "latest",
+        "sonarr-kept", keep_setid=True,
+    )  # fmt: skip
+    validate_manifest(job)
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--keep-setid"

@@ -98,11 +98,14 @@ def restore_volume(
     target: Path,
     force: bool,
     emit: Emit,
+    keep_setid: bool = False,
 ) -> dict[str, Any]:
     """Restore one snapshot into ``target``; returns the report as a dict (``ok`` says it all)."""
     found = repository.resolve(volume, snapshot)
     emit({"event": "start", "volume": volume, "snapshot": found.id, "to": str(target)})
-    report = restore_snapshot(repository, found, target, force, _Throttled(emit, volume))
+    report = restore_snapshot(
+        repository, found, target, force, _Throttled(emit, volume), keep_setid
+    )
     outcome = report.as_dict()
     emit({"event": "done", **outcome})
     return outcome
@@ -164,7 +167,9 @@ def _drill_one(
     problems += restored.problems
     owners = not any("owners were not restored" in note for note in restored.notes)
     if restored.ok:
-        checked = verify_directory(repository, snapshot, target, strict_metadata=owners)
+        checked = verify_directory(
+            repository, snapshot, target, strict_metadata=owners, file_setid=False
+        )
         problems += checked.problems
         outcome.update(files=checked.files, bytes=checked.bytes, databases=checked.databases)
     outcome.update(status="failed" if problems else "done", problems=problems)

@@ -4,6 +4,11 @@ Shared by restore and verify. Every file's bytes are hashed as they stream and c
 the manifest; the compressed stream's own size and xxh3-128 are compared with the record; a
 file of the manifest that the archive does not hold is reported. Damage anywhere becomes a
 named problem, never a traceback.
+
+Memory stays bounded whatever the archive says: tarfile reads a long-name or pax header whole
+before it looks at it (a 16 KB archive can declare a 2 GiB name), so headers larger than
+MAX_HEADER_BYTES, and the GNU sparse forms whose maps tarfile also reads whole, are refused
+before they are read (UnsafeArchiveError). migrator never writes either.
 """
 
 from __future__ import annotations
@@ -24,6 +29,41 @@ from migrator.errors import OperationFailedError
 
 READ_CHUNK = 1 << 20
 MAX_PROBLEMS = 50
+# A long name or pax header holds one path (PATH_MAX is 4096) and a few numbers: 1 MiB is ample.
+MAX_HEADER_BYTES = 1 << 20
+_NAME_HEADERS = {
+    tarfile.GNUTYPE_LONGNAME: "GNU long name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long link",
+    tarfile.XHDTYPE: "pax",
+    tarfile.XGLTYPE: "pax global",
+    tarfile.SOLARIS_XHDTYPE: "pax",
+}
+
+
+class UnsafeArchiveError(OperationFailedError):
+    """The archive holds something no snapshot holds and reading it on would do harm (exhaust
+    memory, write through a link, write more than the manifest says): reading stops here."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's TarInfo, refusing the headers it would read whole into memory.
+
+    tarfile builds each member's TarInfo with this class (also the ones that follow a long-name
+    or pax header), and ``_proc_member`` is where it decides how to read a header's payload.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        what = _NAME_HEADERS.get(self.type)
+        if what is not None and self.size > MAX_HEADER_BYTES:
+            raise UnsafeArchiveError(
+                f"a {what} header of {self.size} bytes (at most {MAX_HEADER_BYTES} are read)"
+            )
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise UnsafeArchiveError("a GNU sparse member (migrator never writes one)")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    def _proc_gnusparse_10(self, *args: Any) -> Any:
+        raise UnsafeArchiveError("a GNU sparse 1.0 member (migrator never writes one)")
 
 
 @dataclass
@@ -140,7 +180,8 @@ def read_snapshot(
 
     Problems go into ``report`` (a new one by default), which is returned. Raises
     VerificationFailedError only when the manifest itself is unusable, StorageError when S3
-    fails, OperationFailedError when a handler refuses a member (a path outside the target).
+    fails, UnsafeArchiveError when a header would exhaust memory or a handler refuses a member
+    (a path through a link, more bytes than the manifest says).
     """
     report = report or ReadReport(snapshot.volume, snapshot.id)
     manifest = {e.path: e for e in repository.manifest_entries(snapshot)}
@@ -172,7 +213,9 @@ def _walk_members(
     decompressed = zstandard.ZstdDecompressor().stream_reader(
         cast(IO[bytes], source), read_size=READ_CHUNK, read_across_frames=True
     )
-    with tarfile.open(fileobj=decompressed, mode="r|", bufsize=READ_CHUNK) as tar:
+    with tarfile.open(
+        fileobj=decompressed, mode="r|", bufsize=READ_CHUNK, tarinfo=_BoundedTarInfo
+    ) as tar:
         for info in tar:
             try:
                 path = member_path(info.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +23,13 @@ from migrator.backup.reader import (
     Checked,
     Member,
     ReadReport,
+    UnsafeArchiveError,
     database_paths,
     read_snapshot,
 )
 from migrator.backup.repository import BackupRepository, Snapshot
 from migrator.backup.restore import check_database
-from migrator.checksum import compare, escape_path, hash_tree
+from migrator.checksum import FILE, Entry, compare, escape_path, hash_tree
 
 
 def verify_snapshot(
@@ -63,6 +65,9 @@ def verify_snapshot(
 
     try:
         return read_snapshot(repository, snapshot, handle, progress, report)
+    except UnsafeArchiveError as exc:  # a header that would exhaust memory: damage to report
+        report.problem(f"the archive is damaged: {exc.message}")
+        return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -74,19 +79,30 @@ def _check_link(member: Member, report: ReadReport) -> None:
     report.symlinks += 1
 
 
+def _without_setid(entry: Entry) -> Entry:
+    if entry.type != FILE or entry.mode is None:
+        return entry
+    return entry._replace(mode=entry.mode & ~(stat.S_ISUID | stat.S_ISGID))
+
+
 def verify_directory(
     repository: BackupRepository,
     snapshot: Snapshot,
     directory: Path,
     strict_metadata: bool = False,
+    file_setid: bool = True,
 ) -> ReadReport:
     """Check a restored ``directory`` against ``snapshot``'s manifest and its databases.
 
     Content differences are problems; mode, owner and mtime differences too when
-    ``strict_metadata``, notes otherwise. Raises ChecksumError when the tree cannot be read.
+    ``strict_metadata``, notes otherwise. Without ``file_setid`` files are expected without
+    their setuid/setgid bits (a restore without ``keep_setid``). Raises ChecksumError when the
+    tree cannot be read.
     """
     report = ReadReport(snapshot.volume, snapshot.id)
     manifest = repository.manifest_entries(snapshot)
+    if not file_setid:
+        manifest = [_without_setid(e) for e in manifest]
     result = compare(
         manifest, hash_tree(directory), strict_metadata=strict_metadata, limit=MAX_PROBLEMS
     )

@@ -9,7 +9,6 @@ from ``--s3-endpoint``, the plan, or AWS_ENDPOINT_URL; credentials from the AWS_
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator import manifests
+from migrator.backup.cron import check_schedule
 from migrator.backup.prune import PruneResult, prune_volume
 from migrator.backup.reader import ReadReport
 from migrator.backup.repository import BackupRepository, Snapshot, VolumeListing
@@ -27,9 +27,6 @@ from migrator.errors import BadInputError, OperationFailedError
 from migrator.executors import JobResult
 from migrator.objectstore import S3Location, S3Settings, make_client
 from migrator.plan import Plan, dump_yaml
-
-_CRON_FIELD = re.compile(r"^[0-9*/,\-A-Za-z?]+$")
-_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
 
 def backup_location(plan: Plan) -> S3Location:
@@ -69,18 +66,6 @@ def open_repository(plan: Plan, endpoint: str | None = None) -> BackupRepository
     return BackupRepository(make_client(settings, flexible_checksums=False), location)
 
 
-def check_schedule(schedule: str) -> str:
-    """A five-field cron expression or a macro like ``@daily``; BadInputError otherwise."""
-    fields = schedule.split()
-    if schedule.strip() in _CRON_MACROS or (
-        len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields)
-    ):
-        return " ".join(fields) if len(fields) == 5 else schedule.strip()
-    raise BadInputError(
-        f"schedule {schedule!r} is not a cron expression; use five fields like '0 3 * * *'"
-    )
-
-
 def drill_schedule(value: str | None) -> str | None:
     """``weekly``/``daily`` or a cron expression for the restore drill (None: no drill)."""
     if not value or value == "off":
@@ -96,6 +81,7 @@ def render_install(
     plan: Plan, schedule: str, drill: str | None, policy: RetentionPolicy
 ) -> dict[str, dict[str, Any]]:
     """The CronJobs ``backup install`` renders, by file name."""
+    schedule, drill = check_schedule(schedule), drill_schedule(drill)  # wrong whatever the plan
     if plan.mode != "cluster":
         raise BadInputError(
             "backup install renders CronJobs for cluster plans; on this host schedule "
@@ -103,9 +89,7 @@ def render_install(
         )
     backup_location(plan)
     config_volumes(plan)
-    return manifests.render_backups(
-        plan.document, check_schedule(schedule), retention_args(policy), drill_schedule(drill)
-    )
+    return manifests.render_backups(plan.document, schedule, retention_args(policy), drill)
 
 
 def write_manifests(files: dict[str, dict[str, Any]], out: Path) -> list[Path]:
@@ -248,9 +232,10 @@ def restore_to_directory(
     target: Path,
     force: bool,
     progress: Callable[[int, int], None] | None = None,
+    keep_setid: bool = False,
 ) -> ReadReport:
     found = repository.resolve(volume, snapshot)
-    return restore_snapshot(repository, found, target, force, progress)
+    return restore_snapshot(repository, found, target, force, progress, keep_setid)
 
 
 def verify(
@@ -278,6 +263,7 @@ def restore_to_claim(
     kube: Any,
     timeout: float,
     on_event: Callable[[dict[str, Any]], None],
+    keep_setid: bool = False,
 ) -> JobResult:
     """Run a restore Job into the PVC ``claim``; refuses a claim a running pod mounts."""
     from migrator.executors.kubernetes import KubernetesExecutor
@@ -293,7 +279,9 @@ def restore_to_claim(
         )
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     name = f"{manifests.job_name('restore', volume['name'])[:46].rstrip('-')}-{stamp}"
-    job = manifests.build_restore_job(plan.document, volume, snapshot, claim, force, name)
+    job = manifests.build_restore_job(
+        plan.document, volume, snapshot, claim, force, name, keep_setid
+    )
     result: JobResult = KubernetesExecutor(kube, timeout).run_job(
         job, lambda _index, event: on_event(event)
     )
@@ -320,9 +308,12 @@ def restore_claim_outcome(
     force: bool,
     kube: Any,
     timeout: float,
+    keep_setid: bool = False,
 ) -> dict[str, Any]:
     """Run the restore Job and return its report; OperationFailedError when it gave none."""
-    result = restore_to_claim(plan, volume, snapshot, claim, force, kube, timeout, lambda _e: None)
+    result = restore_to_claim(
+        plan, volume, snapshot, claim, force, kube, timeout, lambda _e: None, keep_setid
+    )
     if result.done_events:
         done = result.done_events[-1]
         return {k: v for k, v in done.items() if k not in ("migrator", "event")}

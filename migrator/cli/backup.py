@@ -300,6 +300,11 @@ def backup_list(**options: Any) -> None:
 @click.option("--to-pvc", metavar="NAME", help="Restore into this PVC with a Job (cluster plans).")
 @click.option("--force", is_flag=True, help="Replace the content of a non-empty target.")
 @click.option(
+    "--keep-setid",
+    is_flag=True,
+    help="Restore the setuid/setgid bits of files too (directories always keep setgid).",
+)
+@click.option(
     "--timeout",
     type=click.IntRange(1),
     default=6 * 3600,
@@ -327,7 +332,7 @@ def backup_restore(**options: Any) -> None:
     if options["to_pvc"]:
         result = restore_claim_outcome(
             plan, volume, options["snapshot"], options["to_pvc"], options["force"],
-            _kube(options), options["timeout"],
+            _kube(options), options["timeout"], options["keep_setid"],
         )  # fmt: skip
         _finish_report(result, options["as_json"], f"restored into PVC {options['to_pvc']}")
         return
@@ -336,6 +341,7 @@ def backup_restore(**options: Any) -> None:
         report = restore_to_directory(
             repository, volume["name"], options["snapshot"], Path(options["to_dir"]), options["force"],
             lambda files, size: progress({"event": "progress", "volume": volume["name"], "files": files, "bytes": size}),
+            options["keep_setid"],
         )  # fmt: skip
     _finish_report(report.as_dict(), options["as_json"], f"restored into {options['to_dir']}")
 
@@ -517,6 +523,7 @@ def agent_backup(**options: Any) -> None:
 @click.option("--snapshot", required=True, help="Snapshot id, or 'latest'.")
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False), help="Target.")
 @click.option("--force", is_flag=True, help="Replace the content of a non-empty target.")
+@click.option("--keep-setid", is_flag=True, help="Restore the setuid/setgid bits of files too.")
 @handle_errors
 def agent_backup_restore(**options: Any) -> None:
     """Restore one snapshot into a directory (a mounted PVC); JSON events on stdout."""
@@ -525,7 +532,7 @@ def agent_backup_restore(**options: Any) -> None:
 
     outcome = restore_volume(
         _agent_repository(options["url"]), options["volume"], options["snapshot"],
-        Path(options["target"]), options["force"], json_lines(sys.stdout),
+        Path(options["target"]), options["force"], json_lines(sys.stdout), options["keep_setid"],
     )  # fmt: skip
     if not outcome["ok"]:
         raise VerificationFailedError(
