@@ -638,13 +638,17 @@ def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> in
     """Delete destination files and directory markers the source no longer has (this shard's)."""
     # rclone lists (and takes back) names in its standard encoding, a tab as "␉" and so on:
     # compare there, or such files would look extra and be deleted right after their copy.
+    from migrator.backup.repository import is_snapshot_object
+
     files, dirs = rclone.list_tree(request.dest)
     wanted = {standard_path(name) for name in tree.files}
     kept = wanted | {standard_path(name) for name in tree.skipped_sqlite}
     extras = []
     for name in files:
-        if name not in kept and request.shard.owns(name):
-            extras.append(name)  # a live database left for later is not an extra
+        # A live database left for later is not an extra; nor is a backup snapshot that
+        # shares this prefix (plans refuse that layout now; older ones may still have it).
+        if name not in kept and request.shard.owns(name) and not is_snapshot_object(name):
+            extras.append(name)
     if extras:
         with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as listing:
             listing.write(b"".join(os.fsencode(p) + b"\n" for p in sorted(extras)))

@@ -341,3 +341,47 @@ def test_names_rclone_encodes_copy_rerun_cutover_and_verify(
     result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["volumes"][0]["files"] == len(EXOTIC_NAMES)
+
+
+def agent_copy(server: SeaweedFS, source: Path, dest: str, *args: str) -> dict[str, Any]:
+    """``migrator agent copy`` as a Job runs it; its ``done`` event."""
+    result = subprocess.run(
+        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
+         "--dest", dest, *args],
+        env=rclone_env(server), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    done: dict[str, Any] = events[-1]
+    assert done["event"] == "done"
+    return done
+
+
+def test_the_deletion_pass_never_deletes_snapshots(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Issue #12 item 1: backups sharing a volume's prefix (an older plan, or one that bypassed
+    the plan's check) were deleted by the cutover as extras. Snapshot-shaped keys now stay."""
+    from migrator.objectstore import S3Settings, make_client
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.xml").write_text("<Config/>")
+    (source / "gone.txt").write_text("deleted from the source before the cutover")
+    dest, state = f"s3:{bucket}/mig/sonarr-config", f"s3:{bucket}/mig/.migrator/sonarr-config"
+    assert agent_copy(s3_env, source, dest, "--state", state)["copied"] == 2
+    client = make_client(S3Settings.from_environment(s3_env.s3_endpoint))
+    snapshots = [  # what 'backup run' writes with --backup-target s3://BUCKET/mig, and .../mig/X
+        f"mig/sonarr-config/20250114T030000Z{suffix}"
+        for suffix in (".tar.zst", ".manifest.gz", ".json")
+    ] + ["mig/sonarr-config/sonarr-config/20250115T030000Z.json"]
+    for key in snapshots:
+        client.put_object(Bucket=bucket, Key=key, Body=b"snapshot")
+    client.put_object(Bucket=bucket, Key="mig/sonarr-config/20250114T030000Z.txt", Body=b"x")
+    (source / "gone.txt").unlink()
+    done = agent_copy(s3_env, source, dest, "--state", state, "--delete")
+    assert done["deleted"] == 2  # gone.txt, and the extra that only looks like an id
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="mig/")
+    keys = sorted(obj["Key"] for obj in listed.get("Contents", []))
+    assert keys == sorted([*snapshots, "mig/sonarr-config/config.xml",
+                           "mig/.migrator/sonarr-config/copy-state.tsv.gz"])  # fmt: skip
