@@ -36,7 +36,7 @@ from typing import IO, Any
 import xxhash
 
 from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
-from migrator.rclone_names import standard_path
+from migrator.rclone_names import ENCODING_FLAG, standard_path
 from migrator.uploader import (
     Destination,
     Uploader,
@@ -225,7 +225,9 @@ class Rclone:
         self.binary = binary or find_rclone()
 
     def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([self.binary, *args], input=stdin, capture_output=True, check=False)
+        # Every call that touches the destination spells names as the copy does.
+        command = [self.binary, *args[:1], ENCODING_FLAG, *args[1:]]
+        return subprocess.run(command, input=stdin, capture_output=True, check=False)
 
     def read(self, path: str) -> bytes:
         """Contents of a remote file; b"" when it does not exist."""
@@ -514,6 +516,7 @@ def _transfer(
     args = [
         rclone.binary,
         "copy",
+        ENCODING_FLAG,
         f"{request.source}/",
         request.dest,
         "--files-from-raw",

@@ -385,3 +385,83 @@ def test_the_deletion_pass_never_deletes_snapshots(
     keys = sorted(obj["Key"] for obj in listed.get("Contents", []))
     assert keys == sorted([*snapshots, "mig/sonarr-config/config.xml",
                            "mig/.migrator/sonarr-config/copy-state.tsv.gz"])  # fmt: skip
+
+
+# SeaweedFS stores a key's backslash as a slash: without rclone's BackSlash encoding these were
+# stored under other names, deleted by the cutover, and reported missing by verify forever.
+BACKSLASH_NAMES = [
+    "win\\path.txt",
+    "ends with\\",
+    "dir\\with\\backslashes/inner.txt",
+    "full\uff3cwidth reverse solidus.txt",
+    "both \\ and \uff3c.txt",
+]
+
+
+def _backslash_tree(source: Path) -> None:
+    source.mkdir()
+    for index, name in enumerate(BACKSLASH_NAMES):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(b"b" * (index + 1))
+    (source / "empty\\dir").mkdir()
+
+
+def _backslash_plan(tmp_path: Path, server: SeaweedFS, bucket: str) -> Path:
+    result = run_cli(
+        "plan", "--source-dir", f"media={tmp_path / 'src'}", "--target", f"s3://{bucket}/bs",
+        "--s3-endpoint", server.s3_endpoint, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return tmp_path / "plans" / "local.yaml"
+
+
+def _assert_backslash_keys(server: SeaweedFS, bucket: str) -> None:
+    from migrator.objectstore import S3Settings, make_client
+
+    client = make_client(S3Settings.from_environment(server.s3_endpoint))
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="bs/media/")
+    keys = sorted(obj["Key"][len("bs/media/") :] for obj in listed.get("Contents", []))
+    assert keys == sorted([  # as rclone --s3-encoding ...,BackSlash names them
+        "win\uff3cpath.txt", "ends with\uff3c", "dir\uff3cwith\uff3cbackslashes/inner.txt",
+        "full\u201b\uff3cwidth reverse solidus.txt", "both \uff3c and \u201b\uff3c.txt",
+        "empty\uff3cdir/",
+    ])  # fmt: skip
+
+
+def test_backslash_names_copy_rerun_cutover_and_verify(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Issue #12 item 6, with the copy agent's own uploader (what `run` uses)."""
+    _backslash_tree(tmp_path / "src")
+    plan = _backslash_plan(tmp_path, s3_env, bucket)
+    first = run(plan, "--phase", "media")
+    assert first["exit_code"] == 0, first
+    assert by_volume(first)["media"]["copied"] == len(BACKSLASH_NAMES)
+    assert by_volume(run(plan, "--phase", "media"))["media"]["copied"] == 0
+    cutover = run(plan, "--phase", "media", "--cutover")
+    assert cutover["exit_code"] == 0, cutover
+    assert by_volume(cutover)["media"]["deleted"] == 0
+    _assert_backslash_keys(s3_env, bucket)
+    remote = f"s3:{bucket}/bs/media"
+    checked = rclone(s3_env, "check", "--download", "--s3-encoding",
+                     "Slash,InvalidUtf8,Dot,BackSlash", str(tmp_path / "src"), remote)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["volumes"][0]["files"] == len(BACKSLASH_NAMES) + 1
+
+
+def test_backslash_names_with_rclone_moving_every_file(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Issue #12 item 6 with `--uploader rclone`: the same keys, so verify and the sync agree."""
+    _backslash_tree(tmp_path / "src")
+    plan = _backslash_plan(tmp_path, s3_env, bucket)
+    dest, state = f"s3:{bucket}/bs/media", f"s3:{bucket}/bs/.migrator/media"
+    args = ["--state", state, "--uploader", "rclone"]
+    assert agent_copy(s3_env, tmp_path / "src", dest, *args)["copied"] == len(BACKSLASH_NAMES)
+    assert agent_copy(s3_env, tmp_path / "src", dest, *args)["copied"] == 0
+    assert agent_copy(s3_env, tmp_path / "src", dest, *args, "--delete")["deleted"] == 0
+    _assert_backslash_keys(s3_env, bucket)
+    result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
+    assert result.exit_code == 0, result.output
