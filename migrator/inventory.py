@@ -146,6 +146,10 @@ def parse_assignments(values: Iterable[str], option: str) -> dict[str, str]:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
             raise BadInputError(f"{option} {item!r} must look like NAME=VALUE")
+        if name in result and result[name] != value:
+            raise BadInputError(
+                f"{option} {name} is given twice ({result[name]} and {value}); give it once"
+            )
         result[name] = value
     return result
 

@@ -22,6 +22,20 @@ T = TypeVar("T")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
+def prefix_problem(prefix: str) -> str | None:
+    """Why a key prefix cannot be used, or None. S3 keeps ``a//b`` and ``..`` literally, but
+    rclone, SeaweedFS's filer and a CSI mount read them as paths: the copy would land elsewhere
+    than where verify and the swap look."""
+    if not prefix:
+        return None
+    for segment in prefix.split("/"):
+        if not segment:
+            return f"prefix {prefix!r} has an empty path segment ('//')"
+        if segment in (".", ".."):
+            return f"prefix {prefix!r}: {segment!r} is not allowed as a path segment"
+    return None
+
+
 @dataclass(frozen=True)
 class S3Location:
     """``s3://BUCKET[/PREFIX]``: a bucket and a key prefix without leading/trailing slashes."""
@@ -40,7 +54,11 @@ class S3Location:
                 f"target {url!r}: {bucket!r} is not a valid bucket name "
                 "(3-63 lowercase letters, digits, dots and hyphens)"
             )
-        return cls(bucket=bucket, prefix=prefix.strip("/"))
+        prefix = prefix.strip("/")
+        problem = prefix_problem(prefix)
+        if problem:
+            raise InvalidTargetError(f"target {url!r}: {problem}")
+        return cls(bucket=bucket, prefix=prefix)
 
     def key(self, *parts: str) -> str:
         """Join the prefix and ``parts`` into an object key (or key prefix)."""

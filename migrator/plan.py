@@ -44,7 +44,70 @@ def validate_document(document: Any) -> list[str]:
     problems = []
     for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.path))):
         problems.append(f"At '{_format_path(error.path)}': {_short_message(error)}")
+    if not problems:  # what one field's schema cannot say: prefixes, and two fields together
+        problems += _prefix_problems(document["spec"])
+        problems += [f"At 'spec.backup.prefix': {p}" for p in backup_overlaps(document["spec"])]
     return problems
+
+
+def _prefix_problems(spec: dict[str, Any]) -> list[str]:
+    from migrator.objectstore import prefix_problem
+
+    problems = []
+    for section in ("target", "backup"):
+        problem = prefix_problem(str(spec.get(section, {}).get("prefix", "")))
+        if problem:
+            problems.append(f"At 'spec.{section}.prefix': {problem}")
+    return problems
+
+
+def _within(key: str, prefix: str) -> bool:
+    """Whether key prefix ``key`` is ``prefix`` or below it (whole path segments)."""
+    return not prefix or key == prefix or key.startswith(prefix + "/")
+
+
+def backup_overlaps(spec: dict[str, Any]) -> list[str]:
+    """Why the backups (``spec.backup``) would share keys with the copies, or [].
+
+    A volume's snapshots go under ``BACKUP/VOLUME/``; its copy under ``TARGET/VOLUME/`` and the
+    copy state under ``TARGET/.migrator/``. Where one contains the other, the cutover's sync
+    deletes the snapshots as extras (and verify reports them).
+    """
+    backup, target = spec.get("backup"), spec.get("target", {})
+    if not backup or target.get("type") != "s3":
+        return []
+    bucket = backup.get("bucket") or str(backup["url"])[len("s3://") :].partition("/")[0]
+    if bucket != target.get("bucket"):
+        return []
+    overlap = _overlap(spec, str(backup.get("prefix", "")))
+    if overlap is None:
+        return []
+    volume, snapshots, what, keys = overlap
+    free = next(
+        p for p in ("backups", "migrator-backups", "migrator-backups-0") if not _overlap(spec, p)
+    )
+    return [
+        f"the backups of {volume} (s3://{bucket}/{snapshots}/) would share keys with {what} "
+        f"(s3://{bucket}/{keys}/), whose cutover deletes what the source does not have; "
+        f"put backups beside the copies, e.g. s3://{bucket}/{free}"
+    ]
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def _overlap(spec: dict[str, Any], backup_prefix: str) -> tuple[str, str, str, str] | None:
+    """(volume, its snapshot prefix, what it overlaps, that prefix), or None."""
+    base = str(spec["target"].get("prefix", ""))
+    copies = {_join(base, v["name"]): f"the copy of volume {v['name']}" for v in spec["volumes"]}
+    copies[_join(base, ".migrator")] = "the copy state (.migrator/)"
+    for volume in spec["volumes"]:
+        snapshots = _join(backup_prefix, volume["name"])
+        for keys, what in copies.items():
+            if _within(snapshots, keys) or _within(keys, snapshots):
+                return volume["name"], snapshots, what, keys
+    return None
 
 
 def _short_message(error: Any) -> str:

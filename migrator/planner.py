@@ -13,7 +13,15 @@ from migrator.errors import BadInputError, InvalidTargetError
 from migrator.inventory import Inventory, Volume
 from migrator.manifests import render_plan
 from migrator.objectstore import S3Location
-from migrator.plan import API_VERSION, KIND, Plan, dump_yaml, project_dir, save_plan
+from migrator.plan import (
+    API_VERSION,
+    KIND,
+    Plan,
+    backup_overlaps,
+    dump_yaml,
+    project_dir,
+    save_plan,
+)
 from migrator.quantity import human_bytes
 
 DEFAULT_IMAGE = f"ghcr.io/cozystack/migrator-agent:{__version__}"
@@ -119,6 +127,8 @@ def build_plan_document(
         volumes=[_volume_section(v, request, target) for v in inventory.volumes],
         releases=[_release_section(r) for r in inventory.releases],
     )
+    for problem in backup_overlaps(spec):
+        raise BadInputError(f"--backup-target {request.backup_target}: {problem}")
     document = {
         "apiVersion": API_VERSION,
         "kind": KIND,

@@ -10,6 +10,13 @@ happens in that form: :func:`standard_path`.
 Into S3, rclone's backend encoding (``Slash,InvalidUtf8,Dot``) leaves valid UTF-8 names as they
 are and writes each byte of an invalid UTF-8 sequence as U+201B and two upper-case hex digits:
 :func:`local_path_of_key` undoes that for object keys read directly.
+
+SeaweedFS stores a key's backslash as a slash (``win\\path.txt`` becomes ``win/path.txt``), so every
+rclone call that touches the destination adds ``BackSlash`` (:data:`ENCODING_FLAG`): rclone then
+writes ``\\`` as the full-width reverse solidus U+FF3C and a literal U+FF3C quoted with U+201B
+(from the first such character on, its quote rune and the full-width forms it decodes are quoted
+too). :func:`key_path` spells a name that way for migrator's own uploader;
+:func:`local_path_of_key` maps it back.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ SYMBOL_NUL = "\u2400"  # SYMBOL FOR NULL; U+2401..U+241F stand for 0x01..0x1F
 SYMBOL_DEL = "\u2421"
 FULL_SLASH = "\uff0f"
 FULL_DOT = "\uff0e"
+FULL_BACKSLASH = "\uff3c"
+# rclone's default S3 encoding plus BackSlash: what every rclone call on an S3 destination uses.
+S3_ENCODING = "Slash,InvalidUtf8,Dot,BackSlash"
+ENCODING_FLAG = f"--s3-encoding={S3_ENCODING}"
 _SPECIAL = re.compile("[\x00-\x1f\x7f" + QUOTE + SYMBOL_NUL + "-\u241f" + SYMBOL_DEL
                       + FULL_SLASH + FULL_DOT + "]")  # fmt: skip
 _INVALID_BYTE = re.compile(QUOTE + "([89A-F][0-9A-F])")
@@ -34,8 +45,51 @@ def standard_path(path: str) -> str:
     return "/".join(_standard_encode(_base_decode(part)) for part in path.split("/"))
 
 
+def key_path(path: str) -> str:
+    """The object key (below the volume's prefix) of the local file ``path`` (valid UTF-8), as
+    rclone with :data:`S3_ENCODING` stores it: names holding a backslash are encoded."""
+    if "\\" not in path and FULL_BACKSLASH not in path:
+        return path
+    return "/".join(_backslash_encode(part) for part in path.split("/"))
+
+
+# From the first character rclone's encoder must replace on, it replaces or quotes these.
+_BACKSLASH_ENCODED = {"\\": FULL_BACKSLASH, FULL_BACKSLASH: QUOTE + FULL_BACKSLASH,
+                      QUOTE: QUOTE + QUOTE, SYMBOL_NUL: QUOTE + SYMBOL_NUL,
+                      FULL_SLASH: QUOTE + FULL_SLASH}  # fmt: skip
+_BACKSLASH_DECODED = re.compile(QUOTE + "[" + QUOTE + SYMBOL_NUL + FULL_SLASH + FULL_BACKSLASH
+                                + "]|" + QUOTE + "[89A-F][0-9A-F]|" + FULL_BACKSLASH)  # fmt: skip
+
+
+def _backslash_encode(name: str) -> str:
+    if "\\" not in name and FULL_BACKSLASH not in name:
+        return name
+    start = min(name.find(char) for char in _BACKSLASH_ENCODED if char in name)
+    return name[:start] + "".join(_BACKSLASH_ENCODED.get(char, char) for char in name[start:])
+
+
+def _backslash_decode(name: str) -> bytes:
+    """Inverse of :func:`_backslash_encode` (and rclone's invalid UTF-8 bytes)."""
+
+    def token(match: re.Match[str]) -> str:
+        text = match.group()
+        if text == FULL_BACKSLASH:
+            return "\\"
+        if len(text) == 3:  # an invalid UTF-8 byte, kept as a surrogate escape until encoded
+            return chr(0xDC00 + int(text[1:], 16))
+        return text[1]
+
+    decoded = _BACKSLASH_DECODED.sub(token, name)
+    return decoded.encode("utf-8", errors="surrogateescape")
+
+
 def local_path_of_key(relative: str) -> bytes:
     """The local name (bytes) of an object key written by rclone (or by migrator's uploader)."""
+    if FULL_BACKSLASH in relative:
+        return b"/".join(
+            _backslash_decode(part) if FULL_BACKSLASH in part else local_path_of_key(part)
+            for part in relative.split("/")
+        )
     if QUOTE not in relative:
         return relative.encode()
     out = bytearray()

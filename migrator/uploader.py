@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.objectstore import REFUSED_HINT, S3Settings
+from migrator.rclone_names import key_path
 from migrator.s3wire import Answer, Body, Client, Endpoint, SourceChanged, WireError
 
 Signature = tuple[int, int]  # (size, mtime_ns), as in migrator.copier
@@ -75,6 +76,8 @@ class Destination:
     prefix: str  # without a trailing "/"
 
     def key(self, relpath: str) -> str:
+        """The object key of a file, spelled as rclone (with rclone_names.ENCODING_FLAG) would."""
+        relpath = key_path(relpath)
         return f"{self.prefix}/{relpath}" if self.prefix else relpath
 
 

@@ -236,3 +236,109 @@ def test_media_shards_follow_parallel(tmp_path: Path, sources: dict[str, Path]) 
     assert command[command.index("--shard") + 1] == "$(JOB_COMPLETION_INDEX)/3"
     config_job = load_yaml(tmp_path / "jobs" / "local" / "copy-sonarr-config.yaml")
     assert "completionMode" not in config_job["spec"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--source-dir", "media=/elsewhere"], "--source-dir media is given twice"),
+        (["--role", "media=media", "--role", "media=config"], "--role media is given twice"),
+        (["--target", "s3://media/.."], "'..' is not allowed"),
+        (["--target", "s3://media/a//b"], "empty path segment"),
+        (["--target", "s3://media/./x"], "'.' is not allowed"),
+        (["--target", "s3://media/a/../b"], "'..' is not allowed"),
+        (["--target", "s3://media/x", "--backup-target", "s3://media/b//k"], "empty path segment"),
+        (["--target", "s3://media/x", "--backup-target", "s3://media/../k"], "'..' is not"),
+    ],
+)
+def test_repeated_names_and_odd_prefixes_are_refused_and_nothing_is_written(
+    tmp_path: Path, sources: dict[str, Path], extra: list[str], message: str
+) -> None:
+    """Issue #12 item 7: a repeated NAME silently kept the last one; `a//b` and `..` planned."""
+    extra = extra if "--target" in extra else ["--target", "s3://media", *extra]
+    result = run_cli(
+        *plan_args(sources, "--s3-endpoint", "http://x:1", "--no-probe", *extra), cwd=tmp_path
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+    assert not (tmp_path / "plans").exists() and not (tmp_path / "jobs").exists()
+
+
+def test_plan_out_that_cannot_be_written_is_bad_input(
+    tmp_path: Path, sources: dict[str, Path]
+) -> None:
+    """Issue #12: `plan --out /proc/x.yaml` exited 3 (operation failed) for a bad path."""
+    result = run_cli(
+        *plan_args(sources, "--target", "s3://media", "--s3-endpoint", "http://x:1",
+                   "--no-probe", "--out", "/proc/x.yaml"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+    assert "/proc/x.yaml" in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "backup", "refused"),
+    [
+        ("s3://media/mig", "s3://media/mig", "the copy of volume media (s3://media/mig/media/)"),
+        ("s3://media", "s3://media", "the copy of volume media (s3://media/media/)"),
+        ("s3://media/mig", "s3://media/mig/media", "the copy of volume media"),
+        ("s3://media/mig", "s3://media/mig/media/old", "the copy of volume media"),
+        ("s3://media/mig", "s3://media/mig/.migrator", "the copy state (.migrator/)"),
+        ("s3://media/mig", "s3://media/backups", None),
+        ("s3://media/mig", "s3://media/mig/backups", None),
+        ("s3://media/mig", "s3://other/mig", None),
+        ("s3://media", "s3://media/backups", None),
+    ],
+)
+def test_backups_inside_the_copies_are_refused(
+    tmp_path: Path, sources: dict[str, Path], target: str, backup: str, refused: str | None
+) -> None:
+    """Issue #12 item 1: backups sharing keys with a copy were deleted by its cutover."""
+    result = run_cli(
+        *plan_args(sources, "--target", target, "--backup-target", backup,
+                   "--s3-endpoint", "http://x:1", "--no-probe"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    if refused is None:
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: --backup-target")
+    assert refused in result.output
+    assert "e.g. s3://media/backups" in result.output
+    assert not (tmp_path / "plans").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("backup", "mig", "At 'spec.backup.prefix': the backups of media (s3://media/mig/media/)"),
+        ("backup", "mig/.migrator", "At 'spec.backup.prefix': the backups of media"),
+        ("target", "a//b", "At 'spec.target.prefix': prefix 'a//b' has an empty path segment"),
+        ("target", "../b", "At 'spec.target.prefix': prefix '../b': '..' is not allowed"),
+        ("backup", "./b", "At 'spec.backup.prefix': prefix './b': '.' is not allowed"),
+    ],
+)
+def test_a_hand_edited_plan_cannot_slip_past(
+    tmp_path: Path, sources: dict[str, Path], field: str, value: str, problem: str
+) -> None:
+    """The same checks hold for a plan file edited by hand (plan --check, run, verify)."""
+    assert run_cli(
+        *plan_args(sources, "--target", "s3://media/mig", "--backup-target", "s3://media/backups",
+                   "--s3-endpoint", "http://x:1", "--no-probe"),
+        cwd=tmp_path,
+    ).exit_code == 0  # fmt: skip
+    path = tmp_path / "plans" / "local.yaml"
+    document = load_yaml(path)
+    document["spec"][field]["prefix"] = value
+    path.write_text(json.dumps(document))
+    check = run_cli("plan", "--check", str(path), cwd=tmp_path)
+    assert check.exit_code == 2
+    assert problem in check.output
+    for command in (["run", "--phase", "all"], ["verify"]):
+        result = run_cli(*command, "--plan", str(path), cwd=tmp_path)
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and problem in result.output

@@ -341,3 +341,127 @@ def test_names_rclone_encodes_copy_rerun_cutover_and_verify(
     result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["volumes"][0]["files"] == len(EXOTIC_NAMES)
+
+
+def agent_copy(server: SeaweedFS, source: Path, dest: str, *args: str) -> dict[str, Any]:
+    """``migrator agent copy`` as a Job runs it; its ``done`` event."""
+    result = subprocess.run(
+        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
+         "--dest", dest, *args],
+        env=rclone_env(server), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    done: dict[str, Any] = events[-1]
+    assert done["event"] == "done"
+    return done
+
+
+def test_the_deletion_pass_never_deletes_snapshots(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Issue #12 item 1: backups sharing a volume's prefix (an older plan, or one that bypassed
+    the plan's check) were deleted by the cutover as extras. Snapshot-shaped keys now stay."""
+    from migrator.objectstore import S3Settings, make_client
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.xml").write_text("<Config/>")
+    (source / "gone.txt").write_text("deleted from the source before the cutover")
+    dest, state = f"s3:{bucket}/mig/sonarr-config", f"s3:{bucket}/mig/.migrator/sonarr-config"
+    assert agent_copy(s3_env, source, dest, "--state", state)["copied"] == 2
+    client = make_client(S3Settings.from_environment(s3_env.s3_endpoint))
+    snapshots = [  # what 'backup run' writes with --backup-target s3://BUCKET/mig, and .../mig/X
+        f"mig/sonarr-config/20250114T030000Z{suffix}"
+        for suffix in (".tar.zst", ".manifest.gz", ".json")
+    ] + ["mig/sonarr-config/sonarr-config/20250115T030000Z.json"]
+    for key in snapshots:
+        client.put_object(Bucket=bucket, Key=key, Body=b"snapshot")
+    client.put_object(Bucket=bucket, Key="mig/sonarr-config/20250114T030000Z.txt", Body=b"x")
+    (source / "gone.txt").unlink()
+    done = agent_copy(s3_env, source, dest, "--state", state, "--delete")
+    assert done["deleted"] == 2  # gone.txt, and the extra that only looks like an id
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="mig/")
+    keys = sorted(obj["Key"] for obj in listed.get("Contents", []))
+    assert keys == sorted([*snapshots, "mig/sonarr-config/config.xml",
+                           "mig/.migrator/sonarr-config/copy-state.tsv.gz"])  # fmt: skip
+
+
+# SeaweedFS stores a key's backslash as a slash: without rclone's BackSlash encoding these were
+# stored under other names, deleted by the cutover, and reported missing by verify forever.
+BACKSLASH_NAMES = [
+    "win\\path.txt",
+    "ends with\\",
+    "dir\\with\\backslashes/inner.txt",
+    "full\uff3cwidth reverse solidus.txt",
+    "both \\ and \uff3c.txt",
+]
+
+
+def _backslash_tree(source: Path) -> None:
+    source.mkdir()
+    for index, name in enumerate(BACKSLASH_NAMES):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(b"b" * (index + 1))
+    (source / "empty\\dir").mkdir()
+
+
+def _backslash_plan(tmp_path: Path, server: SeaweedFS, bucket: str) -> Path:
+    result = run_cli(
+        "plan", "--source-dir", f"media={tmp_path / 'src'}", "--target", f"s3://{bucket}/bs",
+        "--s3-endpoint", server.s3_endpoint, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return tmp_path / "plans" / "local.yaml"
+
+
+def _assert_backslash_keys(server: SeaweedFS, bucket: str) -> None:
+    from migrator.objectstore import S3Settings, make_client
+
+    client = make_client(S3Settings.from_environment(server.s3_endpoint))
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="bs/media/")
+    keys = sorted(obj["Key"][len("bs/media/") :] for obj in listed.get("Contents", []))
+    assert keys == sorted([  # as rclone --s3-encoding ...,BackSlash names them
+        "win\uff3cpath.txt", "ends with\uff3c", "dir\uff3cwith\uff3cbackslashes/inner.txt",
+        "full\u201b\uff3cwidth reverse solidus.txt", "both \uff3c and \u201b\uff3c.txt",
+        "empty\uff3cdir/",
+    ])  # fmt: skip
+
+
+def test_backslash_names_copy_rerun_cutover_and_verify(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Issue #12 item 6, with the copy agent's own uploader (what `run` uses)."""
+    _backslash_tree(tmp_path / "src")
+    plan = _backslash_plan(tmp_path, s3_env, bucket)
+    first = run(plan, "--phase", "media")
+    assert first["exit_code"] == 0, first
+    assert by_volume(first)["media"]["copied"] == len(BACKSLASH_NAMES)
+    assert by_volume(run(plan, "--phase", "media"))["media"]["copied"] == 0
+    cutover = run(plan, "--phase", "media", "--cutover")
+    assert cutover["exit_code"] == 0, cutover
+    assert by_volume(cutover)["media"]["deleted"] == 0
+    _assert_backslash_keys(s3_env, bucket)
+    remote = f"s3:{bucket}/bs/media"
+    checked = rclone(s3_env, "check", "--download", "--s3-encoding",
+                     "Slash,InvalidUtf8,Dot,BackSlash", str(tmp_path / "src"), remote)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["volumes"][0]["files"] == len(BACKSLASH_NAMES) + 1
+
+
+def test_backslash_names_with_rclone_moving_every_file(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Issue #12 item 6 with `--uploader rclone`: the same keys, so verify and the sync agree."""
+    _backslash_tree(tmp_path / "src")
+    plan = _backslash_plan(tmp_path, s3_env, bucket)
+    dest, state = f"s3:{bucket}/bs/media", f"s3:{bucket}/bs/.migrator/media"
+    args = ["--state", state, "--uploader", "rclone"]
+    assert agent_copy(s3_env, tmp_path / "src", dest, *args)["copied"] == len(BACKSLASH_NAMES)
+    assert agent_copy(s3_env, tmp_path / "src", dest, *args)["copied"] == 0
+    assert agent_copy(s3_env, tmp_path / "src", dest, *args, "--delete")["deleted"] == 0
+    _assert_backslash_keys(s3_env, bucket)
+    result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
+    assert result.exit_code == 0, result.output

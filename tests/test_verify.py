@@ -119,3 +119,18 @@ def test_bad_sample_and_unknown_volume_are_bad_input(copied: dict[str, Any]) -> 
     assert result.exit_code == 2 and "must be a fraction" in result.output
     result = run_cli("verify", "--plan", str(copied["plan"]), "--volume", "nope")
     assert result.exit_code == 2 and "no volume named 'nope'" in result.output
+
+
+def test_report_that_cannot_be_written_is_bad_input(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Issue #12: `verify --report /proc/nope.txt` exited 3; a bad path is bad input (2)."""
+    (tmp_path / "src").mkdir()
+    planned = run_cli("plan", "--source-dir", f"data={tmp_path / 'src'}", "--target",
+                      f"s3://{bucket}", "--s3-endpoint", s3_env.s3_endpoint, cwd=tmp_path)  # fmt: skip
+    assert planned.exit_code == 0, planned.output
+    result = run_cli("verify", "--plan", str(tmp_path / "plans" / "local.yaml"), "--report",
+                     "/proc/nope.txt", "--executor", "local")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+    assert "/proc/nope.txt" in result.output

@@ -57,6 +57,13 @@ def parse_snapshot_id(text: str) -> datetime | None:
         return None
 
 
+def is_snapshot_object(key: str) -> bool:
+    """Whether the last segment of ``key`` is named like a snapshot's object
+    (``20250114T030000Z.tar.zst``, ``.manifest.gz`` or ``.json``)."""
+    stem, suffix = _split(key.rsplit("/", 1)[-1])
+    return suffix is not None and parse_snapshot_id(stem) is not None
+
+
 class UnknownSnapshotError(BadInputError):
     def __init__(self, volume: str, name: str, known: list[str]) -> None:
         hint = f"newest: {', '.join(known[-3:])}" if known else "it has none yet"

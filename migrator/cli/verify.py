@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import click
 
 from migrator.cli import cli, handle_errors, json_option, kube_options
-from migrator.errors import Outcome
+from migrator.errors import BadInputError, Outcome
 
 
 @cli.command("verify")
@@ -39,8 +41,8 @@ from migrator.errors import Outcome
 )
 @click.option(
     "--report",
-    type=click.File("w"),
-    help="Write every difference to this file (kind, volume, path).",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write every difference to this file (kind, volume, path); - for stdout.",
 )
 @click.option(
     "--executor", type=click.Choice(["kubernetes", "local"]), help="Where the verify Jobs run."
@@ -67,10 +69,13 @@ def verify_command(**options: Any) -> None:
         options["phase"]
     )
     context = make_context(plan, options)
-    with ui.VerifyProgress(enabled=not options["as_json"]) as progress:
+    with (
+        _report_file(options["report"]) as report_stream,
+        ui.VerifyProgress(enabled=not options["as_json"]) as progress,
+    ):
         report = verify_plan(
             plan, volumes, context, progress, sample=options["sample"],
-            strict_metadata=options["strict_metadata"], cache=not options["no_cache"], report_stream=options["report"],
+            strict_metadata=options["strict_metadata"], cache=not options["no_cache"], report_stream=report_stream,
         )  # fmt: skip
     if options["as_json"]:
         ui.print_json(report.as_dict())
@@ -82,3 +87,17 @@ def verify_command(**options: Any) -> None:
         sys.exit(int(Outcome.FAILED))
     if not report.ok:
         sys.exit(int(Outcome.DIFFERENCES))
+
+
+@contextlib.contextmanager
+def _report_file(path: str | None) -> Iterator[IO[str] | None]:
+    """The --report file, opened before any hashing: a path that cannot be written is bad input."""
+    if path is None or path == "-":
+        yield sys.stdout if path == "-" else None
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise BadInputError(f"--report {path}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrator.errors import BadInputError, InvalidPlanError
+from migrator.errors import BadInputError, InvalidPlanError, MigratorError, OperationFailedError
 from migrator.inventory import (
     Inventory,
     apply_roles,
@@ -88,8 +89,22 @@ def make_plan(options: dict[str, Any]) -> PlanResult:
         if options.get("out")
         else default_plan_path(plan_name(inventory, request))
     )
-    plan, files = write_plan_and_jobs(document, out)
+    try:
+        plan, files = write_plan_and_jobs(document, out)
+    except OSError as exc:
+        raise _write_error(out, exc) from None
     return PlanResult(plan, project_dir(out) / document["spec"]["jobsDir"], files)
+
+
+def _write_error(out: Path, exc: OSError) -> MigratorError:
+    """A path that cannot hold the plan is bad input (--out); a full or failing disk is not."""
+    where = exc.filename or out
+    if str(where) == str(out.with_name(f".{out.name}.tmp")):
+        where = out  # the plan is written beside itself first, then renamed
+    message = f"cannot write {where}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        return OperationFailedError(message)
+    return BadInputError(f"{message}; choose another --out")
 
 
 def _request(options: dict[str, Any]) -> PlanRequest:
