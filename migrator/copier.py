@@ -22,6 +22,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -36,7 +37,7 @@ from typing import IO, Any
 import xxhash
 
 from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
-from migrator.rclone_names import standard_path
+from migrator.rclone_names import QUOTE, standard_path
 from migrator.uploader import (
     Destination,
     Uploader,
@@ -362,11 +363,17 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         rest = [p for p in todo if not can_upload(p, tree.files[p][0])]
         _upload(request, rclone, destination, native, todo, todo_bytes, tree, recorder, emit)
     if rest:  # after the native uploads, all of which succeeded (or _upload raised)
-        rest_bytes = sum(tree.files[p][0] for p in rest)
+        readable = [p for p in rest if QUOTE not in p]
+        rest_bytes = sum(tree.files[p][0] for p in readable)
         emit_rest = _with_offset(emit, len(native), todo_bytes - rest_bytes, len(todo), todo_bytes)
-        _transfer(
-            request, rclone, rest, rest_bytes, recorder, emit_rest, trusted=location is not None
-        )
+        if readable:
+            _transfer(
+                request, rclone, readable, rest_bytes, recorder, emit_rest,
+                trusted=location is not None, sizes=tree.files,
+            )  # fmt: skip
+        left = [p for p in rest if p not in recorder.done]
+        if left:
+            _copy_left_over(request, rclone, left, len(todo), tree, recorder, emit)
     for directory in new_dirs:
         _make_dir(request, rclone, directory)
         recorder.made_dir(directory)
@@ -506,18 +513,18 @@ def _transfer(
     recorder: StateRecorder,
     emit: Emit,
     trusted: bool,
+    sizes: dict[str, Signature],
 ) -> None:
-    with tempfile.NamedTemporaryFile(
-        "wb", prefix="migrator-files-", suffix=".txt", delete=False
-    ) as listing:
-        listing.write(b"".join(os.fsencode(p) + b"\n" for p in todo))
+    """Copy ``todo`` with rclone; record what rclone reports copied and, after it, what the
+    destination holds at the walk's size (raises on a failed rclone, saving progress)."""
+    listing = _raw_listing(todo)
     args = [
         rclone.binary,
         "copy",
         f"{request.source}/",
         request.dest,
         "--files-from-raw",
-        listing.name,
+        listing,
     ]
     if trusted:
         args += ["--no-check-dest", "--no-traverse"]
@@ -533,17 +540,119 @@ def _transfer(
     try:
         code = _follow_rclone(args, todo, todo_bytes, recorder, emit)
     finally:
-        os.unlink(listing.name)
+        os.unlink(listing)
     if code != 0:
         recorder.checkpoint()
         raise OperationFailedError(
             f"rclone copy exited with code {code}: the copy is partial; re-run to resume"
         )
-    # Exit 0 means every listed file was copied, including those whose "Copied" log line names
-    # them in rclone's own encoding (invalid UTF-8), which the log-following cannot match.
-    for path in todo:
-        if path not in recorder.done:
+    # Exit 0 does not mean every listed file was copied: rclone skips names it cannot find.
+    # Record the rest only where the destination holds them (invalid UTF-8 names, whose
+    # "Copied" line the log-following cannot match, among them).
+    _record_present(request, rclone, [p for p in todo if p not in recorder.done], sizes, recorder)
+
+
+def _raw_listing(paths: list[str]) -> str:
+    """A ``--files-from-raw`` file naming ``paths`` as rclone reads them: in its standard
+    encoding (a newline as "␊", its symbols and quote rune quoted); the caller unlinks it."""
+    with tempfile.NamedTemporaryFile(
+        "wb", prefix="migrator-files-", suffix=".txt", delete=False
+    ) as listing:
+        listing.write(b"".join(os.fsencode(standard_path(p)) + b"\n" for p in paths))
+    return listing.name
+
+
+def _record_present(
+    request: CopyRequest,
+    rclone: Rclone,
+    paths: list[str],
+    sizes: dict[str, Signature],
+    recorder: StateRecorder,
+) -> None:
+    """Record those of ``paths`` that the destination holds at their walk's size (one listing
+    of just those names)."""
+    if not paths:
+        return
+    listing = _raw_listing(paths)
+    links = ["--links"] if "--links" in request.rclone_flags else []
+    try:
+        result = rclone.run(
+            "lsf", "-R", "--files-only", "--format", "sp", "--separator", "\t",
+            "--files-from-raw", listing, *links, request.dest,
+        )  # fmt: skip
+    finally:
+        os.unlink(listing)
+    if result.returncode != 0 and not _is_not_found(result.stderr):
+        raise OperationFailedError(f"listing {request.dest}: {_last_error(result.stderr)}")
+    present = {}
+    for line in result.stdout.decode("utf-8", errors="surrogateescape").splitlines():
+        size, _, name = line.partition("\t")
+        if size.lstrip("-").isdigit():
+            present[name] = int(size)
+    for path in paths:
+        if present.get(standard_path(path)) == sizes[path][0]:
             recorder.copied(path)
+
+
+def _copy_left_over(
+    request: CopyRequest,
+    rclone: Rclone,
+    left: list[str],
+    total: int,
+    tree: SourceTree,
+    recorder: StateRecorder,
+    emit: Emit,
+) -> None:
+    """Copy the files rclone could not take by name (its quote rune, names it skipped) another
+    way: the native uploader for S3, a plain copy for a directory; raises for any left."""
+    if os.path.isabs(request.dest):
+        for path in left:
+            signature = _copy_locally(request.source, Path(request.dest), path)
+            if signature is not None:
+                recorder.copied(path, signature)
+    else:
+        destination = native_destination(request.dest, request.rclone_flags)
+        fits = [p for p in left if can_upload(p, tree.files[p][0])]
+        if destination is not None and fits:
+            size = sum(tree.files[p][0] for p in fits)
+            _upload(request, rclone, destination, fits, fits, size, tree, recorder, emit)
+    missing = [p for p in left if p not in recorder.done and _at_source(request.source, p)]
+    if missing:
+        recorder.checkpoint()
+        raise OperationFailedError(
+            f"{len(missing)} of {total} files could not be copied (first: {missing[0]!r}): "
+            "rclone cannot take their names and no other way fits this destination; they are "
+            "not recorded as copied"
+        )
+
+
+def _at_source(source: Path, path: str) -> bool:
+    """Whether ``path`` (perhaps ``NAME.rclonelink``) is still in the source (else it vanished)."""
+    name = path[: -len(LINK_SUFFIX)] if path.endswith(LINK_SUFFIX) else path
+    return os.path.lexists(source / path) or os.path.lexists(source / name)
+
+
+def _copy_locally(source: Path, dest: Path, path: str) -> Signature | None:
+    """Copy one file (or ``NAME.rclonelink`` symlink) as rclone --metadata --links would;
+    its signature, or None when it vanished."""
+    name = path[: -len(LINK_SUFFIX)] if path.endswith(LINK_SUFFIX) else path
+    link = source / name
+    target = dest / (name if link.is_symlink() else path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(link if link.is_symlink() else source / path)
+        if stat.S_ISLNK(st.st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            target.symlink_to(os.readlink(link))
+        else:
+            shutil.copy2(source / path, target, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(OSError):  # owners are kept where this process may set them
+        os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    return (st.st_size, st.st_mtime_ns)
 
 
 class Interrupted(Exception):
@@ -578,18 +687,19 @@ def _follow_rclone(
 ) -> int:
     """Run rclone, recording each copied file; on SIGTERM/SIGINT stop it and save what is done."""
     last_error = ""
+    names = {standard_path(p): p for p in todo}  # rclone logs names in its standard encoding
     with _SignalGuard():
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert process.stderr is not None
         try:
             for raw in process.stderr:
                 last_error = (
-                    _handle_rclone_line(raw, todo, todo_bytes, recorder, emit) or last_error
+                    _handle_rclone_line(raw, names, todo_bytes, recorder, emit) or last_error
                 )
         except (Interrupted, KeyboardInterrupt):
             process.terminate()
             for raw in process.stderr:  # the files finished before rclone stopped still count
-                _handle_rclone_line(raw, todo, todo_bytes, recorder, emit)
+                _handle_rclone_line(raw, names, todo_bytes, recorder, emit)
             process.wait()
             recorder.checkpoint()
             emit({"event": "error", "message": "interrupted: progress saved, re-run to resume"})
@@ -601,7 +711,7 @@ def _follow_rclone(
 
 
 def _handle_rclone_line(
-    raw: bytes, todo: list[str], todo_bytes: int, recorder: StateRecorder, emit: Emit
+    raw: bytes, names: dict[str, str], todo_bytes: int, recorder: StateRecorder, emit: Emit
 ) -> str | None:
     """Act on one rclone JSON log line; returns an error message when the line is one."""
     try:
@@ -610,11 +720,12 @@ def _handle_rclone_line(
         return None
     message = str(record.get("msg", ""))
     if message.startswith("Copied"):
-        recorder.copied(record.get("object", ""))
+        name = str(record.get("object", ""))
+        recorder.copied(names.get(name, name))
     elif "stats" in record:
         stats = record["stats"]
         emit({"event": "progress", "bytes": stats.get("bytes", 0), "totalBytes": todo_bytes,
-              "files": stats.get("transfers", 0), "totalFiles": len(todo),
+              "files": stats.get("transfers", 0), "totalFiles": len(names),
               "speed": stats.get("speed", 0.0), "eta": stats.get("eta"), "errors": stats.get("errors", 0)})  # fmt: skip
     elif record.get("level") == "error":
         emit({"event": "error", "message": message, "object": record.get("object")})
