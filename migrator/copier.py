@@ -22,6 +22,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -55,6 +56,13 @@ SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 LINK_SUFFIX = ".rclonelink"
 # Progress is saved this often while rclone runs (and always when it stops, even on a signal).
 CHECKPOINT_SECONDS = 30.0
+# Every rclone call gives up on a dead endpoint in bounded time (rclone's defaults: a minute to
+# connect, five minutes of silence); the copy's own --retries/--low-level-retries still apply.
+BOUNDED_FLAGS = ("--contimeout", "10s", "--timeout", "60s")
+# Reading the state is a copy's first request: an endpoint down from the start fails it in one
+# attempt (rclone's ten low-level retries of each of its SDK's ten took minutes); the executor
+# retries the pod, and an endpoint going down later is ridden out by the copy's own retries.
+FAIL_FAST_FLAGS = ("--low-level-retries", "1", "--retries", "1")
 
 Signature = tuple[int, int]  # (size, mtime_ns)
 Emit = Callable[[dict[str, Any]], None]
@@ -226,11 +234,13 @@ class Rclone:
         self.binary = binary or find_rclone()
 
     def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([self.binary, *args], input=stdin, capture_output=True, check=False)
+        command = [self.binary, *args, *BOUNDED_FLAGS]
+        return subprocess.run(command, input=stdin, capture_output=True, check=False)
 
-    def read(self, path: str) -> bytes:
-        """Contents of a remote file; b"" when it does not exist."""
-        result = self.run("cat", path)
+    def read(self, path: str, fail_fast: bool = False) -> bytes:
+        """Contents of a remote file; b"" when it does not exist. With ``fail_fast``, one
+        attempt: an unreachable endpoint fails at once."""
+        result = self.run("cat", path, *(FAIL_FAST_FLAGS if fail_fast else ()))
         if result.returncode == 0:
             return result.stdout
         if _is_not_found(result.stderr):
@@ -275,12 +285,27 @@ def rclone_content_types(rclone: Rclone, extensions: set[str]) -> dict[str, str]
 
 
 def _is_not_found(stderr: bytes) -> bool:
-    text = stderr.decode(errors="replace").lower()
+    # rclone's notice that it has no config file (remotes come from the environment) is not
+    # about the path: counting it made every failed read look like an empty state.
+    lines = stderr.decode(errors="replace").lower().splitlines()
+    text = "\n".join(line for line in lines if "config file" not in line)
     return "not found" in text or "doesn't exist" in text or "no such" in text
 
 
+_UNREACHABLE = re.compile(r"dial tcp [^\s\"]+: [^\"\n]+|lookup [^\s\"]+[^\"\n]*no such host")
+
+_CREDENTIALS = re.compile(r"SignatureDoesNotMatch|InvalidAccessKeyId")
+
+
 def _last_error(stderr: bytes) -> str:
-    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    text = stderr.decode(errors="replace")
+    unreachable = _UNREACHABLE.search(text)
+    if unreachable:  # rather than the SDK's wrapping of it, several hundred characters long
+        return f"cannot reach the S3 endpoint: {unreachable.group(0).strip()}"
+    refused = _CREDENTIALS.search(text)
+    if refused:
+        return f"S3 rejected the credentials ({refused.group(0)}): check the access key and secret key"
+    lines = [line for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if "error" in line.lower() or "failed" in line.lower():
             return line.strip()[-300:]
@@ -343,7 +368,7 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     check_remote_trust(request.dest)
     tree = walk_source(request.source, request.shard, request.skip_live_sqlite)
     location = state_path(request)
-    previous = decode_state(rclone.read(location)) if location else {}
+    previous = decode_state(rclone.read(location, fail_fast=True)) if location else {}
     todo = changed_files(tree.files, previous) if location else sorted(tree.files)
     new_dirs = (
         sorted(d for d in tree.empty_dirs if d + "/" not in previous)
@@ -529,6 +554,7 @@ def _transfer(
     if trusted:
         args += ["--no-check-dest", "--no-traverse"]
     args += [
+        *BOUNDED_FLAGS,
         *request.rclone_flags,
         "--use-json-log",
         "-v",
