@@ -51,6 +51,9 @@ from migrator.uploader import (
 )
 
 STATE_HEADER = "#migrator-copy-state v1"
+# Beside the state: the files the last verify found missing or different at the destination
+# (gzip'd JSON-quoted names, one a line), which ``--recheck`` copies again.
+VERIFY_DIFFERENCES = "verify-differences.gz"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 LINK_SUFFIX = ".rclonelink"
@@ -188,6 +191,19 @@ def encode_state(files: dict[str, Signature]) -> bytes:
     return buffer.getvalue()
 
 
+def encode_names(names: list[str]) -> bytes:
+    """Gzip'd lines of JSON-quoted names (any name), as in :data:`VERIFY_DIFFERENCES`."""
+    return gzip.compress(b"".join(json.dumps(n).encode() + b"\n" for n in names), mtime=0)
+
+
+def decode_names(data: bytes) -> set[str]:
+    """Inverse of :func:`encode_names`; unreadable data counts as no names."""
+    try:
+        return {json.loads(line) for line in gzip.decompress(data).splitlines() if line.strip()}
+    except (OSError, EOFError, ValueError):
+        return set()
+
+
 def decode_state(data: bytes) -> dict[str, Signature]:
     """Inverse of :func:`encode_state`; an unreadable state counts as empty (everything recopies)."""
     if not data:
@@ -304,7 +320,9 @@ def _last_error(stderr: bytes) -> str:
         return f"cannot reach the S3 endpoint: {unreachable.group(0).strip()}"
     refused = _CREDENTIALS.search(text)
     if refused:
-        return f"S3 rejected the credentials ({refused.group(0)}): check the access key and secret key"
+        return (
+            f"S3 rejected the credentials ({refused.group(0)}): check the access key and secret key"
+        )
     lines = [line for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if "error" in line.lower() or "failed" in line.lower():
@@ -327,6 +345,8 @@ class CopyRequest:
     # "auto": S3 destinations are written by migrator.uploader where it is exactly equivalent
     # to rclone; "rclone": rclone moves every file.
     uploader: str = "auto"
+    # Trust the state only where the destination holds each file at its recorded size.
+    recheck: bool = False
 
 
 @dataclass
@@ -369,6 +389,9 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     tree = walk_source(request.source, request.shard, request.skip_live_sqlite)
     location = state_path(request)
     previous = decode_state(rclone.read(location, fail_fast=True)) if location else {}
+    recorded = len(previous)
+    if request.recheck and previous:
+        previous = recheck_state(request, rclone, previous)
     todo = changed_files(tree.files, previous) if location else sorted(tree.files)
     new_dirs = (
         sorted(d for d in tree.empty_dirs if d + "/" not in previous)
@@ -377,7 +400,8 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     )
     todo_bytes = sum(tree.files[p][0] for p in todo)
     emit({"event": "plan", "files": len(tree.files), "bytes": tree.total_bytes,
-          "toCopy": len(todo), "toCopyBytes": todo_bytes, "skippedSqlite": tree.skipped_sqlite})  # fmt: skip
+          "toCopy": len(todo), "toCopyBytes": todo_bytes, "skippedSqlite": tree.skipped_sqlite,
+          "recheckDropped": recorded - len(previous)})  # fmt: skip
     recorder = StateRecorder(rclone, location, previous, tree.files)
     destination = None
     if todo and location and request.uploader == "auto":
@@ -416,6 +440,43 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     )
     emit({"event": "done", **outcome.as_dict()})
     return outcome
+
+
+def recheck_state(
+    request: CopyRequest, rclone: Rclone, previous: dict[str, Signature]
+) -> dict[str, Signature]:
+    """The entries of ``previous`` that the destination still holds: files at their recorded
+    size, empty directories as directories (one listing of the volume's prefix), less the files
+    the last verify found different there."""
+    assert request.state is not None
+    damaged = decode_names(rclone.read(f"{request.state.rstrip('/')}/{VERIFY_DIFFERENCES}"))
+    links = ["--links"] if "--links" in request.rclone_flags else []
+    result = rclone.run("lsf", "-R", "--format", "sp", "--separator", "\t", *links, request.dest)
+    if result.returncode != 0 and not _is_not_found(result.stderr):
+        raise OperationFailedError(f"listing {request.dest}: {_last_error(result.stderr)}")
+    listed = _listed_sizes(result.stdout)
+    kept = {}
+    for path, signature in previous.items():
+        if path in damaged or _source_name(path) in damaged:  # verify names links by name
+            present = False
+        elif path.endswith("/"):  # an empty directory (its marker on S3)
+            present = listed.get(standard_path(path[:-1]) + "/") is not None
+        else:
+            present = listed.get(standard_path(path)) == signature[0]
+        if present:
+            kept[path] = signature
+    return kept
+
+
+def _listed_sizes(stdout: bytes) -> dict[str, int]:
+    """name -> size of ``rclone lsf --format sp --separator TAB`` output (directories end in
+    "/", size -1); names in rclone's standard encoding, which holds no tab or newline."""
+    sizes = {}
+    for line in stdout.decode("utf-8", errors="surrogateescape").splitlines():
+        size, _, name = line.partition("\t")
+        if size.lstrip("-").isdigit():
+            sizes[name] = int(size)
+    return sizes
 
 
 class StateRecorder:
@@ -610,11 +671,7 @@ def _record_present(
         os.unlink(listing)
     if result.returncode != 0 and not _is_not_found(result.stderr):
         raise OperationFailedError(f"listing {request.dest}: {_last_error(result.stderr)}")
-    present = {}
-    for line in result.stdout.decode("utf-8", errors="surrogateescape").splitlines():
-        size, _, name = line.partition("\t")
-        if size.lstrip("-").isdigit():
-            present[name] = int(size)
+    present = _listed_sizes(result.stdout)
     for path in paths:
         if present.get(standard_path(path)) == sizes[path][0]:
             recorder.copied(path)

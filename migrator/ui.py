@@ -273,6 +273,16 @@ def show_verify_report(report: Any) -> None:
         )
 
 
+def show_repair(command: str) -> None:
+    """How to repair what verify found: the run that checks the copy state against the
+    destination and copies again what is missing or of another size there."""
+    out.print(
+        f"To repair: {escape(command)} (add --cutover once the apps are stopped): it copies "
+        "again every file missing at the destination or of another size",
+        markup=True,
+    )
+
+
 class _Quiet:
     """An observer that shows nothing (the demo's --json mode)."""
 

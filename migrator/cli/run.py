@@ -41,6 +41,12 @@ from migrator.errors import Outcome
     show_default=True,
     help="Seconds to wait for each Job.",
 )
+@click.option(
+    "--recheck",
+    is_flag=True,
+    help="Check what the last copy recorded against the destination first: files missing "
+    "there or of another size are copied again (after damage that verify found).",
+)
 @kube_options
 @click.option("--dry-run", is_flag=True, help="Say what would run; change nothing.")
 @click.option(
@@ -62,8 +68,9 @@ def run_command(**options: Any) -> None:
     with ui.RunProgress(enabled=not options["as_json"], verbose=options["verbose"]) as progress:
         try:
             summary = run_plan(
-                plan, options["phase"], options["cutover"], context, progress, options["dry_run"]
-            )
+                plan, options["phase"], options["cutover"], context, progress, options["dry_run"],
+                recheck=options["recheck"],
+            )  # fmt: skip
         except KeyboardInterrupt:
             context.stop()
             raise
