@@ -62,6 +62,9 @@ CHECKPOINT_SECONDS = 30.0
 # Every rclone call gives up on a dead endpoint in bounded time (rclone's defaults: a minute to
 # connect, five minutes of silence); the copy's own --retries/--low-level-retries still apply.
 BOUNDED_FLAGS = ("--contimeout", "10s", "--timeout", "60s")
+# The transfers keep rclone's five minutes of silence: completing a multipart upload of a large
+# file can keep SeaweedFS quiet for longer than a minute.
+TRANSFER_BOUNDED_FLAGS = ("--contimeout", "10s")
 # Reading the state is a copy's first request: an endpoint down from the start fails it in one
 # attempt (rclone's ten low-level retries of each of its SDK's ten took minutes); the executor
 # retries the pod, and an endpoint going down later is ridden out by the copy's own retries.
@@ -615,7 +618,7 @@ def _transfer(
     if trusted:
         args += ["--no-check-dest", "--no-traverse"]
     args += [
-        *BOUNDED_FLAGS,
+        *TRANSFER_BOUNDED_FLAGS,
         *request.rclone_flags,
         "--use-json-log",
         "-v",
