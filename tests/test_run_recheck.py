@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 
+from migrator.manifests import with_recheck
 from migrator.seaweedfs import SeaweedFS
 from tests.helpers import run_cli
 from tests.test_run_local import by_volume, make_plan, run
@@ -73,6 +74,8 @@ def test_recheck_repairs_what_verify_finds_and_verify_says_how(
     checked = run_cli("verify", "--plan", str(plan), "--no-cache")
     assert checked.exit_code == 0, checked.output
     assert "--recheck" not in checked.stdout
+    # Nothing damaged (empty directories, a symlink, an empty file): a recheck copies nothing.
+    assert by_volume(run(plan, "--phase", "media", "--recheck"))["media"]["copied"] == 0
 
     # After a cutover, --recheck runs the cutover's sync again instead of skipping it.
     damage(s3_env, bucket, "arr/media/")
@@ -80,3 +83,22 @@ def test_recheck_repairs_what_verify_finds_and_verify_says_how(
     again = by_volume(run(plan, "--phase", "media", "--cutover", "--recheck"))["media"]
     assert again["status"] == "done" and again["copied"] == 3
     assert run_cli("verify", "--plan", str(plan), "--no-cache").exit_code == 0
+
+
+def test_with_recheck_adds_the_flag_before_the_rclone_flags_once() -> None:
+    container = {"command": ["migrator", "agent", "copy", "--dest", "d", "--", "--links"]}
+    job = {"spec": {"template": {"spec": {"containers": [container]}}}}
+    rechecked = with_recheck(job)
+    [built] = rechecked["spec"]["template"]["spec"]["containers"]
+    assert built["command"] == [
+        "migrator",
+        "agent",
+        "copy",
+        "--dest",
+        "d",
+        "--recheck",
+        "--",
+        "--links",
+    ]
+    assert container["command"][-2:] == ["--", "--links"]  # the rendered Job is left as it was
+    assert with_recheck(rechecked) == rechecked
