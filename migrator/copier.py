@@ -6,8 +6,11 @@ HEAD request per object to rediscover what it already copied:
 1. walk the source once (``lstat`` only), keeping this shard's files;
 2. compare with the state of the last copy (path -> size, mtime) stored beside the destination;
    a file whose size or mtime changed, or that is new, is copied; nothing else is looked at;
+   (with ``--recheck``, first forgetting what the destination no longer holds at its size and
+   what the last verify found different);
 3. run ``rclone copy --files-from-raw`` on exactly those files (``--no-check-dest``: we know they
    differ), recording each file rclone reports as copied, with checkpoints so a crash resumes;
+   the files it did not report are recorded only where the destination holds them;
 4. with ``delete`` (the cutover's final sync), list the destination once and delete what the
    source no longer has, inside this volume's prefix only.
 
