@@ -6,8 +6,11 @@ HEAD request per object to rediscover what it already copied:
 1. walk the source once (``lstat`` only), keeping this shard's files;
 2. compare with the state of the last copy (path -> size, mtime) stored beside the destination;
    a file whose size or mtime changed, or that is new, is copied; nothing else is looked at;
+   (with ``--recheck``, first forgetting what the destination no longer holds at its size and
+   what the last verify found different);
 3. run ``rclone copy --files-from-raw`` on exactly those files (``--no-check-dest``: we know they
    differ), recording each file rclone reports as copied, with checkpoints so a crash resumes;
+   the files it did not report are recorded only where the destination holds them;
 4. with ``delete`` (the cutover's final sync), list the destination once and delete what the
    source no longer has, inside this volume's prefix only.
 
@@ -22,6 +25,8 @@ import gzip
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -36,7 +41,7 @@ from typing import IO, Any
 import xxhash
 
 from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
-from migrator.rclone_names import ENCODING_FLAG, standard_path
+from migrator.rclone_names import ENCODING_FLAG, QUOTE, standard_path
 from migrator.uploader import (
     Destination,
     Uploader,
@@ -49,11 +54,24 @@ from migrator.uploader import (
 )
 
 STATE_HEADER = "#migrator-copy-state v1"
+# Beside the state: the files the last verify found missing or different at the destination
+# (gzip'd JSON-quoted names, one a line), which ``--recheck`` copies again.
+VERIFY_DIFFERENCES = "verify-differences.gz"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 LINK_SUFFIX = ".rclonelink"
 # Progress is saved this often while rclone runs (and always when it stops, even on a signal).
 CHECKPOINT_SECONDS = 30.0
+# Every rclone call gives up on a dead endpoint in bounded time (rclone's defaults: a minute to
+# connect, five minutes of silence); the copy's own --retries/--low-level-retries still apply.
+BOUNDED_FLAGS = ("--contimeout", "10s", "--timeout", "60s")
+# The transfers keep rclone's five minutes of silence: completing a multipart upload of a large
+# file can keep SeaweedFS quiet for longer than a minute.
+TRANSFER_BOUNDED_FLAGS = ("--contimeout", "10s")
+# Reading the state is a copy's first request: an endpoint down from the start fails it in one
+# attempt (rclone's ten low-level retries of each of its SDK's ten took minutes); the executor
+# retries the pod, and an endpoint going down later is ridden out by the copy's own retries.
+FAIL_FAST_FLAGS = ("--low-level-retries", "1", "--retries", "1")
 
 Signature = tuple[int, int]  # (size, mtime_ns)
 Emit = Callable[[dict[str, Any]], None]
@@ -179,6 +197,19 @@ def encode_state(files: dict[str, Signature]) -> bytes:
     return buffer.getvalue()
 
 
+def encode_names(names: list[str]) -> bytes:
+    """Gzip'd lines of JSON-quoted names (any name), as in :data:`VERIFY_DIFFERENCES`."""
+    return gzip.compress(b"".join(json.dumps(n).encode() + b"\n" for n in names), mtime=0)
+
+
+def decode_names(data: bytes) -> set[str]:
+    """Inverse of :func:`encode_names`; unreadable data counts as no names."""
+    try:
+        return {json.loads(line) for line in gzip.decompress(data).splitlines() if line.strip()}
+    except (OSError, EOFError, ValueError):
+        return set()
+
+
 def decode_state(data: bytes) -> dict[str, Signature]:
     """Inverse of :func:`encode_state`; an unreadable state counts as empty (everything recopies)."""
     if not data:
@@ -225,13 +256,15 @@ class Rclone:
         self.binary = binary or find_rclone()
 
     def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        # Every call that touches the destination spells names as the copy does.
-        command = [self.binary, *args[:1], ENCODING_FLAG, *args[1:]]
+        # Every call that touches the destination spells names as the copy does, and every call
+        # gives up on an endpoint that does not answer.
+        command = [self.binary, *args[:1], ENCODING_FLAG, *args[1:], *BOUNDED_FLAGS]
         return subprocess.run(command, input=stdin, capture_output=True, check=False)
 
-    def read(self, path: str) -> bytes:
-        """Contents of a remote file; b"" when it does not exist."""
-        result = self.run("cat", path)
+    def read(self, path: str, fail_fast: bool = False) -> bytes:
+        """Contents of a remote file; b"" when it does not exist. With ``fail_fast``, one
+        attempt: an unreachable endpoint fails at once."""
+        result = self.run("cat", path, *(FAIL_FAST_FLAGS if fail_fast else ()))
         if result.returncode == 0:
             return result.stdout
         if _is_not_found(result.stderr):
@@ -276,12 +309,29 @@ def rclone_content_types(rclone: Rclone, extensions: set[str]) -> dict[str, str]
 
 
 def _is_not_found(stderr: bytes) -> bool:
-    text = stderr.decode(errors="replace").lower()
+    # rclone's notice that it has no config file (remotes come from the environment) is not
+    # about the path: counting it made every failed read look like an empty state.
+    lines = stderr.decode(errors="replace").lower().splitlines()
+    text = "\n".join(line for line in lines if "config file" not in line)
     return "not found" in text or "doesn't exist" in text or "no such" in text
 
 
+_UNREACHABLE = re.compile(r"dial tcp [^\s\"]+: [^\"\n]+|lookup [^\s\"]+[^\"\n]*no such host")
+
+_CREDENTIALS = re.compile(r"SignatureDoesNotMatch|InvalidAccessKeyId")
+
+
 def _last_error(stderr: bytes) -> str:
-    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    text = stderr.decode(errors="replace")
+    unreachable = _UNREACHABLE.search(text)
+    if unreachable:  # rather than the SDK's wrapping of it, several hundred characters long
+        return f"cannot reach the S3 endpoint: {unreachable.group(0).strip()}"
+    refused = _CREDENTIALS.search(text)
+    if refused:
+        return (
+            f"S3 rejected the credentials ({refused.group(0)}): check the access key and secret key"
+        )
+    lines = [line for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if "error" in line.lower() or "failed" in line.lower():
             return line.strip()[-300:]
@@ -303,6 +353,8 @@ class CopyRequest:
     # "auto": S3 destinations are written by migrator.uploader where it is exactly equivalent
     # to rclone; "rclone": rclone moves every file.
     uploader: str = "auto"
+    # Trust the state only where the destination holds each file at its recorded size.
+    recheck: bool = False
 
 
 @dataclass
@@ -344,7 +396,10 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     check_remote_trust(request.dest)
     tree = walk_source(request.source, request.shard, request.skip_live_sqlite)
     location = state_path(request)
-    previous = decode_state(rclone.read(location)) if location else {}
+    previous = decode_state(rclone.read(location, fail_fast=True)) if location else {}
+    recorded = len(previous)
+    if request.recheck and previous:
+        previous = recheck_state(request, rclone, previous)
     todo = changed_files(tree.files, previous) if location else sorted(tree.files)
     new_dirs = (
         sorted(d for d in tree.empty_dirs if d + "/" not in previous)
@@ -353,7 +408,8 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     )
     todo_bytes = sum(tree.files[p][0] for p in todo)
     emit({"event": "plan", "files": len(tree.files), "bytes": tree.total_bytes,
-          "toCopy": len(todo), "toCopyBytes": todo_bytes, "skippedSqlite": tree.skipped_sqlite})  # fmt: skip
+          "toCopy": len(todo), "toCopyBytes": todo_bytes, "skippedSqlite": tree.skipped_sqlite,
+          "recheckDropped": recorded - len(previous)})  # fmt: skip
     recorder = StateRecorder(rclone, location, previous, tree.files)
     destination = None
     if todo and location and request.uploader == "auto":
@@ -364,11 +420,17 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         rest = [p for p in todo if not can_upload(p, tree.files[p][0])]
         _upload(request, rclone, destination, native, todo, todo_bytes, tree, recorder, emit)
     if rest:  # after the native uploads, all of which succeeded (or _upload raised)
-        rest_bytes = sum(tree.files[p][0] for p in rest)
+        readable = [p for p in rest if QUOTE not in p]
+        rest_bytes = sum(tree.files[p][0] for p in readable)
         emit_rest = _with_offset(emit, len(native), todo_bytes - rest_bytes, len(todo), todo_bytes)
-        _transfer(
-            request, rclone, rest, rest_bytes, recorder, emit_rest, trusted=location is not None
-        )
+        if readable:
+            _transfer(
+                request, rclone, readable, rest_bytes, recorder, emit_rest,
+                trusted=location is not None, sizes=tree.files,
+            )  # fmt: skip
+        left = [p for p in rest if p not in recorder.done]
+        if left:
+            _copy_left_over(request, rclone, left, len(todo), tree, recorder, emit)
     for directory in new_dirs:
         _make_dir(request, rclone, directory)
         recorder.made_dir(directory)
@@ -386,6 +448,43 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
     )
     emit({"event": "done", **outcome.as_dict()})
     return outcome
+
+
+def recheck_state(
+    request: CopyRequest, rclone: Rclone, previous: dict[str, Signature]
+) -> dict[str, Signature]:
+    """The entries of ``previous`` that the destination still holds: files at their recorded
+    size, empty directories as directories (one listing of the volume's prefix), less the files
+    the last verify found different there."""
+    assert request.state is not None
+    damaged = decode_names(rclone.read(f"{request.state.rstrip('/')}/{VERIFY_DIFFERENCES}"))
+    links = ["--links"] if "--links" in request.rclone_flags else []
+    result = rclone.run("lsf", "-R", "--format", "sp", "--separator", "\t", *links, request.dest)
+    if result.returncode != 0 and not _is_not_found(result.stderr):
+        raise OperationFailedError(f"listing {request.dest}: {_last_error(result.stderr)}")
+    listed = _listed_sizes(result.stdout)
+    kept = {}
+    for path, signature in previous.items():
+        if path in damaged or _source_name(path) in damaged:  # verify names links by name
+            present = False
+        elif path.endswith("/"):  # an empty directory (its marker on S3)
+            present = listed.get(standard_path(path[:-1]) + "/") is not None
+        else:
+            present = listed.get(standard_path(path)) == signature[0]
+        if present:
+            kept[path] = signature
+    return kept
+
+
+def _listed_sizes(stdout: bytes) -> dict[str, int]:
+    """name -> size of ``rclone lsf --format sp --separator TAB`` output (directories end in
+    "/", size -1); names in rclone's standard encoding, which holds no tab or newline."""
+    sizes = {}
+    for line in stdout.decode("utf-8", errors="surrogateescape").splitlines():
+        size, _, name = line.partition("\t")
+        if size.lstrip("-").isdigit():
+            sizes[name] = int(size)
+    return sizes
 
 
 class StateRecorder:
@@ -508,11 +607,11 @@ def _transfer(
     recorder: StateRecorder,
     emit: Emit,
     trusted: bool,
+    sizes: dict[str, Signature],
 ) -> None:
-    with tempfile.NamedTemporaryFile(
-        "wb", prefix="migrator-files-", suffix=".txt", delete=False
-    ) as listing:
-        listing.write(b"".join(os.fsencode(p) + b"\n" for p in todo))
+    """Copy ``todo`` with rclone; record what rclone reports copied and, after it, what the
+    destination holds at the walk's size (raises on a failed rclone, saving progress)."""
+    listing = _raw_listing(todo)
     args = [
         rclone.binary,
         "copy",
@@ -520,11 +619,12 @@ def _transfer(
         f"{request.source}/",
         request.dest,
         "--files-from-raw",
-        listing.name,
+        listing,
     ]
     if trusted:
         args += ["--no-check-dest", "--no-traverse"]
     args += [
+        *TRANSFER_BOUNDED_FLAGS,
         *request.rclone_flags,
         "--use-json-log",
         "-v",
@@ -536,17 +636,115 @@ def _transfer(
     try:
         code = _follow_rclone(args, todo, todo_bytes, recorder, emit)
     finally:
-        os.unlink(listing.name)
+        os.unlink(listing)
     if code != 0:
         recorder.checkpoint()
         raise OperationFailedError(
             f"rclone copy exited with code {code}: the copy is partial; re-run to resume"
         )
-    # Exit 0 means every listed file was copied, including those whose "Copied" log line names
-    # them in rclone's own encoding (invalid UTF-8), which the log-following cannot match.
-    for path in todo:
-        if path not in recorder.done:
+    # Exit 0 does not mean every listed file was copied: rclone skips names it cannot find.
+    # Record the rest only where the destination holds them (invalid UTF-8 names, whose
+    # "Copied" line the log-following cannot match, among them).
+    _record_present(request, rclone, [p for p in todo if p not in recorder.done], sizes, recorder)
+
+
+def _raw_listing(paths: list[str]) -> str:
+    """A ``--files-from-raw`` file naming ``paths`` as rclone reads them: in its standard
+    encoding (a newline as "␊", its symbols and quote rune quoted); the caller unlinks it."""
+    with tempfile.NamedTemporaryFile(
+        "wb", prefix="migrator-files-", suffix=".txt", delete=False
+    ) as listing:
+        listing.write(b"".join(os.fsencode(standard_path(p)) + b"\n" for p in paths))
+    return listing.name
+
+
+def _record_present(
+    request: CopyRequest,
+    rclone: Rclone,
+    paths: list[str],
+    sizes: dict[str, Signature],
+    recorder: StateRecorder,
+) -> None:
+    """Record those of ``paths`` that the destination holds at their walk's size (one listing
+    of just those names)."""
+    if not paths:
+        return
+    listing = _raw_listing(paths)
+    links = ["--links"] if "--links" in request.rclone_flags else []
+    try:
+        result = rclone.run(
+            "lsf", "-R", "--files-only", "--format", "sp", "--separator", "\t",
+            "--files-from-raw", listing, *links, request.dest,
+        )  # fmt: skip
+    finally:
+        os.unlink(listing)
+    if result.returncode != 0 and not _is_not_found(result.stderr):
+        raise OperationFailedError(f"listing {request.dest}: {_last_error(result.stderr)}")
+    present = _listed_sizes(result.stdout)
+    for path in paths:
+        if present.get(standard_path(path)) == sizes[path][0]:
             recorder.copied(path)
+
+
+def _copy_left_over(
+    request: CopyRequest,
+    rclone: Rclone,
+    left: list[str],
+    total: int,
+    tree: SourceTree,
+    recorder: StateRecorder,
+    emit: Emit,
+) -> None:
+    """Copy the files rclone could not take by name (its quote rune, names it skipped) another
+    way: the native uploader for S3, a plain copy for a directory; raises for any left."""
+    if os.path.isabs(request.dest):
+        for path in left:
+            signature = _copy_locally(request.source, Path(request.dest), path)
+            if signature is not None:
+                recorder.copied(path, signature)
+    else:
+        destination = native_destination(request.dest, request.rclone_flags)
+        fits = [p for p in left if can_upload(p, tree.files[p][0])]
+        if destination is not None and fits:
+            size = sum(tree.files[p][0] for p in fits)
+            _upload(request, rclone, destination, fits, fits, size, tree, recorder, emit)
+    missing = [p for p in left if p not in recorder.done and _at_source(request.source, p)]
+    if missing:
+        recorder.checkpoint()
+        raise OperationFailedError(
+            f"{len(missing)} of {total} files could not be copied (first: {missing[0]!r}): "
+            "rclone cannot take their names and no other way fits this destination; they are "
+            "not recorded as copied"
+        )
+
+
+def _at_source(source: Path, path: str) -> bool:
+    """Whether ``path`` (perhaps ``NAME.rclonelink``) is still in the source (else it vanished)."""
+    name = path[: -len(LINK_SUFFIX)] if path.endswith(LINK_SUFFIX) else path
+    return os.path.lexists(source / path) or os.path.lexists(source / name)
+
+
+def _copy_locally(source: Path, dest: Path, path: str) -> Signature | None:
+    """Copy one file (or ``NAME.rclonelink`` symlink) as rclone --metadata --links would;
+    its signature, or None when it vanished."""
+    name = path[: -len(LINK_SUFFIX)] if path.endswith(LINK_SUFFIX) else path
+    link = source / name
+    target = dest / (name if link.is_symlink() else path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(link if link.is_symlink() else source / path)
+        if stat.S_ISLNK(st.st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            target.symlink_to(os.readlink(link))
+        else:
+            shutil.copy2(source / path, target, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    with contextlib.suppress(OSError):  # owners are kept where this process may set them
+        os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    return (st.st_size, st.st_mtime_ns)
 
 
 class Interrupted(Exception):
@@ -581,18 +779,19 @@ def _follow_rclone(
 ) -> int:
     """Run rclone, recording each copied file; on SIGTERM/SIGINT stop it and save what is done."""
     last_error = ""
+    names = {standard_path(p): p for p in todo}  # rclone logs names in its standard encoding
     with _SignalGuard():
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert process.stderr is not None
         try:
             for raw in process.stderr:
                 last_error = (
-                    _handle_rclone_line(raw, todo, todo_bytes, recorder, emit) or last_error
+                    _handle_rclone_line(raw, names, todo_bytes, recorder, emit) or last_error
                 )
         except (Interrupted, KeyboardInterrupt):
             process.terminate()
             for raw in process.stderr:  # the files finished before rclone stopped still count
-                _handle_rclone_line(raw, todo, todo_bytes, recorder, emit)
+                _handle_rclone_line(raw, names, todo_bytes, recorder, emit)
             process.wait()
             recorder.checkpoint()
             emit({"event": "error", "message": "interrupted: progress saved, re-run to resume"})
@@ -604,7 +803,7 @@ def _follow_rclone(
 
 
 def _handle_rclone_line(
-    raw: bytes, todo: list[str], todo_bytes: int, recorder: StateRecorder, emit: Emit
+    raw: bytes, names: dict[str, str], todo_bytes: int, recorder: StateRecorder, emit: Emit
 ) -> str | None:
     """Act on one rclone JSON log line; returns an error message when the line is one."""
     try:
@@ -613,11 +812,12 @@ def _handle_rclone_line(
         return None
     message = str(record.get("msg", ""))
     if message.startswith("Copied"):
-        recorder.copied(record.get("object", ""))
+        name = str(record.get("object", ""))
+        recorder.copied(names.get(name, name))
     elif "stats" in record:
         stats = record["stats"]
         emit({"event": "progress", "bytes": stats.get("bytes", 0), "totalBytes": todo_bytes,
-              "files": stats.get("transfers", 0), "totalFiles": len(todo),
+              "files": stats.get("transfers", 0), "totalFiles": len(names),
               "speed": stats.get("speed", 0.0), "eta": stats.get("eta"), "errors": stats.get("errors", 0)})  # fmt: skip
     elif record.get("level") == "error":
         emit({"event": "error", "message": message, "object": record.get("object")})

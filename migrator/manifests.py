@@ -6,6 +6,7 @@ kubernetes executor applies them and the local executor runs exactly their conta
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -104,6 +105,17 @@ def copy_command(plan: dict[str, Any], volume: dict[str, Any], step: str) -> lis
     if volume["copy"]["shards"] > 1:
         command += ["--shard", f"$(JOB_COMPLETION_INDEX)/{volume['copy']['shards']}"]
     return [*command, "--", *rclone_flags(plan, volume)]
+
+
+def with_recheck(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A copy Job that first checks the state of the last copy against the destination
+    (``migrator agent copy --recheck``): what is missing there or of another size is recopied."""
+    job = copy.deepcopy(manifest)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    command: list[str] = container["command"]
+    if "--recheck" not in command:
+        command.insert(command.index("--") if "--" in command else len(command), "--recheck")
+    return job
 
 
 def _env(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -339,6 +351,7 @@ def verify_command(
         state = "/".join(p for p in (target.get("prefix", ""), ".migrator", volume["name"]) if p)
         if cache:
             command += ["--cache", f"s3://{target['bucket']}/{state}"]
+        command += ["--state", f"s3://{target['bucket']}/{state}"]  # differences, for --recheck
     else:
         command += ["--dest", DEST_MOUNT]
     if sample is not None:

@@ -72,7 +72,9 @@ def show_plan(document: dict[str, Any], plan_path: str, jobs_dir: str) -> None:
 class RunProgress:
     """Rich progress on stderr: one row per volume and a total (bytes, files, rate, ETA)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, verbose: bool = False) -> None:
+        """``verbose``: print every error the copies report (a line per file), not only the
+        outcome of each volume."""
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -97,6 +99,7 @@ class RunProgress:
         self.shards: dict[str, dict[int, tuple[int, int, int, int]]] = {}
         self.total: Any = None
         self.printed: set[tuple[str, str]] = set()
+        self.verbose = verbose
 
     def __enter__(self) -> RunProgress:
         self.progress.__enter__()
@@ -121,9 +124,12 @@ class RunProgress:
             done_bytes, done_files = event.get("bytes", 0), event.get("files", 0)
         elif kind == "done":
             done_bytes, done_files = total_bytes, total_files
-        elif kind == "error" and event.get("message"):
-            message = str(event["message"])
-            if (volume, message) not in self.printed:  # a retried pod often fails the same way
+        elif kind == "error":
+            message = str(event.get("message") or "")
+            if event.get("object") and str(event["object"]) not in message:
+                message = f"{event['object']}: {message}"
+            # A retried pod often fails the same way; without -v the volume's outcome says why.
+            if self.verbose and message and (volume, message) not in self.printed:
                 self.printed.add((volume, message))
                 err.print(f"  {volume}: {escape(message)}", markup=True)
             return
@@ -151,7 +157,9 @@ class RunProgress:
             total = self.progress.tasks[task].total or 0
             self.progress.update(task, completed=total, total=total)
         mark = "[green]done[/]" if outcome.status == "done" else f"[red]{outcome.status}[/]"
-        detail = f": {escape(outcome.message)}" if outcome.message else ""
+        # Why a volume failed ends the run in its Error line (and with -v here too).
+        shown = outcome.message and (outcome.status != "failed" or self.verbose)
+        detail = f": {escape(outcome.message)}" if shown else ""
         self.progress.console.print(f"{volume}: {mark}{detail}", markup=True)
 
     def note(self, message: str) -> None:
@@ -263,6 +271,16 @@ def show_verify_report(report: Any) -> None:
         out.print(
             f"This was a SAMPLE: {report.sample:.1%} of files (selected by path hash) were checked."
         )
+
+
+def show_repair(command: str) -> None:
+    """How to repair what verify found: the run that checks the copy state against the
+    destination and copies again what is missing or of another size there."""
+    out.print(
+        f"To repair: {escape(command)} (add --cutover once the apps are stopped): it copies "
+        "again every file missing at the destination or of another size",
+        markup=True,
+    )
 
 
 class _Quiet:

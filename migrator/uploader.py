@@ -471,6 +471,11 @@ class Uploader:
         where = f"s3://{self.destination.bucket}/{key}"
         if code == "NoSuchBucket":
             message = f"bucket {self.destination.bucket!r} does not exist on {self.destination.endpoint.host}"
+        elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):  # the same for every file
+            message = (
+                f"S3 at {self.destination.endpoint.host} rejected the credentials ({code}): "
+                "check the access key and secret key"
+            )
         elif answer.status == 403:
             message = (
                 f"S3 refused to store {where} ({code}): check the credentials and their permissions"

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from migrator.checksum import Entry, HashStats, compare, hash_s3_prefix, hash_tree
-from migrator.copier import Emit
+from migrator.copier import VERIFY_DIFFERENCES, Emit, encode_names
 from migrator.errors import BadInputError
 from migrator.objectstore import S3Location, S3Settings, describe_client_error, make_client
 
 CACHE_NAMES = {"source": "verify-source-cache.gz", "destination": "verify-destination-cache.gz"}
 PROGRESS_SECONDS = 1.0
+# Differences a copy can repair (``migrator run --recheck`` recopies these files).
+REPAIRABLE = frozenset({"missing", "size", "checksum", "type"})
 
 
 @dataclass
@@ -33,6 +35,7 @@ class VerifyRequest:
     sample: float | None = None
     strict_metadata: bool = False
     workers: int | None = None
+    state: str | None = None  # s3://BUCKET/PREFIX/.migrator/VOLUME: differences left for the copy
 
 
 class _Progress:
@@ -75,12 +78,21 @@ def run_verify(request: VerifyRequest, emit: Emit) -> bool:
         destination = _destination_entries(
             request, caches.path("destination"), progress.side("destination"), stats["destination"]
         )
+        damaged: list[str] = []
+
+        def on_difference(difference: Any) -> None:
+            emit({"event": "difference", "kind": difference.kind, "path": difference.name,
+                  "detail": difference.describe()})  # fmt: skip
+            if difference.kind in REPAIRABLE:
+                damaged.append(difference.name)
+
         result = compare(
             source, destination, strict_metadata=request.strict_metadata, limit=0,
-            on_difference=lambda d: emit({"event": "difference", "kind": d.kind, "path": d.name,
-                                          "detail": d.describe()}),
+            on_difference=on_difference,
         )  # fmt: skip
         caches.upload()
+    if request.state:
+        save_differences(request.state, damaged)
     progress._send()
     emit({"event": "verify-done", **result.summary(), "sample": request.sample,
           "files": result.source_entries, "bytes": result.source_bytes,
@@ -103,6 +115,19 @@ def _destination_entries(
         request.destination, workers=request.workers, sample=request.sample, cache=cache,
         progress=progress, stats=stats,
     )  # fmt: skip
+
+
+def save_differences(state: str, names: list[str]) -> None:
+    """Leave the files found missing or different beside the copy state (``s3://...``), where
+    ``migrator agent copy --recheck`` reads them and copies them again."""
+    location = S3Location.parse(state)
+    client = make_client(S3Settings.from_environment(None))
+    try:
+        client.put_object(
+            Bucket=location.bucket, Key=location.key(VERIFY_DIFFERENCES), Body=encode_names(names)
+        )
+    except Exception as exc:
+        raise describe_client_error(exc, "saving the verify differences") from None
 
 
 class _Caches:

@@ -48,6 +48,12 @@ def agent_group() -> None:
     help="auto: S3 destinations are written by migrator's own uploader where that is exactly "
     "what rclone would store (rclone takes the rest); rclone: rclone moves every file.",
 )
+@click.option(
+    "--recheck",
+    is_flag=True,
+    help="Check the state of the last copy against the destination first: files missing there "
+    "or of another size are copied again.",
+)
 @click.argument("rclone_flags", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
 def agent_copy(**options: Any) -> None:
@@ -63,6 +69,7 @@ def agent_copy(**options: Any) -> None:
         shard=Shard.parse(options["shard"]),
         rclone_flags=list(options["rclone_flags"]),
         uploader=options["uploader"],
+        recheck=options["recheck"],
     )
     run_copy(request, json_lines(sys.stdout))
 
@@ -87,6 +94,11 @@ def agent_copy(**options: Any) -> None:
 @click.option(
     "--strict-metadata", is_flag=True, help="Mode, owner and mtime differences count as failures."
 )
+@click.option(
+    "--state",
+    help="s3://BUCKET/PREFIX/.migrator/VOLUME, where the copy keeps its state: the files found "
+    "missing or different are left there for 'migrator run --recheck'.",
+)
 @handle_errors
 def agent_verify(**options: Any) -> None:
     """Hash source and destination, merge-compare; print JSON events (every difference, a summary).
@@ -102,6 +114,7 @@ def agent_verify(**options: Any) -> None:
         cache=options["cache"],
         sample=options["sample"],
         strict_metadata=options["strict_metadata"],
+        state=options["state"],
     )
     run_verify(request, json_lines(sys.stdout))
 

@@ -41,8 +41,20 @@ from migrator.errors import Outcome
     show_default=True,
     help="Seconds to wait for each Job.",
 )
+@click.option(
+    "--recheck",
+    is_flag=True,
+    help="Check what the last copy recorded against the destination first: files missing "
+    "there or of another size are copied again (after damage that verify found).",
+)
 @kube_options
 @click.option("--dry-run", is_flag=True, help="Say what would run; change nothing.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show every error the copies report (a line per file), not only why a volume failed.",
+)
 @json_option
 @handle_errors
 def run_command(**options: Any) -> None:
@@ -53,11 +65,12 @@ def run_command(**options: Any) -> None:
 
     plan = load_plan(options["plan_path"])
     context = make_context(plan, options)
-    with ui.RunProgress(enabled=not options["as_json"]) as progress:
+    with ui.RunProgress(enabled=not options["as_json"], verbose=options["verbose"]) as progress:
         try:
             summary = run_plan(
-                plan, options["phase"], options["cutover"], context, progress, options["dry_run"]
-            )
+                plan, options["phase"], options["cutover"], context, progress, options["dry_run"],
+                recheck=options["recheck"],
+            )  # fmt: skip
         except KeyboardInterrupt:
             context.stop()
             raise
@@ -66,6 +79,10 @@ def run_command(**options: Any) -> None:
     else:
         ui.show_run_summary(summary)
     if not summary.ok:
-        failed = ", ".join(v.volume for v in summary.volumes if v.status == "failed")
+        failed = "; ".join(
+            f"{v.volume}: {v.message}" if v.message else v.volume
+            for v in summary.volumes
+            if v.status == "failed"
+        )
         ui.error(f"copy failed for {failed}; fix the cause and re-run the same command to resume")
         sys.exit(int(Outcome.FAILED))

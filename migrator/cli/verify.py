@@ -13,6 +13,16 @@ from migrator.cli import cli, handle_errors, json_option, kube_options
 from migrator.errors import BadInputError, Outcome
 
 
+def repair_command(plan_path: str, volumes: list[dict[str, Any]], report: Any) -> str:
+    """The ``migrator run`` that recopies what verify found damaged ("" when nothing differs)."""
+    different = {v.name for v in report.volumes if not v.ok and not v.error}
+    roles = {volume["role"] for volume in volumes if volume["name"] in different}
+    if not roles:
+        return ""
+    phase = roles.pop() if len(roles) == 1 else "all"
+    return f"migrator run --plan {plan_path} --phase {phase} --recheck"
+
+
 @cli.command("verify")
 @click.option(
     "--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="The plan file."
@@ -77,10 +87,13 @@ def verify_command(**options: Any) -> None:
             plan, volumes, context, progress, sample=options["sample"],
             strict_metadata=options["strict_metadata"], cache=not options["no_cache"], report_stream=report_stream,
         )  # fmt: skip
+    repair = repair_command(options["plan_path"], volumes, report)
     if options["as_json"]:
-        ui.print_json(report.as_dict())
+        ui.print_json({**report.as_dict(), **({"repair": repair} if repair else {})})
     else:
         ui.show_verify_report(report)
+        if repair:
+            ui.show_repair(repair)
     if report.failed:
         failed = ", ".join(v.name for v in report.volumes if v.error)
         ui.error(f"verification could not run for {failed}; fix the cause and re-run")

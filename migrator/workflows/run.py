@@ -16,6 +16,7 @@ import yaml
 from migrator.errors import BadInputError
 from migrator.executors import EventSink, Executor, JobResult, completions
 from migrator.journal import DONE, FAILED, RUNNING, FileLock, FileStore, Journal, journal_path
+from migrator.manifests import with_recheck
 from migrator.plan import Plan
 
 PRESEED, CUTOVER = "preseed", "cutover"
@@ -139,8 +140,13 @@ def run_plan(
     context: RunContext,
     observer: RunObserver,
     dry_run: bool = False,
+    recheck: bool = False,
 ) -> RunSummary:
-    """Run one phase's copy Jobs (pre-seed, or with ``cutover`` the final sync) for every volume."""
+    """Run one phase's copy Jobs (pre-seed, or with ``cutover`` the final sync) for every volume.
+
+    With ``recheck`` each copy first checks the state of its last copy against the destination
+    (what is missing there or of another size is copied again), and a finished cutover runs again.
+    """
     volumes = plan.volumes_for_phase(phase)
     if not volumes:
         raise BadInputError(f"plan {plan.name} has no {phase} volumes")
@@ -150,7 +156,7 @@ def run_plan(
         if cutover and context.quiesce is not None:
             summary.notes += context.quiesce(volumes, dry_run)
         for volume in volumes:
-            outcome = _run_volume(plan, volume, step, context, observer, dry_run)
+            outcome = _run_volume(plan, volume, step, context, observer, dry_run, recheck)
             summary.volumes.append(outcome)
     if cutover and not dry_run and summary.ok:
         summary.notes.append(
@@ -167,11 +173,14 @@ def _run_volume(
     context: RunContext,
     observer: RunObserver,
     dry_run: bool,
+    recheck: bool = False,
 ) -> VolumeOutcome:
     name = volume["name"]
     manifest = load_manifest(plan, volume, step)
+    if recheck:
+        manifest = with_recheck(manifest)
     previous = context.journal.step(name, step)
-    if step == CUTOVER and previous.get("status") == DONE:
+    if step == CUTOVER and previous.get("status") == DONE and not recheck:
         return VolumeOutcome(name, step, "skipped", "already cut over", **_figures(previous))
     if dry_run:
         observer.note(f"(dry run) would run Job {manifest['metadata']['name']} for {name}")
