@@ -301,6 +301,9 @@ class CopyRequest:
     # "auto": S3 destinations are written by migrator.uploader where it is exactly equivalent
     # to rclone; "rclone": rclone moves every file.
     uploader: str = "auto"
+    # The filer's gRPC address (HOST:PORT) when the target is SeaweedFS: owner, mode and mtime are
+    # then set in the filer entries, which is what a weed mount shows (migrator.filer).
+    filer: str | None = None
 
 
 @dataclass
@@ -372,6 +375,8 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         recorder.made_dir(directory)
     deleted = _delete_extras(request, rclone, tree) if request.delete else 0
     recorder.finish(deleted_ok=request.delete, empty_dirs=tree.empty_dirs)
+    if request.filer:
+        _set_attributes(request, tree, emit)
     outcome = CopyOutcome(
         files=len(tree.files),
         bytes=tree.total_bytes,
@@ -624,6 +629,31 @@ def _handle_rclone_line(
 
 def _source_name(name: str) -> str:
     return name[: -len(LINK_SUFFIX)] if name.endswith(LINK_SUFFIX) else name
+
+
+def _set_attributes(request: CopyRequest, tree: SourceTree, emit: Emit) -> None:
+    """Give the filer entries of this shard's files and directories the source's owner, mode and
+    mtime; the filer itself is compared, so metadata-only changes are corrected too."""
+    from migrator.filer import FilerClient, apply_attributes, filer_directory, source_attributes
+
+    root = str(request.source)
+    paths = [*tree.files, *tree.dirs]
+    if request.shard.index == 0:
+        paths.append("")  # the volume's own directory
+    wanted = {}
+    for rel in paths:
+        attrs = source_attributes(root, rel)
+        if attrs is not None:
+            wanted[rel] = attrs
+    with FilerClient(request.filer or "") as client:
+        report = apply_attributes(client, filer_directory(request.dest), wanted)
+    emit({"event": "attributes", "checked": report.checked, "updated": report.updated,
+          "missing": report.missing, "errors": len(report.failures or [])})  # fmt: skip
+    if report.failures:
+        raise OperationFailedError(
+            f"{len(report.failures)} filer entries kept the wrong owner/mode/mtime (first: "
+            f"{report.failures[0]}); re-run to retry"
+        )
 
 
 def _make_dir(request: CopyRequest, rclone: Rclone, directory: str) -> None:

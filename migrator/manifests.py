@@ -97,6 +97,9 @@ def copy_command(plan: dict[str, Any], volume: dict[str, Any], step: str) -> lis
     state = state_location(plan, volume)
     if state:
         command += ["--state", state]
+    filer = plan["spec"]["target"].get("filer")
+    if filer and plan["spec"]["target"]["type"] == "s3":
+        command += ["--filer", filer]
     if step == "cutover":
         command.append("--delete")
     elif volume["role"] == "config":

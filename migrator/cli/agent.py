@@ -48,6 +48,12 @@ def agent_group() -> None:
     help="auto: S3 destinations are written by migrator's own uploader where that is exactly "
     "what rclone would store (rclone takes the rest); rclone: rclone moves every file.",
 )
+@click.option(
+    "--filer",
+    metavar="HOST:PORT",
+    help="SeaweedFS filer gRPC address (its HTTP port + 10000): set the source's owner, mode and "
+    "mtime in the filer entries, which is what a weed mount (the CSI driver) shows.",
+)
 @click.argument("rclone_flags", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
 def agent_copy(**options: Any) -> None:
@@ -63,6 +69,7 @@ def agent_copy(**options: Any) -> None:
         shard=Shard.parse(options["shard"]),
         rclone_flags=list(options["rclone_flags"]),
         uploader=options["uploader"],
+        filer=options["filer"],
     )
     run_copy(request, json_lines(sys.stdout))
 

@@ -75,6 +75,8 @@ def make_plan(options: dict[str, Any]) -> PlanResult:
     probe = None
     if options.get("s3_ca_bundle") and target.type != "s3":
         raise BadInputError("--s3-ca-bundle is for s3:// targets")
+    if options.get("filer_grpc") and target.type != "s3":
+        raise BadInputError("--filer-grpc is for s3:// targets on SeaweedFS")
     with tempfile.TemporaryDirectory(prefix="migrator-ca-") as scratch:
         if target.type == "s3":
             if options.get("s3_ca_bundle"):
@@ -106,6 +108,7 @@ def _request(options: dict[str, Any]) -> PlanRequest:
         context=options.get("context"),
         release=options.get("release"),
         backup_target=options.get("backup_target"),
+        filer_grpc=options.get("filer_grpc"),
     )
 
 
