@@ -342,6 +342,8 @@ def verify_command(
         state = "/".join(p for p in (target.get("prefix", ""), ".migrator", volume["name"]) if p)
         if cache:
             command += ["--cache", f"s3://{target['bucket']}/{state}"]
+        if target.get("filer"):
+            command += ["--filer", target["filer"]]
     else:
         command += ["--dest", DEST_MOUNT]
     if sample is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator.checksum import Entry, HashStats, compare, hash_s3_prefix, hash_tree
+from migrator.checksum.entry import SYMLINK
 from migrator.copier import Emit
 from migrator.errors import BadInputError
 from migrator.objectstore import S3Location, S3Settings, describe_client_error, make_client
@@ -33,6 +34,9 @@ class VerifyRequest:
     sample: float | None = None
     strict_metadata: bool = False
     workers: int | None = None
+    # SeaweedFS filer gRPC HOST:PORT: the destination's owner, mode and mtime are then read from
+    # the filer entries (what a weed mount shows), not from the objects' x-amz-meta-*.
+    filer: str | None = None
 
 
 class _Progress:
@@ -95,14 +99,34 @@ def _destination_entries(
 ) -> Iterator[Entry]:
     if request.destination.startswith("s3://"):
         location = S3Location.parse(request.destination)
-        return hash_s3_prefix(
+        entries = hash_s3_prefix(
             S3Settings.from_environment(None), location.bucket, location.prefix + "/",
             workers=request.workers, sample=request.sample, cache=cache, progress=progress, stats=stats,
         )  # fmt: skip
+        if request.filer:
+            return _as_mounted(entries, request.filer, request.destination)
+        return entries
     return hash_tree(
         request.destination, workers=request.workers, sample=request.sample, cache=cache,
         progress=progress, stats=stats,
     )  # fmt: skip
+
+
+def _as_mounted(entries: Iterator[Entry], address: str, destination: str) -> Iterator[Entry]:
+    """``entries`` with owner, mode and mtime as the filer entries (and so a weed mount) have them."""
+    from migrator.filer import LINK_SUFFIX, FilerClient, filer_directory, read_tree
+
+    with FilerClient(address) as client:
+        mounted = read_tree(client, filer_directory(destination))
+    for entry in entries:
+        name = entry.path.decode("utf-8", "surrogateescape").rstrip("/")
+        attrs = mounted.get(name + LINK_SUFFIX if entry.type == SYMLINK else name)
+        if attrs is None:
+            yield entry
+            continue
+        yield entry._replace(
+            mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns
+        )
 
 
 class _Caches:

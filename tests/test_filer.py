@@ -239,3 +239,56 @@ def test_fid_spelling_matches_the_filer() -> None:
     # volume 3, key 0x01637037, cookie 0xd6xxxxxx: leading zero key bytes are dropped
     assert filer._format_fid(3, 0x01, 0x637037D6) == "3,01637037d6"
     assert filer._format_fid(12, 0x1234567890, 0x0000FFFF) == "12,12345678900000ffff"
+
+
+def plan_with_filer(tmp_path: Path, server: SeaweedFS, bucket: str, source: Path) -> Path:
+    result = run_cli(
+        "plan", "--source-dir", f"media={source}", "--target", f"s3://{bucket}/arr",
+        "--s3-endpoint", server.s3_endpoint, "--filer-grpc", grpc(server), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return tmp_path / "plans" / "local.yaml"
+
+
+def verify(plan: Path) -> tuple[int, dict[str, object]]:
+    result = run_cli("verify", "--plan", str(plan), "--strict-metadata", "--json")
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_plan_run_verify_and_the_mount_agree(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    source = make_tree(tmp_path / "src")
+    plan = plan_with_filer(tmp_path, s3_env, bucket, source)
+    preseed = run_cli("run", "--plan", str(plan), "--phase", "all", "--json")
+    assert preseed.exit_code == 0, preseed.output
+    (source / "movies/Movie/movie.nfo").write_bytes(b"new at the cutover")
+    os.chown(source / "movies/Movie/movie.nfo", RADARR, RADARR)
+    os.chmod(source / "movies/Movie/movie.nfo", 0o640)
+    os.chmod(source / "shared.txt", 0o640)  # metadata only
+    cutover = run_cli("run", "--plan", str(plan), "--phase", "all", "--cutover", "--json")
+    assert cutover.exit_code == 0, cutover.output
+    code, report = verify(plan)
+    assert code == 0, report
+    with weed_mount(s3_env, f"/buckets/{bucket}/arr/media", tmp_path) as mount:
+        assert_mount_matches(source, mount)
+        assert_apps_read_their_files(mount)
+        new = as_user(RADARR, "cat", str(mount / "movies/Movie/movie.nfo"))
+        assert new.returncode == 0 and new.stdout == "new at the cutover", new
+
+    # What the mount shows is what verify compares: an entry put back to what the S3 gateway
+    # makes (uid 0, 0660), while its x-amz-meta-* still says 1000/0640, is named.
+    with filer.FilerClient(grpc(s3_env)) as client:
+        report_ = filer.apply_attributes(
+            client, f"/buckets/{bucket}/arr/media",
+            {"shows/Show/ep1.mkv": filer.Attributes(0o660, 0, 0, BASE_MTIME_NS)},
+        )  # fmt: skip
+    assert report_.updated == 1
+    os.chmod(source / "movies/Movie/movie.mkv", 0o600)  # and a chmod at source since the copy
+    code, report = verify(plan)
+    assert code == 1, report
+    kinds = {(d["path"], d["kind"]) for d in report["differences"]}  # type: ignore[index, union-attr]
+    assert kinds == {
+        ("shows/Show/ep1.mkv", "mode"), ("shows/Show/ep1.mkv", "owner"),
+        ("shows/Show/ep1.mkv", "mtime"), ("movies/Movie/movie.mkv", "mode"),
+    }, kinds  # fmt: skip

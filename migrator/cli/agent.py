@@ -94,6 +94,12 @@ def agent_copy(**options: Any) -> None:
 @click.option(
     "--strict-metadata", is_flag=True, help="Mode, owner and mtime differences count as failures."
 )
+@click.option(
+    "--filer",
+    metavar="HOST:PORT",
+    help="SeaweedFS filer gRPC address: compare owner, mode and mtime as a weed mount shows them "
+    "(the filer entries), not as the objects' metadata says.",
+)
 @handle_errors
 def agent_verify(**options: Any) -> None:
     """Hash source and destination, merge-compare; print JSON events (every difference, a summary).
@@ -109,6 +115,7 @@ def agent_verify(**options: Any) -> None:
         cache=options["cache"],
         sample=options["sample"],
         strict_metadata=options["strict_metadata"],
+        filer=options["filer"],
     )
     run_verify(request, json_lines(sys.stdout))
 
