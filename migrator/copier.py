@@ -634,7 +634,7 @@ def _source_name(name: str) -> str:
 def _set_attributes(request: CopyRequest, tree: SourceTree, emit: Emit) -> None:
     """Give the filer entries of this shard's files and directories the source's owner, mode and
     mtime; the filer itself is compared, so metadata-only changes are corrected too."""
-    from migrator.filer import FilerClient, apply_attributes, filer_directory, source_attributes
+    from migrator.filer import FilerClient, apply_attributes, filer_directory, source_entries
 
     root = str(request.source)
     paths = [*tree.files, *tree.dirs]
@@ -642,9 +642,7 @@ def _set_attributes(request: CopyRequest, tree: SourceTree, emit: Emit) -> None:
         paths.append("")  # the volume's own directory
     wanted = {}
     for rel in paths:
-        attrs = source_attributes(root, rel)
-        if attrs is not None:
-            wanted[rel] = attrs
+        wanted.update(source_entries(root, rel))
     with FilerClient(request.filer or "") as client:
         report = apply_attributes(client, filer_directory(request.dest), wanted)
     emit({"event": "attributes", "checked": report.checked, "updated": report.updated,
@@ -671,6 +669,8 @@ def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> in
     files, dirs = rclone.list_tree(request.dest)
     wanted = {standard_path(name) for name in tree.files}
     kept = wanted | {standard_path(name) for name in tree.skipped_sqlite}
+    # a symlink's NAME.rclonelink may have a real symlink entry NAME beside it (migrator.filer)
+    kept |= {name[: -len(LINK_SUFFIX)] for name in wanted if name.endswith(LINK_SUFFIX)}
     extras = []
     for name in files:
         if name not in kept and request.shard.owns(name):

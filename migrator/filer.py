@@ -168,6 +168,8 @@ class Attributes:
         # some filers keep seconds only
         if self.mtime_ns // 10**9 != other.mtime_ns // 10**9:
             kinds.append("mtime")
+        if self.symlink_target is not None and self.symlink_target != other.symlink_target:
+            kinds.append("target")
         return kinds
 
 
@@ -204,8 +206,12 @@ def with_attributes(entry: bytes, wanted: Attributes) -> bytes:
     old_fields = parse(old)
     mode = int(_first(old_fields, ATTR_MODE) or 0)
     replaced = {ATTR_MTIME, ATTR_MODE, ATTR_UID, ATTR_GID, ATTR_MTIME_NS}
+    if wanted.symlink_target is not None:
+        replaced.add(ATTR_SYMLINK_TARGET)
     seconds, nanos = divmod(wanted.mtime_ns, 10**9)
     attrs = b"".join(f.raw for f in old_fields if f.number not in replaced)
+    if wanted.symlink_target is not None:
+        attrs += encode_bytes_field(ATTR_SYMLINK_TARGET, wanted.symlink_target)
     attrs += encode_varint_field(ATTR_MTIME, seconds)
     attrs += encode_varint_field(ATTR_MODE, (mode & ~PERMISSION_BITS) | wanted.mode)
     attrs += encode_varint_field(ATTR_UID, wanted.uid)
@@ -223,6 +229,25 @@ def with_attributes(entry: bytes, wanted: Attributes) -> bytes:
     if not placed:
         out += encode_bytes_field(ENTRY_ATTRIBUTES, attrs)
     return bytes(out)
+
+
+def symlink_entry(name: str, wanted: Attributes) -> bytes:
+    """A new entry for a symlink: no chunks, the target in its attributes (what weed mount
+    writes for ``ln -s``)."""
+    assert wanted.symlink_target is not None
+    seconds, nanos = divmod(wanted.mtime_ns, 10**9)
+    attrs = (
+        encode_varint_field(ATTR_MTIME, seconds)
+        + encode_varint_field(ATTR_MODE, GO_MODE_SYMLINK | wanted.mode)
+        + encode_varint_field(ATTR_UID, wanted.uid)
+        + encode_varint_field(ATTR_GID, wanted.gid)
+        + encode_varint_field(6, seconds)  # crtime
+        + encode_bytes_field(ATTR_SYMLINK_TARGET, wanted.symlink_target)
+        + encode_varint_field(ATTR_MTIME_NS, nanos)
+    )
+    return encode_bytes_field(
+        ENTRY_NAME, name.encode("utf-8", "surrogateescape")
+    ) + encode_bytes_field(ENTRY_ATTRIBUTES, attrs)
 
 
 def chunk_fids(entry: bytes) -> list[str]:
@@ -252,6 +277,15 @@ def _format_fid(volume_id: int, key: int, cookie: int) -> str:
     while start < 8 and raw[start] == 0:
         start += 1
     return f"{volume_id},{raw[start:].hex()}"
+
+
+def _create_request(directory: str, entry: bytes) -> bytes:
+    # o_excl: never replace an entry that appeared meanwhile (and so drop its chunks)
+    return (
+        encode_bytes_field(1, directory.encode("utf-8", "surrogateescape"))
+        + encode_bytes_field(2, entry)
+        + encode_varint_field(3, 1)
+    )
 
 
 def _update_request(directory: str, entry: bytes, fids: list[str]) -> bytes:
@@ -292,6 +326,7 @@ class FilerClient:
         self._list = self.channel.unary_stream(SERVICE + "ListEntries")
         self._lookup = self.channel.unary_unary(SERVICE + "LookupDirectoryEntry")
         self._update = self.channel.unary_unary(SERVICE + "UpdateEntry")
+        self._create = self.channel.unary_unary(SERVICE + "CreateEntry")
 
     def __enter__(self) -> FilerClient:
         return self
@@ -343,8 +378,10 @@ class FilerClient:
         entry = _first(parse(response), 1)
         return bytes(entry) if entry is not None else None
 
-    def update_many(self, updates: Iterable[tuple[str, bytes]]) -> list[str]:
-        """Send ``(directory, entry)`` updates, ``WINDOW`` in flight; returns the failures."""
+    def update_many(self, updates: Iterable[tuple[str, bytes, bool]]) -> list[str]:
+        """Send ``(directory, entry, create)`` writes, ``WINDOW`` in flight; returns the failures.
+
+        ``create``: a new entry (a symlink); otherwise an update of an entry as it was read."""
         failures: list[str] = []
         pending: list[tuple[str, Any]] = []
 
@@ -355,10 +392,16 @@ class FilerClient:
             except self._grpc.RpcError as exc:
                 failures.append(f"{where}: {exc.details()}")
 
-        for directory, entry in updates:
-            request = _update_request(directory, entry, chunk_fids(entry))
+        for directory, entry, create in updates:
             where = f"{directory}/{entry_name(entry).decode(errors='replace')}"
-            pending.append((where, self._update.future(request, timeout=self.timeout)))
+            if create:
+                future = self._create.future(
+                    _create_request(directory, entry), timeout=self.timeout
+                )
+            else:
+                request = _update_request(directory, entry, chunk_fids(entry))
+                future = self._update.future(request, timeout=self.timeout)
+            pending.append((where, future))
             if len(pending) >= WINDOW:
                 settle(pending.pop(0))
         for item in pending:
@@ -379,22 +422,28 @@ def _join(directory: str, rel: str) -> str:
     return f"{directory}/{rel}" if rel else directory
 
 
-def source_attributes(root: str, rel: str) -> Attributes | None:
-    """The attributes of ``rel`` (a dir, a file, or ``NAME.rclonelink`` for a symlink) at source."""
+def source_entries(root: str, rel: str) -> dict[str, Attributes]:
+    """What the filer should hold for ``rel`` of the copy (a directory, a file, or the
+    ``NAME.rclonelink`` object rclone stores for a symlink), relative path -> attributes.
+
+    A symlink gets two entries: ``NAME.rclonelink`` (the object rclone, verify and restores read:
+    the link's owner and mtime, mode 0644) and ``NAME``, a real symlink, which is what a mount
+    shows to apps. Nothing when the path vanished.
+    """
     is_link = rel.endswith(LINK_SUFFIX)
-    path = os.path.join(root, rel[: -len(LINK_SUFFIX)] if is_link else rel) if rel else root
+    name = rel[: -len(LINK_SUFFIX)] if is_link else rel
     try:
-        st = os.lstat(path)
+        st = os.lstat(os.path.join(root, name) if rel else root)
+        if is_link and not stat.S_ISLNK(st.st_mode):  # a regular file really named *.rclonelink
+            name, st = rel, os.lstat(os.path.join(root, rel))
+        target = os.readlink(os.path.join(root, name)) if stat.S_ISLNK(st.st_mode) else None
     except OSError:
-        return None
-    if is_link and not stat.S_ISLNK(st.st_mode):
-        # A regular file really named *.rclonelink is its own entry
-        path = os.path.join(root, rel)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-    return Attributes.from_stat(st)
+        return {}
+    if target is None:
+        return {rel: Attributes.from_stat(st)}
+    link = Attributes.from_stat(st, symlink_target=os.fsencode(target))
+    stored = Attributes(0o644, st.st_uid, st.st_gid, st.st_mtime_ns)
+    return {rel: stored, name: link}
 
 
 @dataclass
@@ -422,21 +471,24 @@ def apply_attributes(client: FilerClient, base: str, wanted: dict[str, Attribute
         parent_rel, _, name = rel.rpartition("/")
         by_dir.setdefault(_join(base, parent_rel), {})[name] = attrs
 
-    def updates() -> Iterator[tuple[str, bytes]]:
+    def updates() -> Iterator[tuple[str, bytes, bool]]:
         for directory in sorted(by_dir):
-            names = by_dir[directory]
-            seen = 0
+            names = dict(by_dir[directory])
             for entry in client.list_dir(directory):
                 name = entry_name(entry).decode("utf-8", "surrogateescape")
-                target = names.get(name)
+                target = names.pop(name, None)
                 if target is None:
                     continue
-                seen += 1
                 report.checked += 1
                 if attributes_of(entry).differs(target):
                     report.updated += 1
-                    yield directory, with_attributes(entry, target)
-            report.missing += len(names) - seen
+                    yield directory, with_attributes(entry, target), False
+            for name, target in sorted(names.items()):
+                if target.symlink_target is None:
+                    report.missing += 1
+                    continue
+                report.updated += 1
+                yield directory, symlink_entry(name, target), True
 
     assert report.failures is not None
     report.failures.extend(client.update_many(updates()))

@@ -120,7 +120,9 @@ def _as_mounted(entries: Iterator[Entry], address: str, destination: str) -> Ite
         mounted = read_tree(client, filer_directory(destination))
     for entry in entries:
         name = entry.path.decode("utf-8", "surrogateescape").rstrip("/")
-        attrs = mounted.get(name + LINK_SUFFIX if entry.type == SYMLINK else name)
+        # a symlink is the real symlink entry a mount shows; else the object rclone stores
+        attrs = mounted.get(name) if entry.type == SYMLINK else None
+        attrs = attrs or mounted.get(name + LINK_SUFFIX if entry.type == SYMLINK else name)
         if attrs is None:
             yield entry
             continue

@@ -141,11 +141,17 @@ def assert_mount_matches(source: Path, mount: Path) -> None:
         if shown(mount, rel.rstrip("/")) != expected(source, rel.rstrip("/"))
     }
     assert not mismatches, mismatches
+    for rel, target, uid, gid in LINKS:  # a real symlink, as the app wrote it
+        st = os.lstat(mount / rel)
+        assert stat.S_ISLNK(st.st_mode) and os.readlink(mount / rel) == target, rel
+        assert (st.st_uid, st.st_gid) == (uid, gid), rel
 
 
 def assert_apps_read_their_files(mount: Path) -> None:
     sonarr = as_user(SONARR, "cat", str(mount / "shows/Show/ep1.mkv"))
     assert sonarr.returncode == 0 and sonarr.stdout.startswith("shows/Show/ep1.mkv"), sonarr
+    through_link = as_user(SONARR, "cat", str(mount / "shows/Show/latest.mkv"))
+    assert through_link.stdout == sonarr.stdout, through_link
     listing = as_user(SONARR, "ls", str(mount / "shows/Show"))
     assert listing.returncode == 0 and "ep1.nfo" in listing.stdout.split(), listing
     radarr = as_user(RADARR, "cat", str(mount / "movies/Movie/movie.mkv"))
@@ -260,8 +266,10 @@ def test_plan_run_verify_and_the_mount_agree(
 ) -> None:
     source = make_tree(tmp_path / "src")
     plan = plan_with_filer(tmp_path, s3_env, bucket, source)
+    (source / "movies/Movie/old.mkv").symlink_to("movie.mkv")
     preseed = run_cli("run", "--plan", str(plan), "--phase", "all", "--json")
     assert preseed.exit_code == 0, preseed.output
+    (source / "movies/Movie/old.mkv").unlink()  # the cutover removes the link and its object
     (source / "movies/Movie/movie.nfo").write_bytes(b"new at the cutover")
     os.chown(source / "movies/Movie/movie.nfo", RADARR, RADARR)
     os.chmod(source / "movies/Movie/movie.nfo", 0o640)
@@ -273,6 +281,7 @@ def test_plan_run_verify_and_the_mount_agree(
     with weed_mount(s3_env, f"/buckets/{bucket}/arr/media", tmp_path) as mount:
         assert_mount_matches(source, mount)
         assert_apps_read_their_files(mount)
+        assert sorted(os.listdir(mount / "movies/Movie")) == ["movie.mkv", "movie.nfo"]
         new = as_user(RADARR, "cat", str(mount / "movies/Movie/movie.nfo"))
         assert new.returncode == 0 and new.stdout == "new at the cutover", new
 
