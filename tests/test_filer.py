@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from migrator import filer
-from migrator.seaweedfs import GRPC_OFFSET, SeaweedFS, find_weed
+from migrator.seaweedfs import SeaweedFS, find_weed, free_port_pairs
 from tests.helpers import run_cli
 
 SONARR, RADARR = 1000, 911
@@ -42,7 +42,7 @@ BASE_MTIME_NS = 1_500_000_000_123_456_789
 
 
 def grpc(server: SeaweedFS) -> str:
-    return f"127.0.0.1:{server.ports['filer'] + GRPC_OFFSET}"
+    return server.filer_grpc
 
 
 def make_tree(root: Path) -> Path:
@@ -301,3 +301,19 @@ def test_plan_run_verify_and_the_mount_agree(
         ("shows/Show/ep1.mkv", "mode"), ("shows/Show/ep1.mkv", "owner"),
         ("shows/Show/ep1.mkv", "mtime"), ("movies/Movie/movie.mkv", "mode"),
     }, kinds  # fmt: skip
+
+
+def test_an_unreachable_filer_fails_in_one_line(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    source = make_tree(tmp_path / "src")
+    closed = free_port_pairs(1)[0]  # nothing listens there
+    result = run_cli(
+        "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
+        "--state", f"s3:{bucket}/.migrator/media", "--filer", f"127.0.0.1:{closed}",
+        env={**rclone_env(s3_env), "MIGRATOR_DEBUG": ""},
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"Error: filer gRPC 127.0.0.1:{closed}: "), error
+    assert "Traceback" not in result.output
