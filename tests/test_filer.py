@@ -294,12 +294,14 @@ def test_plan_run_verify_and_the_mount_agree(
         )  # fmt: skip
     assert report_.updated == 1
     os.chmod(source / "movies/Movie/movie.mkv", 0o600)  # and a chmod at source since the copy
+    os.chown(source / "private", SONARR, SONARR)  # and a directory handed to another app
     code, report = verify(plan)
     assert code == 1, report
     kinds = {(d["path"], d["kind"]) for d in report["differences"]}  # type: ignore[index, union-attr]
     assert kinds == {
         ("shows/Show/ep1.mkv", "mode"), ("shows/Show/ep1.mkv", "owner"),
         ("shows/Show/ep1.mkv", "mtime"), ("movies/Movie/movie.mkv", "mode"),
+        ("private/", "owner"),
     }, kinds  # fmt: skip
 
 
