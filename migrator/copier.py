@@ -637,9 +637,16 @@ def _set_attributes(request: CopyRequest, tree: SourceTree, emit: Emit) -> None:
     from migrator.filer import FilerClient, apply_attributes, filer_directory, source_entries
 
     root = str(request.source)
-    paths = [*tree.files, *tree.dirs]
-    if request.shard.index == 0:
-        paths.append("")  # the volume's own directory
+    # A directory is created by whichever shard first stores a file in it: every shard sets the
+    # directories its files are in (the same values), not only those it owns.
+    parents = {rel.rpartition("/")[0] for rel in tree.files}
+    for parent in list(parents):
+        while parent:
+            parent = parent.rpartition("/")[0]
+            parents.add(parent)
+    paths = sorted({*tree.files, *tree.dirs, *parents})
+    if request.shard.index != 0:
+        paths = [p for p in paths if p]  # the volume's own directory: shard 0's
     wanted = {}
     for rel in paths:
         wanted.update(source_entries(root, rel))

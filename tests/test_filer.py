@@ -319,3 +319,19 @@ def test_an_unreachable_filer_fails_in_one_line(
     error = result.stderr.strip().splitlines()
     assert len(error) == 1 and error[0].startswith(f"Error: filer gRPC 127.0.0.1:{closed}: "), error
     assert "Traceback" not in result.output
+
+
+def test_sharded_copies_together_set_every_entry(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """Indexed Jobs: each shard sets its own files and directories; together, all of them."""
+    source = make_tree(tmp_path / "src")
+    for shard in ("0/3", "1/3", "2/3"):
+        result = run_cli(
+            "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
+            "--state", f"s3:{bucket}/.migrator/media", "--shard", shard,
+            "--filer", grpc(s3_env), "--", "--links", env=rclone_env(s3_env),
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    with weed_mount(s3_env, f"/buckets/{bucket}/media", tmp_path) as mount:
+        assert_mount_matches(source, mount)
