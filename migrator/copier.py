@@ -680,7 +680,9 @@ def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> in
     kept |= {name[: -len(LINK_SUFFIX)] for name in wanted if name.endswith(LINK_SUFFIX)}
     extras = []
     for name in files:
-        if name not in kept and request.shard.owns(name):
+        # a symlink entry NAME goes with NAME.rclonelink, whichever shard owns that
+        owner = name + LINK_SUFFIX if name + LINK_SUFFIX in files else name
+        if name not in kept and request.shard.owns(owner):
             extras.append(name)  # a live database left for later is not an extra
     if extras:
         with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as listing:

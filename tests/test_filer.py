@@ -324,14 +324,27 @@ def test_an_unreachable_filer_fails_in_one_line(
 def test_sharded_copies_together_set_every_entry(
     tmp_path: Path, s3_env: SeaweedFS, bucket: str
 ) -> None:
-    """Indexed Jobs: each shard sets its own files and directories; together, all of them."""
+    """Indexed Jobs: each shard sets its own files and directories; together, all of them. A
+    symlink entry NAME and its NAME.rclonelink may fall to different shards (as these do)."""
     source = make_tree(tmp_path / "src")
-    for shard in ("0/3", "1/3", "2/3"):
-        result = run_cli(
-            "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
-            "--state", f"s3:{bucket}/.migrator/media", "--shard", shard,
-            "--filer", grpc(s3_env), "--", "--links", env=rclone_env(s3_env),
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
+    (source / "movies/Movie/trailer.mkv").symlink_to("movie.mkv")  # kept
+    (source / "movies/Movie/old.mkv").symlink_to("movie.mkv")  # removed before the cutover
+
+    def copy(order: tuple[str, ...], *extra: str) -> None:
+        for shard in order:
+            result = run_cli(
+                "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
+                "--state", f"s3:{bucket}/.migrator/media", "--shard", shard, *extra,
+                "--filer", grpc(s3_env), "--", "--links", env=rclone_env(s3_env),
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+
+    copy(("0/3", "1/3", "2/3"))
+    (source / "movies/Movie/old.mkv").unlink()
+    copy(("1/3", "2/3", "0/3"), "--delete")  # the shard of "trailer.mkv" syncs last
     with weed_mount(s3_env, f"/buckets/{bucket}/media", tmp_path) as mount:
         assert_mount_matches(source, mount)
+        assert os.readlink(mount / "movies/Movie/trailer.mkv") == "movie.mkv"
+        assert sorted(os.listdir(mount / "movies/Movie")) == [
+            "movie.mkv", "trailer.mkv", "trailer.mkv.rclonelink",
+        ]  # fmt: skip
