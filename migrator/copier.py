@@ -355,6 +355,9 @@ class CopyRequest:
     uploader: str = "auto"
     # Trust the state only where the destination holds each file at its recorded size.
     recheck: bool = False
+    # The filer's gRPC address (HOST:PORT) when the target is SeaweedFS: owner, mode and mtime are
+    # then set in the filer entries, which is what a weed mount shows (migrator.filer).
+    filer: str | None = None
 
 
 @dataclass
@@ -436,6 +439,8 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         recorder.made_dir(directory)
     deleted = _delete_extras(request, rclone, tree) if request.delete else 0
     recorder.finish(deleted_ok=request.delete, empty_dirs=tree.empty_dirs)
+    if request.filer:
+        _set_attributes(request, tree, emit)
     outcome = CopyOutcome(
         files=len(tree.files),
         bytes=tree.total_bytes,
@@ -829,6 +834,36 @@ def _source_name(name: str) -> str:
     return name[: -len(LINK_SUFFIX)] if name.endswith(LINK_SUFFIX) else name
 
 
+def _set_attributes(request: CopyRequest, tree: SourceTree, emit: Emit) -> None:
+    """Give the filer entries of this shard's files and directories the source's owner, mode and
+    mtime; the filer itself is compared, so metadata-only changes are corrected too."""
+    from migrator.filer import FilerClient, apply_attributes, filer_directory, source_entries
+
+    root = str(request.source)
+    # A directory is created by whichever shard first stores a file in it: every shard sets the
+    # directories its files are in (the same values), not only those it owns.
+    parents = {rel.rpartition("/")[0] for rel in tree.files}
+    for parent in list(parents):
+        while parent:
+            parent = parent.rpartition("/")[0]
+            parents.add(parent)
+    paths = sorted({*tree.files, *tree.dirs, *parents})
+    if request.shard.index != 0:
+        paths = [p for p in paths if p]  # the volume's own directory: shard 0's
+    wanted = {}
+    for rel in paths:
+        wanted.update(source_entries(root, rel))
+    with FilerClient(request.filer or "") as client:
+        report = apply_attributes(client, filer_directory(request.dest), wanted)
+    emit({"event": "attributes", "checked": report.checked, "updated": report.updated,
+          "missing": report.missing, "errors": len(report.failures or [])})  # fmt: skip
+    if report.failures:
+        raise OperationFailedError(
+            f"{len(report.failures)} filer entries kept the wrong owner/mode/mtime (first: "
+            f"{report.failures[0]}); re-run to retry"
+        )
+
+
 def _make_dir(request: CopyRequest, rclone: Rclone, directory: str) -> None:
     """An empty source directory: a directory marker on S3 (rclone --s3-directory-markers)."""
     target = f"{request.dest.rstrip('/')}/{directory}"
@@ -846,11 +881,15 @@ def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> in
     files, dirs = rclone.list_tree(request.dest)
     wanted = {standard_path(name) for name in tree.files}
     kept = wanted | {standard_path(name) for name in tree.skipped_sqlite}
+    # a symlink's NAME.rclonelink may have a real symlink entry NAME beside it (migrator.filer)
+    kept |= {name[: -len(LINK_SUFFIX)] for name in wanted if name.endswith(LINK_SUFFIX)}
     extras = []
     for name in files:
         # A live database left for later is not an extra; nor is a backup snapshot that
         # shares this prefix (plans refuse that layout now; older ones may still have it).
-        if name not in kept and request.shard.owns(name) and not is_snapshot_object(name):
+        # A symlink entry NAME goes with NAME.rclonelink, whichever shard owns that.
+        owner = name + LINK_SUFFIX if name + LINK_SUFFIX in files else name
+        if name not in kept and request.shard.owns(owner) and not is_snapshot_object(name):
             extras.append(name)
     if extras:
         with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as listing:

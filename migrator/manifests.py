@@ -98,6 +98,9 @@ def copy_command(plan: dict[str, Any], volume: dict[str, Any], step: str) -> lis
     state = state_location(plan, volume)
     if state:
         command += ["--state", state]
+    filer = plan["spec"]["target"].get("filer")
+    if filer and plan["spec"]["target"]["type"] == "s3":
+        command += ["--filer", filer]
     if step == "cutover":
         command.append("--delete")
     elif volume["role"] == "config":
@@ -352,6 +355,8 @@ def verify_command(
         if cache:
             command += ["--cache", f"s3://{target['bucket']}/{state}"]
         command += ["--state", f"s3://{target['bucket']}/{state}"]  # differences, for --recheck
+        if target.get("filer"):
+            command += ["--filer", target["filer"]]
     else:
         command += ["--dest", DEST_MOUNT]
     if sample is not None:

@@ -51,6 +51,8 @@ class PlanRequest:
     # spec.target.caBundle: {"configMap", "key"} or {"path"}; ca_file is a readable copy of it
     ca_bundle: dict[str, str] | None = None
     ca_file: str | None = None
+    # spec.target.filer: the SeaweedFS filer's gRPC HOST:PORT (owner, mode, mtime of entries)
+    filer_grpc: str | None = None
 
 
 @dataclass
@@ -170,6 +172,8 @@ def _target_section(request: PlanRequest, target: Target, probe: str | None) -> 
             section["credentialsSecret"] = request.credentials_secret
         if request.ca_bundle:
             section["caBundle"] = dict(request.ca_bundle)
+        if request.filer_grpc:
+            section["filer"] = request.filer_grpc
     else:
         section["storageClass"] = target.storage_class
         section["provisioner"] = target.provisioner
@@ -442,6 +446,21 @@ def lint_csi_driver(
     )]  # fmt: skip
 
 
+def lint_filer(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+    """Without the filer's gRPC address the copy cannot set owner, mode and mtime where a mount
+    reads them: apps that mount the bucket (swap) would see uid 0, gid 0, mode 0660."""
+    if target.type != "s3" or document["spec"]["target"].get("filer"):
+        return []
+    if not any(v["action"] == "move" for v in document["spec"]["volumes"]):
+        return []
+    return [_finding(
+        "no-filer-attributes",
+        "no --filer-grpc: a weed mount of the bucket (seaweedfs-csi-driver) will show every file as "
+        "uid 0, gid 0, mode 0660 (directories 0771) with the copy time as mtime, so apps running "
+        "as another user cannot read it; swap will refuse. Re-plan with --filer-grpc HOST:PORT.",
+    )]  # fmt: skip
+
+
 def lint_probe(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
     probe = document["spec"]["target"].get("probe", "")
     if not probe or probe.startswith(("bucket exists", "reachable")):
@@ -457,6 +476,7 @@ def lint_probe(document: dict[str, Any], inventory: Inventory, target: Target) -
 
 LINTS: list[Callable[[dict[str, Any], Inventory, Target], list[Finding]]] = [
     lint_sqlite_on_network,
+    lint_filer,
     lint_capacity,
     lint_rwo_nodes,
     lint_flux,

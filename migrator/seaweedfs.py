@@ -98,6 +98,11 @@ class SeaweedFS:
         return f"http://127.0.0.1:{self.ports['filer']}"
 
     @property
+    def filer_grpc(self) -> str:
+        """The filer's gRPC address (HOST:PORT): what ``plan --filer-grpc`` takes."""
+        return f"127.0.0.1:{self.ports['filer'] + GRPC_OFFSET}"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "weed.log"
 

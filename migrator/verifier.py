@@ -8,6 +8,8 @@ repeated verify of an unchanged copy reads neither side again.
 
 from __future__ import annotations
 
+import os
+import stat
 import tempfile
 import threading
 import time
@@ -17,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from migrator.checksum import Entry, HashStats, compare, hash_s3_prefix, hash_tree
+from migrator.checksum.compare import MODE, OWNER, CompareResult
+from migrator.checksum.entry import SYMLINK, escape_path
 from migrator.copier import VERIFY_DIFFERENCES, Emit, encode_names
 from migrator.errors import BadInputError
+from migrator.filer import LINK_SUFFIX, Attributes
 from migrator.objectstore import S3Location, S3Settings, describe_client_error, make_client
 
 CACHE_NAMES = {"source": "verify-source-cache.gz", "destination": "verify-destination-cache.gz"}
@@ -36,6 +41,9 @@ class VerifyRequest:
     strict_metadata: bool = False
     workers: int | None = None
     state: str | None = None  # s3://BUCKET/PREFIX/.migrator/VOLUME: differences left for the copy
+    # SeaweedFS filer gRPC HOST:PORT: the destination's owner, mode and mtime are then read from
+    # the filer entries (what a weed mount shows), not from the objects' x-amz-meta-*.
+    filer: str | None = None
 
 
 class _Progress:
@@ -75,9 +83,11 @@ def run_verify(request: VerifyRequest, emit: Emit) -> bool:
             request.source, workers=request.workers, sample=request.sample,
             cache=caches.path("source"), progress=progress.side("source"), stats=stats["source"],
         )  # fmt: skip
+        mounted = _mounted_tree(request)
         destination = _destination_entries(
-            request, caches.path("destination"), progress.side("destination"), stats["destination"]
-        )
+            request, caches.path("destination"), progress.side("destination"), stats["destination"],
+            mounted,
+        )  # fmt: skip
         damaged: list[str] = []
 
         def on_difference(difference: Any) -> None:
@@ -90,6 +100,8 @@ def run_verify(request: VerifyRequest, emit: Emit) -> bool:
             source, destination, strict_metadata=request.strict_metadata, limit=0,
             on_difference=on_difference,
         )  # fmt: skip
+        if mounted is not None and request.sample is None:
+            _directory_differences(request.source, mounted, result, emit)
         caches.upload()
     if request.state:
         save_differences(request.state, damaged)
@@ -102,15 +114,30 @@ def run_verify(request: VerifyRequest, emit: Emit) -> bool:
     return result.ok
 
 
+def _mounted_tree(request: VerifyRequest) -> dict[str, Attributes] | None:
+    """The destination's filer entries (what a weed mount shows), when a filer was given."""
+    if not request.filer or not request.destination.startswith("s3://"):
+        return None
+    from migrator.filer import FilerClient, filer_directory, read_tree
+
+    with FilerClient(request.filer) as client:
+        return read_tree(client, filer_directory(request.destination))
+
+
 def _destination_entries(
-    request: VerifyRequest, cache: Path | None, progress: Any, stats: HashStats
+    request: VerifyRequest,
+    cache: Path | None,
+    progress: Any,
+    stats: HashStats,
+    mounted: dict[str, Attributes] | None = None,
 ) -> Iterator[Entry]:
     if request.destination.startswith("s3://"):
         location = S3Location.parse(request.destination)
-        return hash_s3_prefix(
+        entries = hash_s3_prefix(
             S3Settings.from_environment(None), location.bucket, location.prefix + "/",
             workers=request.workers, sample=request.sample, cache=cache, progress=progress, stats=stats,
         )  # fmt: skip
+        return entries if mounted is None else _as_mounted(entries, mounted)
     return hash_tree(
         request.destination, workers=request.workers, sample=request.sample, cache=cache,
         progress=progress, stats=stats,
@@ -128,6 +155,50 @@ def save_differences(state: str, names: list[str]) -> None:
         )
     except Exception as exc:
         raise describe_client_error(exc, "saving the verify differences") from None
+def _as_mounted(entries: Iterator[Entry], mounted: dict[str, Attributes]) -> Iterator[Entry]:
+    """``entries`` with owner, mode and mtime as the filer entries (and so a weed mount) have them."""
+    for entry in entries:
+        name = entry.path.decode("utf-8", "surrogateescape").rstrip("/")
+        # a symlink is the real symlink entry a mount shows; else the object rclone stores
+        attrs = mounted.get(name) if entry.type == SYMLINK else None
+        attrs = attrs or mounted.get(name + LINK_SUFFIX if entry.type == SYMLINK else name)
+        if attrs is None:
+            yield entry
+            continue
+        yield entry._replace(mode=attrs.mode, uid=attrs.uid, gid=attrs.gid, mtime_ns=attrs.mtime_ns)
+
+
+def _directory_differences(
+    source: Path, mounted: dict[str, Attributes], result: CompareResult, emit: Emit
+) -> None:
+    """Owner and mode of every source directory against the mount's (apps need both to get in);
+    their mtimes change as a copy fills them in and are not compared, as for files' parents."""
+    for rel_dir in _source_dirs(source):
+        st = os.lstat(source / rel_dir)
+        there = mounted.get(rel_dir)
+        if there is None or not there.is_dir:
+            continue  # an empty directory is compared as an entry; others exist by their files
+        kinds = []
+        if stat.S_IMODE(st.st_mode) != there.mode:
+            kinds.append((MODE, f"{stat.S_IMODE(st.st_mode):04o} != {there.mode:04o}"))
+        if (st.st_uid, st.st_gid) != (there.uid, there.gid):
+            kinds.append((OWNER, f"{st.st_uid}:{st.st_gid} != {there.uid}:{there.gid}"))
+        for kind, detail in kinds:
+            result.counts[kind] += 1
+            emit({"event": "difference", "kind": kind, "path": escape_path(os.fsencode(rel_dir)) + "/",
+                  "detail": f"{kind}\t{rel_dir}/: {detail}"})  # fmt: skip
+
+
+def _source_dirs(source: Path) -> Iterator[str]:
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(source / rel_dir if rel_dir else source) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                    yield rel
+                    stack.append(rel)
 
 
 class _Caches:

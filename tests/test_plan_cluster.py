@@ -301,3 +301,50 @@ def test_missing_kubeconfig_is_bad_input(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_filer_address_reaches_copy_sync_and_verify_jobs(
+    cluster: KubeAPIServer, tmp_path: Path
+) -> None:
+    from migrator.manifests import build_verify_job
+
+    filer = "seaweedfs-filer.tenant-root.svc:18888"
+    result = s3_plan(cluster, tmp_path, "--filer-grpc", filer, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["spec"]["target"]["filer"] == filer
+    assert "no-filer-attributes" not in {w["code"] for w in document["spec"]["warnings"]}
+    for name in ("copy-media.yaml", "sync-media.yaml"):
+        job = load_yaml(tmp_path / "jobs" / NS / name)
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[command.index("--filer") + 1] == filer, name
+    media = next(v for v in document["spec"]["volumes"] if v["name"] == "media")
+    verify = build_verify_job(document, media, None, True, True)
+    command = verify["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--filer") + 1] == filer and "--strict-metadata" in command
+
+
+def test_without_a_filer_address_the_plan_warns_that_mounts_show_root(
+    cluster: KubeAPIServer, tmp_path: Path
+) -> None:
+    result = s3_plan(cluster, tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    findings = json.loads(result.stdout)["spec"]["warnings"]
+    finding = next(w for w in findings if w["code"] == "no-filer-attributes")
+    assert finding["severity"] == "warning" and "uid 0, gid 0, mode 0660" in finding["message"]
+    assert "--filer" not in (tmp_path / "jobs" / NS / "copy-media.yaml").read_text()
+
+
+def test_filer_address_is_for_s3_targets_only(cluster: KubeAPIServer, tmp_path: Path) -> None:
+    result = plan(cluster, tmp_path, "--target", "pvc:seaweedfs-storage", "--filer-grpc", "f:1")
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: --filer-grpc is for s3:// targets on SeaweedFS"
+
+
+def test_filer_address_must_be_host_and_port(cluster: KubeAPIServer, tmp_path: Path) -> None:
+    result = s3_plan(cluster, tmp_path, "--filer-grpc", "http://seaweedfs-filer:8888")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "Error: --filer-grpc 'http://seaweedfs-filer:8888' must be HOST:PORT, the filer's gRPC "
+        "port (its HTTP port + 10000), e.g. seaweedfs-filer.tenant-root.svc:18888"
+    )

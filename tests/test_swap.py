@@ -96,7 +96,7 @@ def local_plan(tmp_path: Path) -> Plan:
     result = run_cli(
         "plan", "--source-dir", f"sonarr-config={config}", "--source-dir", f"media={media}",
         "--target", "s3://media/migrated", "--s3-endpoint", "http://127.0.0.1:9", "--no-probe",
-        cwd=tmp_path,
+        "--filer-grpc", "127.0.0.1:18888", cwd=tmp_path,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return load_plan(tmp_path / "plans" / "local.yaml")
@@ -123,9 +123,34 @@ def test_the_gate_needs_a_cutover_and_a_full_passed_verify_after_it(tmp_path: Pa
     journal.record("media", "verify", "done", ok=True, differences=0, sample=0.1)
     assert problems() == ["the last verify of media checked a sample (0.1); run a full one"]
     journal.record("media", "verify", "done", ok=True, differences=0, sample=None)
+    assert problems() == [
+        "the last verify of media did not compare owner, mode and mtime as the mount shows them: "
+        f"run 'migrator verify --plan {plan.path} --strict-metadata'"
+    ]
+    journal.record("media", "verify", "done", ok=True, differences=0, mountMetadata=True)
     assert problems() == []
     journal.update(lambda d: d["volumes"]["media"]["cutover"].update(at="2999-01-01T00:00:00Z"))
     assert problems() == ["media was not verified since its cutover"]
+
+
+def test_the_gate_refuses_an_s3_plan_without_filer_attributes(tmp_path: Path) -> None:
+    """Without --filer-grpc a mount shows uid 0 / 0660: apps could not read what verify passed."""
+    config = make_config_dir(tmp_path / "src" / "sonarr")
+    result = run_cli(
+        "plan", "--source-dir", f"sonarr-config={config}", "--target", "s3://media/migrated",
+        "--s3-endpoint", "http://127.0.0.1:9", "--no-probe", "--move-config", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "plans" / "local.yaml")
+    assert any(w["code"] == "no-filer-attributes" for w in plan.spec["warnings"])
+    journal = Journal(FileStore(journal_path(plan.path)), plan.name)  # type: ignore[arg-type]
+    journal.record("sonarr-config", "cutover", "done")
+    journal.record("sonarr-config", "verify", "done", ok=True, differences=0, mountMetadata=False)
+    assert readiness_problems(plan, journal, [plan.volume("sonarr-config")]) == [
+        "the plan has no filer gRPC address, so a mount of sonarr-config shows every file as "
+        "uid 0, mode 0660: re-plan with --filer-grpc HOST:PORT, re-run the cutover, then "
+        f"'migrator verify --plan {plan.path} --strict-metadata'"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,8 @@ def plan_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[
             cwd = base / str(len(cache))
             cwd.mkdir()
             args = ("--target", "s3://media/migrated", *extra)
+            if "--target" not in extra:
+                args += ("--filer-grpc", "seaweedfs-filer.tenant-root.svc:18888")
             result = run_cli(
                 "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path),
                 "--s3-credentials-secret", tenant_media.SECRET_NAME, "--no-probe", *args, cwd=cwd,
@@ -188,7 +190,8 @@ def cut_over(
         if verified is not None:  # as 'migrator verify' records it
             status = "done" if verified else "failed"
             journal.record(
-                volume["name"], "verify", status, ok=verified, differences=0 if verified else 2
+                volume["name"], "verify", status, ok=verified, differences=0 if verified else 2,
+                mountMetadata=True,
             )
 
 

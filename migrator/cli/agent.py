@@ -54,6 +54,12 @@ def agent_group() -> None:
     help="Check the state of the last copy against the destination first: files missing there "
     "or of another size are copied again.",
 )
+@click.option(
+    "--filer",
+    metavar="HOST:PORT",
+    help="SeaweedFS filer gRPC address (its HTTP port + 10000): set the source's owner, mode and "
+    "mtime in the filer entries, which is what a weed mount (the CSI driver) shows.",
+)
 @click.argument("rclone_flags", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
 def agent_copy(**options: Any) -> None:
@@ -70,6 +76,7 @@ def agent_copy(**options: Any) -> None:
         rclone_flags=list(options["rclone_flags"]),
         uploader=options["uploader"],
         recheck=options["recheck"],
+        filer=options["filer"],
     )
     run_copy(request, json_lines(sys.stdout))
 
@@ -99,6 +106,12 @@ def agent_copy(**options: Any) -> None:
     help="s3://BUCKET/PREFIX/.migrator/VOLUME, where the copy keeps its state: the files found "
     "missing or different are left there for 'migrator run --recheck'.",
 )
+@click.option(
+    "--filer",
+    metavar="HOST:PORT",
+    help="SeaweedFS filer gRPC address: compare owner, mode and mtime as a weed mount shows them "
+    "(the filer entries), not as the objects' metadata says.",
+)
 @handle_errors
 def agent_verify(**options: Any) -> None:
     """Hash source and destination, merge-compare; print JSON events (every difference, a summary).
@@ -115,6 +128,7 @@ def agent_verify(**options: Any) -> None:
         sample=options["sample"],
         strict_metadata=options["strict_metadata"],
         state=options["state"],
+        filer=options["filer"],
     )
     run_verify(request, json_lines(sys.stdout))
 

@@ -45,6 +45,13 @@ from migrator.errors import BadInputError, Outcome
     "namespace (cluster mode; KEY defaults to ca.crt), or a PEM file (local mode).",
 )
 @click.option(
+    "--filer-grpc",
+    metavar="HOST:PORT",
+    help="SeaweedFS filer gRPC address (its HTTP port + 10000, e.g. seaweedfs-filer.NS.svc:18888): "
+    "the copy sets the source's owner, mode and mtime in the filer entries, which a weed mount "
+    "(seaweedfs-csi-driver) shows. Without it, mounts show uid 0 and mode 0660.",
+)
+@click.option(
     "--role",
     "roles",
     multiple=True,

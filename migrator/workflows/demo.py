@@ -163,6 +163,7 @@ class Demo:
         options = {
             "source_dirs": [f"{name}={path}" for name, path in tree.source_dirs().items()],
             "target": f"s3://{BUCKET}/migrated", "s3_endpoint": server.s3_endpoint,
+            "filer_grpc": server.filer_grpc,
             "backup_target": f"s3://{BUCKET}/backups", "out": str(self.work / "plans" / "arr.yaml"), "name": "arr",
         }  # fmt: skip
         result = make_plan(options)
@@ -225,10 +226,14 @@ class Demo:
         from migrator.workflows.verify import verify_plan
 
         self.narrator.step(
-            "migrator verify", "xxh3-128 of every file on both sides, merge-compared"
+            "migrator verify --strict-metadata",
+            "xxh3-128 of every file on both sides, merge-compared; owner, mode and mtime as a "
+            "weed mount shows them",
         )
         with self.observer_factory(verify=True) as observer:
-            report = verify_plan(plan, plan.volumes, local_context(plan, None), observer)
+            report = verify_plan(
+                plan, plan.volumes, local_context(plan, None), observer, strict_metadata=True
+            )
         files = sum(v.files for v in report.volumes)
         if report.ok:
             self.narrator.result(f"{files} files identical in {len(report.volumes)} volumes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,13 @@ def make_plan(options: dict[str, Any]) -> PlanResult:
     probe = None
     if options.get("s3_ca_bundle") and target.type != "s3":
         raise BadInputError("--s3-ca-bundle is for s3:// targets")
+    if options.get("filer_grpc") and target.type != "s3":
+        raise BadInputError("--filer-grpc is for s3:// targets on SeaweedFS")
+    if options.get("filer_grpc") and not re.fullmatch(r"[^\s:/]+:\d{1,5}", options["filer_grpc"]):
+        raise BadInputError(
+            f"--filer-grpc {options['filer_grpc']!r} must be HOST:PORT, the filer's gRPC port (its "
+            "HTTP port + 10000), e.g. seaweedfs-filer.tenant-root.svc:18888"
+        )
     with tempfile.TemporaryDirectory(prefix="migrator-ca-") as scratch:
         if target.type == "s3":
             if options.get("s3_ca_bundle"):
@@ -121,6 +129,7 @@ def _request(options: dict[str, Any]) -> PlanRequest:
         context=options.get("context"),
         release=options.get("release"),
         backup_target=options.get("backup_target"),
+        filer_grpc=options.get("filer_grpc"),
     )
 
 

@@ -290,6 +290,26 @@ def _readiness_problem(
         return f"the last verify of {name} is {verify.get('status')}"
     if verify.get("sample") not in (None, 1, 1.0):
         return f"the last verify of {name} checked a sample ({verify['sample']}); run a full one"
+    return _mount_metadata_problem(plan, name, verify)
+
+
+def _mount_metadata_problem(plan: Plan, name: str, verify: dict[str, Any]) -> str | None:
+    """Apps read a moved s3 volume through a weed mount, which shows the filer entries' owner,
+    mode and mtime: the copy must have set them, and a strict verify must have compared them."""
+    target = plan.spec["target"]
+    if target["type"] != "s3":
+        return None
+    if not target.get("filer"):
+        return (
+            f"the plan has no filer gRPC address, so a mount of {name} shows every file as uid 0, "
+            "mode 0660: re-plan with --filer-grpc HOST:PORT, re-run the cutover, then "
+            f"'migrator verify --plan {plan.path} --strict-metadata'"
+        )
+    if verify.get("mountMetadata") is not True:
+        return (
+            f"the last verify of {name} did not compare owner, mode and mtime as the mount shows "
+            f"them: run 'migrator verify --plan {plan.path} --strict-metadata'"
+        )
     return None
 
 

@@ -105,6 +105,7 @@ def verify_plan(
                 volume["name"], "verify", "done" if verdict.ok else "failed", ok=verdict.ok,
                 files=verdict.files, bytes=verdict.bytes, differences=verdict.differences,
                 sample=sample, error=verdict.error,
+                mountMetadata=strict_metadata and bool(plan.spec["target"].get("filer")),
             )  # fmt: skip
     return report
 
