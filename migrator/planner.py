@@ -216,6 +216,8 @@ def _workload(mount: Any) -> dict[str, Any]:
         workload["runAsUser"] = mount.run_as_user
     if mount.fs_group is not None:
         workload["fsGroup"] = mount.fs_group
+    if mount.pod_labels:
+        workload["podSelector"] = dict(mount.pod_labels)
     return workload
 
 

@@ -51,7 +51,8 @@ def test_discovery_and_classification(cluster: KubeAPIServer, tmp_path: Path) ->
     assert sonarr["source"]["capacityBytes"] == 2 * 2**30
     assert sonarr["workloads"] == [
         {"kind": "Deployment", "name": "sonarr", "container": "app", "mountPath": "/config",
-         "readOnly": False, "runAsUser": 911, "fsGroup": 911},
+         "readOnly": False, "runAsUser": 911, "fsGroup": 911,
+         "podSelector": {"app.kubernetes.io/instance": "sonarr", "app.kubernetes.io/name": "sonarr"}},
     ]  # fmt: skip
     assert volumes["prowlarr-config"]["workloads"][0]["runAsUser"] == 1000
     media = volumes["media"]
