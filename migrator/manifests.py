@@ -503,6 +503,7 @@ BACKUP_SCHEDULE = "0 3 * * *"
 DRILL_SCHEDULES = {"weekly": "30 4 * * 0", "daily": "30 4 * * *"}  # after the nightly backup
 RESTORE_MOUNT = "/mnt/restore"
 DEFAULT_CREDENTIALS_SECRET = "migrator-s3-credentials"
+BACKUP_CREDENTIALS_SECRET = "migrator-backup-credentials"  # off-site, local mode
 MAX_CRONJOB_NAME = 52  # a CronJob's Jobs get an 11-character suffix; Job names are labels
 BACKUP_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing a backup's deadline
 MAX_BACKUP_SECONDS = 20 * 3600  # a nightly backup must end before the next one is due
@@ -618,13 +619,29 @@ def backup_command(
     return command
 
 
+def backup_is_offsite(plan: dict[str, Any]) -> bool:
+    """Whether backups go to an S3 of their own (``spec.backup.endpoint``/``credentialsSecret``)."""
+    backup = plan["spec"].get("backup") or {}
+    return bool(backup.get("endpoint") or backup.get("credentialsSecret"))
+
+
+def backup_s3(plan: dict[str, Any]) -> tuple[str | None, str]:
+    """(endpoint, credentials Secret) of the backups' S3: their own when off-site (in local mode
+    the Secret ``migrator-backup-credentials``, read from MIGRATOR_BACKUP_AWS_*), else the
+    copies'."""
+    if backup_is_offsite(plan):
+        backup = plan["spec"]["backup"]
+        return backup.get("endpoint"), backup.get("credentialsSecret", BACKUP_CREDENTIALS_SECRET)
+    target = plan["spec"]["target"]
+    return target.get("endpoint"), target.get("credentialsSecret", DEFAULT_CREDENTIALS_SECRET)
+
+
 def _backup_env(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """S3 endpoint and credentials (by reference to the plan's Secret, never by value)."""
-    target = plan["spec"]["target"]
-    secret = target.get("credentialsSecret", DEFAULT_CREDENTIALS_SECRET)
+    endpoint, secret = backup_s3(plan)
     env: list[dict[str, Any]] = [{"name": "TMPDIR", "value": "/tmp"}]
-    if target.get("endpoint"):
-        env.append({"name": "AWS_ENDPOINT_URL", "value": target["endpoint"]})
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
     return [
         *env,
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": _secret_ref(secret, "accessKey")},
@@ -677,7 +694,8 @@ def _backup_pod(
     }
     if affinity:
         pod["affinity"] = affinity
-    _trust_ca(plan, pod)
+    if not backup_is_offsite(plan):  # the copies' CA is for their endpoint, not the off-site one
+        _trust_ca(plan, pod)
     return pod
 
 

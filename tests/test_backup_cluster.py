@@ -335,6 +335,7 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
     """After a drain the app runs elsewhere: the backup pod must go there (RWO Multi-Attach)."""
     plan_path = cozy.plan("--volume", "sonarr-config")
     apps = kubernetes.client.AppsV1Api(cozy.api.api_client())
+    batch = kubernetes.client.BatchV1Api(cozy.api.api_client())
     sonarr = {"app.kubernetes.io/name": "sonarr"}
 
     def backup_node() -> str:
@@ -346,6 +347,8 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
             p for p in cozy.api.list_objects("v1", "Pod", NS)
             if p["metadata"]["labels"].get("job-name") == job
         ]  # fmt: skip
+        # Manual Jobs are named by the second: two runs within one would share the first Job.
+        batch.delete_namespaced_job(job, NS, propagation_policy="Background")
         return str(pod["spec"]["nodeName"])
 
     def move(patch: dict[str, Any], node: str | None) -> None:
@@ -369,3 +372,62 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
     # Scaled to 0 (e.g. during a cutover): nothing to follow, the backup runs on any node.
     move({"spec": {"replicas": 0}}, None)
     assert backup_node() in {"worker-1", "worker-2", "worker-3"}
+
+
+def test_offsite_backups_use_their_own_secret_and_endpoint(
+    cozy: Cozy, offsite_seaweedfs: SeaweedFS
+) -> None:
+    """Backups to another S3 (another Bucket app, or another provider): its Secret by reference,
+    its endpoint, and the Job really writes there."""
+    from tests.conftest import make_bucket
+
+    offsite_bucket = make_bucket(offsite_seaweedfs)
+    secret = tenant_media.credentials_secret(
+        host=offsite_seaweedfs.s3_endpoint.removeprefix("http://"), bucket=offsite_bucket,
+        access_key=offsite_seaweedfs.access_key, secret_key=offsite_seaweedfs.secret_key,
+    )  # fmt: skip
+    secret["metadata"]["name"] = "bucket-arr-offsite-backup-credentials"
+    cozy.api.seed([secret])
+    result = cozy.cli(
+        "plan", "-n", NS, "--target", "s3://media/migrated", "--volume", "sonarr-config",
+        "--s3-credentials-secret", tenant_media.SECRET_NAME,
+        "--s3-endpoint", cozy.server.s3_endpoint, "--backup-target", "s3://arr-offsite/nightly",
+        "--backup-credentials-secret", "bucket-arr-offsite-backup-credentials",
+        "--backup-endpoint", offsite_seaweedfs.s3_endpoint,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan_path = cozy.root / "plans" / f"{NS}.yaml"
+    backup = load_plan(plan_path).spec["backup"]
+    assert backup == {
+        "url": "s3://arr-offsite/nightly", "bucket": offsite_bucket, "prefix": "nightly",
+        "endpoint": offsite_seaweedfs.s3_endpoint,
+        "credentialsSecret": "bucket-arr-offsite-backup-credentials",
+    }  # fmt: skip
+    assert offsite_seaweedfs.secret_key not in plan_path.read_text()
+
+    result = run_cli("backup", "install", "--plan", str(plan_path), "--drill", "weekly", "--json")
+    assert result.exit_code == 0, result.output
+    for manifest in json.loads(result.stdout):
+        env = {e["name"]: e for e in container(manifest)["env"]}
+        assert env["AWS_ENDPOINT_URL"]["value"] == offsite_seaweedfs.s3_endpoint
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {
+            "name": "bucket-arr-offsite-backup-credentials", "key": "secretKey"}}  # fmt: skip
+    assert offsite_seaweedfs.secret_key not in result.stdout
+
+    result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "90", "--json")
+    assert result.exit_code == 0, result.output
+    [volume] = json.loads(result.stdout)["volumes"]
+    offsite = boto3.client(
+        "s3", endpoint_url=offsite_seaweedfs.s3_endpoint, region_name="us-east-1",
+        aws_access_key_id=offsite_seaweedfs.access_key,
+        aws_secret_access_key=offsite_seaweedfs.secret_key,
+    )  # fmt: skip
+    keys = [o["Key"] for o in offsite.list_objects_v2(Bucket=offsite_bucket)["Contents"]]
+    assert any(k.startswith("nightly/sonarr-config/") and volume["snapshot"] in k for k in keys)
+    result = run_cli(
+        "backup", "list", "--plan", str(plan_path), "--json",
+        env={"MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID": offsite_seaweedfs.access_key,
+             "MIGRATOR_BACKUP_AWS_SECRET_ACCESS_KEY": offsite_seaweedfs.secret_key},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [s["id"] for s in json.loads(result.stdout)["snapshots"]] == [volume["snapshot"]]

@@ -91,6 +91,11 @@ def test_cosi_secret_gives_bucket_and_endpoint_but_no_secret_values(
     }
 
 
+def only_line(result: Any) -> str:
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    return str(result.output)
+
+
 def raw_cosi_secret(name: str) -> dict[str, Any]:
     """The Secret COSI itself makes per user (``<bucket app>-<user>``): only BucketInfo JSON."""
     secret = tenant_media.credentials_secret()
@@ -116,6 +121,10 @@ def test_a_raw_cosi_secret_is_refused_naming_the_credentials_secret(
     assert "users:" in result.output
     for value in ("topsecretvalue", "AKIAEXAMPLE"):
         assert value not in result.output
+    result = s3_plan(cluster, tmp_path, "--backup-target", "s3://arr-offsite/nightly",
+                     "--backup-credentials-secret", "bucket-media-admin")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "use 'bucket-media-admin-credentials'" in only_line(result)
     assert not (tmp_path / "plans" / f"{NS}.yaml").exists()
     result = plan(cluster, tmp_path, "--target", "s3://media", "--s3-credentials-secret",
                   "bucket-media-notes")  # fmt: skip
