@@ -780,7 +780,8 @@ def build_backup_cronjob(
         )
     pod_volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": _scratch_limit(volumes)}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    affinity = _app_affinity(volumes)
+    # Plans made before workloads[].podSelector was recorded: the plan-time node, as before.
+    affinity = _app_affinity(volumes) or next((a for a in map(_node_affinity, volumes) if a), None)
     command = backup_command(plan, volumes, dict(retention or {}))
     pod = _backup_pod(plan, "backup", command, pod_volumes, mounts, ["DAC_READ_SEARCH"], affinity)
     return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))

@@ -196,6 +196,17 @@ def test_apps_sharing_a_node_at_plan_time_still_get_a_cronjob_each(cozy: Cozy) -
     )
 
 
+def test_a_plan_without_pod_selectors_keeps_the_plan_time_node(cozy: Cozy) -> None:
+    """Plans written before podSelector was recorded still render a schedulable CronJob."""
+    document = load_plan(cozy.plan("--volume", "sonarr-config")).document
+    for workload in document["spec"]["volumes"][0]["workloads"]:
+        del workload["podSelector"]
+    [cronjob] = manifests.render_backups(document).values()
+    affinity = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["worker-1"]
+
+
 def test_install_out_writes_files_for_the_flux_repository(cozy: Cozy) -> None:
     plan_path = cozy.plan("--volume", "sonarr-config")
     out = cozy.root / "flux" / "backups"
