@@ -214,7 +214,9 @@ def _map_path(value: str, mounts: Mapping[str, str]) -> str:
 
 def _base_environment() -> dict[str, str]:
     """This host's PATH with our own bin directory first, so ``migrator`` and ``rclone`` resolve."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+    # S3 settings come only from the Job's env, as in a pod (the off-site keys too)
+    prefixes = ("AWS_", "RCLONE_", BACKUP_ENV_PREFIX + "AWS_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     bin_dir = str(Path(sys.executable).parent)
     base["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     return base
