@@ -38,6 +38,7 @@ class Mount:
     run_as_user: int | None = None
     fs_group: int | None = None
     nodes: tuple[str, ...] = ()
+    pod_labels: tuple[tuple[str, str], ...] = ()  # the workload's selector.matchLabels
 
 
 @dataclass(frozen=True)
@@ -397,7 +398,17 @@ def _mount(
         run_as_user=run_as,
         fs_group=pod_sc.get("fsGroup"),
         nodes=nodes,
+        pod_labels=_pod_labels(workload),
     )
+
+
+def _pod_labels(workload: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Labels that select the workload's pods (a bare Pod: its own labels), sorted."""
+    if workload["kind"] == "Pod":
+        labels = workload["metadata"].get("labels") or {}
+    else:
+        labels = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
 
 
 def _puid(container: dict[str, Any]) -> int | None:

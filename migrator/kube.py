@@ -254,8 +254,11 @@ class KubeClient:
         """Read only the non-secret fields of an S3 credentials Secret.
 
         Understands the Cozystack COSI form (``accessKey``/``secretKey``/``endpoint``/
-        ``bucketName`` keys) and the COSI ``BucketInfo`` JSON form. Secret values are never
-        returned. Raises UnknownSecretError when the Secret does not exist.
+        ``bucketName`` keys), with the COSI ``BucketInfo`` JSON beside them. Secret values are
+        never returned. Raises UnknownSecretError when the Secret does not exist, and
+        BadInputError when it lacks ``accessKey``/``secretKey`` (the Jobs read them by
+        ``secretKeyRef``): a raw COSI Secret (only ``BucketInfo``) names the ``-credentials``
+        Secret that Cozystack's bucket app makes from it.
         """
         secret = self._get_or_none(
             f"reading Secret {name}", lambda: self.core.read_namespaced_secret(name, namespace)
@@ -268,10 +271,22 @@ class KubeClient:
             for key in NON_SECRET_KEYS
             if key in data
         }
+        if "accessKey" not in data or "secretKey" not in data:
+            raise BadInputError(_missing_keys_message(namespace, name, sorted(data)))
         if "BucketInfo" in data:
             fields.update(_bucket_info_public_fields(base64.b64decode(data["BucketInfo"])))
-        fields["hasAccessKey"] = str("accessKey" in data or "BucketInfo" in data).lower()
         return fields
+
+
+def _missing_keys_message(namespace: str, name: str, keys: list[str]) -> str:
+    if keys == ["BucketInfo"]:
+        return (
+            f"Secret {name!r} holds only COSI BucketInfo JSON, which Jobs cannot read key by "
+            f"key; use {name + '-credentials'!r} (accessKey, secretKey, endpoint, bucketName), "
+            "which Cozystack's bucket app makes once the Bucket lists the user under 'users:' "
+            f"(kubectl -n {namespace} get secrets)"
+        )
+    return f"Secret {name!r} has no accessKey/secretKey (keys: {', '.join(keys) or 'none'})"
 
 
 def _bucket_info_public_fields(raw: bytes) -> dict[str, str]:

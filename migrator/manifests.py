@@ -521,6 +521,7 @@ BACKUP_SCHEDULE = "0 3 * * *"
 DRILL_SCHEDULES = {"weekly": "30 4 * * 0", "daily": "30 4 * * *"}  # after the nightly backup
 RESTORE_MOUNT = "/mnt/restore"
 DEFAULT_CREDENTIALS_SECRET = "migrator-s3-credentials"
+BACKUP_CREDENTIALS_SECRET = "migrator-backup-credentials"  # off-site, local mode
 MAX_CRONJOB_NAME = 52  # a CronJob's Jobs get an 11-character suffix; Job names are labels
 BACKUP_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing a backup's deadline
 MAX_BACKUP_SECONDS = 20 * 3600  # a nightly backup must end before the next one is due
@@ -532,30 +533,75 @@ def _volume_bytes(volume: dict[str, Any]) -> int:
     return int(source.get("usedBytes") or source.get("capacityBytes") or 0)
 
 
-def _pinned_nodes(volume: dict[str, Any]) -> tuple[str, ...] | None:
-    """The nodes an RWO volume in use is attached to (its pods must run there), or None."""
-    if _node_affinity(volume) is None:
-        return None
-    return tuple(sorted(volume["source"]["nodes"]))
+def _is_rwo(volume: dict[str, Any]) -> bool:
+    modes = volume["source"].get("accessModes") or []
+    return "ReadWriteOnce" in modes or "ReadWriteOncePod" in modes
+
+
+def _owner_key(volume: dict[str, Any]) -> tuple[str, ...]:
+    """What decides where an RWO volume is attached: the workloads that mount it."""
+    workloads = volume.get("workloads") or []
+    return tuple(sorted({f"{w['kind']}/{w['name']}" for w in workloads}))
 
 
 def backup_groups(plan: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """The plan's config volumes, grouped so that one pod can mount each group.
 
-    One group (one CronJob per plan) unless RWO volumes are attached on different nodes: a pod
-    cannot mount those together, so each volume then gets its own CronJob.
+    One group (one CronJob per plan) unless RWO volumes belong to different apps: each app's
+    volumes are attached wherever its pod runs tonight, which a plan cannot know, so each app
+    then gets its own CronJob (its volumes together), and every other volume its own.
     """
     volumes = [v for v in plan["spec"]["volumes"] if v["role"] == "config"]
-    pinned = {_pinned_nodes(v) for v in volumes} - {None}
-    if len(pinned) <= 1:
+    owners = {_owner_key(v) for v in volumes if _is_rwo(v)}
+    if len(owners) <= 1:
         return [volumes] if volumes else []
-    return [[v] for v in volumes]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for volume in volumes:
+        owner = _owner_key(volume)
+        key = owner if _is_rwo(volume) and owner else ("volume", volume["name"])
+        groups.setdefault(key, []).append(volume)
+    return list(groups.values())
 
 
 def backup_cronjob_name(plan: dict[str, Any], group: list[dict[str, Any]]) -> str:
-    whole = len(group) == len(backup_groups(plan)[0]) and len(backup_groups(plan)) == 1
-    suffix = plan["metadata"]["name"] if whole else group[0]["name"]
+    """``migrator-backup-<plan>`` for the whole plan, else ``-<volume>`` for a single volume,
+    else ``-<app>`` for an app's volumes: names stay stable while the apps move."""
+    groups = backup_groups(plan)
+    names = {v["name"] for v in group}
+    if len(groups) == 1 and names == {v["name"] for v in groups[0]}:
+        suffix = plan["metadata"]["name"]
+    elif len(group) == 1:
+        suffix = group[0]["name"]
+    else:
+        suffix = _app_of(group[0]) or group[0]["name"]
     return f"migrator-backup-{suffix}"[:MAX_CRONJOB_NAME].rstrip("-")
+
+
+def _app_affinity(volumes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Prefer the node of the pods mounting these RWO volumes (where they are attached now).
+
+    Preferred, not required: while the app is scaled to 0 no pod matches and the pod may run on
+    any node; a required term would then leave it Pending. A Linstor ``local`` volume's PV
+    nodeAffinity still binds the pod to the volume's node, as the scheduler always honours it.
+    """
+    terms: list[dict[str, Any]] = []
+    for volume in volumes:
+        if not _is_rwo(volume):
+            continue
+        for workload in volume.get("workloads") or []:
+            labels = workload.get("podSelector")
+            term = {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": dict(sorted((labels or {}).items()))},
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+            }
+            if labels and term not in terms:
+                terms.append(term)
+    if not terms:
+        return None
+    return {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": terms}}
 
 
 def backup_url(plan: dict[str, Any]) -> str:
@@ -591,13 +637,29 @@ def backup_command(
     return command
 
 
+def backup_is_offsite(plan: dict[str, Any]) -> bool:
+    """Whether backups go to an S3 of their own (``spec.backup.endpoint``/``credentialsSecret``)."""
+    backup = plan["spec"].get("backup") or {}
+    return bool(backup.get("endpoint") or backup.get("credentialsSecret"))
+
+
+def backup_s3(plan: dict[str, Any]) -> tuple[str | None, str]:
+    """(endpoint, credentials Secret) of the backups' S3: their own when off-site (in local mode
+    the Secret ``migrator-backup-credentials``, read from MIGRATOR_BACKUP_AWS_*), else the
+    copies'."""
+    if backup_is_offsite(plan):
+        backup = plan["spec"]["backup"]
+        return backup.get("endpoint"), backup.get("credentialsSecret", BACKUP_CREDENTIALS_SECRET)
+    target = plan["spec"]["target"]
+    return target.get("endpoint"), target.get("credentialsSecret", DEFAULT_CREDENTIALS_SECRET)
+
+
 def _backup_env(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """S3 endpoint and credentials (by reference to the plan's Secret, never by value)."""
-    target = plan["spec"]["target"]
-    secret = target.get("credentialsSecret", DEFAULT_CREDENTIALS_SECRET)
+    endpoint, secret = backup_s3(plan)
     env: list[dict[str, Any]] = [{"name": "TMPDIR", "value": "/tmp"}]
-    if target.get("endpoint"):
-        env.append({"name": "AWS_ENDPOINT_URL", "value": target["endpoint"]})
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
     return [
         *env,
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": _secret_ref(secret, "accessKey")},
@@ -650,7 +712,8 @@ def _backup_pod(
     }
     if affinity:
         pod["affinity"] = affinity
-    _trust_ca(plan, pod)
+    if not backup_is_offsite(plan):  # the copies' CA is for their endpoint, not the off-site one
+        _trust_ca(plan, pod)
     return pod
 
 
@@ -709,7 +772,8 @@ def build_backup_cronjob(
     """The CronJob that snapshots ``volumes`` (config PVCs mounted read-only) every night.
 
     The pod runs ``migrator agent backup`` as root without privileges but DAC_READ_SEARCH
-    (to read any app's files), on the node an RWO volume is attached to, with a /tmp emptyDir
+    (to read any app's files), preferably on the node of the app's running pod (where an RWO
+    volume is attached when the Job starts), with a /tmp emptyDir
     large enough for the databases' copies. Concurrent runs are forbidden.
     """
     name = backup_cronjob_name(plan, volumes)
@@ -734,7 +798,8 @@ def build_backup_cronjob(
         )
     pod_volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": _scratch_limit(volumes)}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    affinity = next((a for a in map(_node_affinity, volumes) if a), None)
+    # Plans made before workloads[].podSelector was recorded: the plan-time node, as before.
+    affinity = _app_affinity(volumes) or next((a for a in map(_node_affinity, volumes) if a), None)
     command = backup_command(plan, volumes, dict(retention or {}))
     pod = _backup_pod(plan, "backup", command, pod_volumes, mounts, ["DAC_READ_SEARCH"], affinity)
     return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))
@@ -804,7 +869,7 @@ def build_restore_job(
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
     ]
     mounts = [{"name": "restore", "mountPath": RESTORE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
-    affinity = _node_affinity(volume) if claim == volume["source"].get("pvc") else None
+    affinity = _app_affinity([volume]) if claim == volume["source"].get("pvc") else None
     pod = _backup_pod(plan, "restore", command, pod_volumes, mounts, RESTORE_CAPS, affinity)
     spec = {
         "backoffLimit": 0,  # a failed restore needs a look, not a blind retry

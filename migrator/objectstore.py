@@ -81,22 +81,26 @@ class S3Settings:
     verify_tls: bool = True
 
     @classmethod
-    def from_environment(cls, endpoint: str | None) -> S3Settings:
-        """Settings from the standard AWS_* variables (AWS_ENDPOINT_URL as a fallback endpoint)."""
+    def from_environment(cls, endpoint: str | None, prefix: str = "") -> S3Settings:
+        """Settings from the standard AWS_* variables (AWS_ENDPOINT_URL as a fallback endpoint),
+        each read as ``prefix + name`` (``MIGRATOR_BACKUP_``: the off-site backups' S3)."""
+
+        def env(name: str) -> str | None:
+            return os.environ.get(prefix + name)
+
         return cls(
-            endpoint=endpoint
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL"),
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            region=os.environ.get("AWS_DEFAULT_REGION")
-            or os.environ.get("AWS_REGION")
-            or "us-east-1",
-            ca_bundle=os.environ.get("AWS_CA_BUNDLE"),
+            endpoint=endpoint or env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+            access_key=env("AWS_ACCESS_KEY_ID"),
+            secret_key=env("AWS_SECRET_ACCESS_KEY"),
+            region=env("AWS_DEFAULT_REGION") or env("AWS_REGION") or "us-east-1",
+            ca_bundle=env("AWS_CA_BUNDLE"),
         )
 
     def __repr__(self) -> str:  # never print secrets, even by accident
         return f"S3Settings(endpoint={self.endpoint!r}, region={self.region!r})"
+
+
+BACKUP_ENV_PREFIX = "MIGRATOR_BACKUP_"  # MIGRATOR_BACKUP_AWS_*: keys of off-site backups
 
 
 def make_client(

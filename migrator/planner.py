@@ -48,6 +48,9 @@ class PlanRequest:
     context: str | None = None
     release: str | None = None
     backup_target: str | None = None
+    backup_endpoint: str | None = None  # off-site backups: their own S3 ...
+    backup_credentials_secret: str | None = None  # ... and keys
+    backup_secret_fields: dict[str, str] = field(default_factory=dict)
     # spec.target.caBundle: {"configMap", "key"} or {"path"}; ca_file is a readable copy of it
     ca_bundle: dict[str, str] | None = None
     ca_file: str | None = None
@@ -104,6 +107,28 @@ def s3_endpoint(request: PlanRequest) -> str | None:
     return endpoint
 
 
+def _backup_section(request: PlanRequest, target: Target) -> dict[str, Any]:
+    """``spec.backup``: the copies' S3, or an S3 of its own (off-site) with its own keys."""
+    backup = S3Location.parse(str(request.backup_target))
+    bucket = backup.bucket
+    fields = request.backup_secret_fields
+    offsite = bool(request.backup_endpoint or request.backup_credentials_secret)
+    requested = (
+        S3Location.parse(request.target).bucket if request.target.startswith("s3://") else None
+    )
+    if offsite and fields.get("bucketName"):
+        bucket = fields["bucketName"]  # the off-site Bucket app's name, as COSI assigned it
+    elif not offsite and target.location is not None and bucket == requested:
+        bucket = target.location.bucket  # the same Bucket app: use the name COSI assigned
+    section = {"url": backup.url, "bucket": bucket, "prefix": backup.prefix}
+    endpoint = request.backup_endpoint or fields.get("endpoint")
+    if endpoint:
+        section["endpoint"] = endpoint if "://" in endpoint else f"https://{endpoint}"
+    if request.backup_credentials_secret:
+        section["credentialsSecret"] = request.backup_credentials_secret
+    return section
+
+
 def build_plan_document(
     inventory: Inventory, request: PlanRequest, target: Target, probe: str | None
 ) -> dict[str, Any]:
@@ -114,14 +139,7 @@ def build_plan_document(
         "target": _target_section(request, target, probe),
     }
     if request.backup_target:
-        backup = S3Location.parse(request.backup_target)
-        bucket = backup.bucket
-        requested = (
-            S3Location.parse(request.target).bucket if request.target.startswith("s3://") else None
-        )
-        if target.location is not None and bucket == requested:
-            bucket = target.location.bucket  # the same Bucket app: use the name COSI assigned
-        spec["backup"] = {"url": backup.url, "bucket": bucket, "prefix": backup.prefix}
+        spec["backup"] = _backup_section(request, target)
     spec.update(
         image=request.image,
         moveConfig=request.move_config,
@@ -230,6 +248,8 @@ def _workload(mount: Any) -> dict[str, Any]:
         workload["runAsUser"] = mount.run_as_user
     if mount.fs_group is not None:
         workload["fsGroup"] = mount.fs_group
+    if mount.pod_labels:
+        workload["podSelector"] = dict(mount.pod_labels)
     return workload
 
 

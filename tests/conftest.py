@@ -28,6 +28,33 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def offsite_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A second SeaweedFS with keys of its own: the off-site S3 of a 3-2-1 backup scheme."""
+    server = SeaweedFS(
+        tmp_path_factory.mktemp("offsite"), access_key="offsite-key", secret_key="offsite-secret"
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_bucket(server: SeaweedFS) -> str:
+    """A new, empty bucket in ``server``."""
+    name = f"test-{os.getpid()}-{next(_bucket_numbers)}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
 @pytest.fixture
 def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> SeaweedFS:
     """Point the standard AWS_* variables at the session SeaweedFS."""
@@ -41,16 +68,7 @@ def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> SeaweedFS:
 @pytest.fixture
 def bucket(seaweedfs: SeaweedFS) -> str:
     """A new, empty bucket in the session SeaweedFS."""
-    name = f"test-{os.getpid()}-{next(_bucket_numbers)}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=seaweedfs.s3_endpoint,
-        aws_access_key_id=seaweedfs.access_key,
-        aws_secret_access_key=seaweedfs.secret_key,
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=name)
-    return name
+    return make_bucket(seaweedfs)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 
 from migrator.backup.repository import BackupRepository
 from migrator.backup.snapshot import SnapshotOptions, create_snapshot
@@ -448,3 +449,62 @@ def test_restore_drill_passes_and_fails_on_damage_or_stale_backups(project: Proj
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: restore drill failed for sonarr-config: the archive is damaged")
+
+
+def test_offsite_backups_go_to_another_s3_with_their_own_keys(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str, offsite_seaweedfs: SeaweedFS,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The off-site copy of 3-2-1: copies on one S3, backups on another, keys of each apart."""
+    from tests.conftest import make_bucket
+
+    offsite_bucket = make_bucket(offsite_seaweedfs)
+    config = make_source(tmp_path / "src" / "sonarr")
+    result = run_cli(
+        "plan", "--source-dir", f"{VOLUME}={config}", "--target", f"s3://{bucket}/migrated",
+        "--s3-endpoint", s3_env.s3_endpoint, "--no-probe",
+        "--backup-target", f"s3://{offsite_bucket}/arr",
+        "--backup-endpoint", offsite_seaweedfs.s3_endpoint, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = str(tmp_path / "plans" / "local.yaml")
+    backup = yaml.safe_load(Path(plan).read_text())["spec"]["backup"]
+    assert backup == {
+        "url": f"s3://{offsite_bucket}/arr", "bucket": offsite_bucket, "prefix": "arr",
+        "endpoint": offsite_seaweedfs.s3_endpoint,
+    }  # fmt: skip
+
+    # Without the off-site keys: one line saying which variables to set, nothing uploaded.
+    for command in (["backup", "run"], ["backup", "list"]):
+        result = run_cli(*command, "--plan", plan)
+        assert result.exit_code == 2, result.output
+        assert "MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID" in only_error_line(result)
+
+    monkeypatch.setenv("MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID", offsite_seaweedfs.access_key)
+    monkeypatch.setenv("MIGRATOR_BACKUP_AWS_SECRET_ACCESS_KEY", offsite_seaweedfs.secret_key)
+    code, outcome = cli_json("backup", "run", "--plan", plan)
+    assert code == 0, outcome
+    [volume] = outcome["volumes"]
+    offsite = boto3.client(
+        "s3", endpoint_url=offsite_seaweedfs.s3_endpoint, region_name="us-east-1",
+        aws_access_key_id=offsite_seaweedfs.access_key,
+        aws_secret_access_key=offsite_seaweedfs.secret_key,
+    )  # fmt: skip
+    keys = [o["Key"] for o in offsite.list_objects_v2(Bucket=offsite_bucket)["Contents"]]
+    assert any(k.startswith(f"arr/{VOLUME}/") and volume["snapshot"] in k for k in keys)
+    home = boto3.client(
+        "s3", endpoint_url=s3_env.s3_endpoint, region_name="us-east-1",
+        aws_access_key_id=s3_env.access_key, aws_secret_access_key=s3_env.secret_key,
+    )  # fmt: skip
+    assert home.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # nothing on the copies' S3
+
+    code, listing = cli_json("backup", "list", "--plan", plan)
+    assert code == 0 and [s["id"] for s in listing["snapshots"]] == [volume["snapshot"]]
+    restored = tmp_path / "restored"
+    code, report = cli_json(
+        "backup", "restore", "latest", "--plan", plan, "--volume", VOLUME, "--to", str(restored)
+    )
+    assert code == 0 and report["ok"], report
+    assert (restored / "config.xml").read_bytes() == (config / "config.xml").read_bytes()
+    for key in (offsite_seaweedfs.secret_key, s3_env.secret_key):
+        assert key not in Path(plan).read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import kubernetes
 import pytest
 
 from migrator import manifests
@@ -82,7 +83,7 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     rendered = {m["metadata"]["name"]: m for m in json.loads(result.stdout)}
-    # Each RWO config PVC is attached on its app's node: one pod cannot mount them together.
+    # Each app's RWO config PVC is attached on that app's node: one pod cannot mount them all.
     assert sorted(rendered) == [
         "migrator-backup-drill-tenant-media", "migrator-backup-prowlarr-config",
         "migrator-backup-radarr-config", "migrator-backup-sonarr-config",
@@ -103,9 +104,20 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
-    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    nodes = load_plan(plan_path).volume("sonarr-config")["source"]["nodes"]
-    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == nodes
+    # Not pinned to the node of plan time: it prefers wherever the app's pod runs tonight.
+    assert pod["affinity"] == {
+        "podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {
+                    "labelSelector": {"matchLabels": {
+                        "app.kubernetes.io/instance": "sonarr", "app.kubernetes.io/name": "sonarr",
+                    }},
+                    "topologyKey": "kubernetes.io/hostname",
+                },
+            }]
+        }
+    }  # fmt: skip
     assert pod["volumes"][0] == {
         "name": "source-0",
         "persistentVolumeClaim": {"claimName": "sonarr-config", "readOnly": True},
@@ -145,7 +157,7 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
 def test_one_cronjob_per_plan_when_one_pod_can_mount_every_volume(cozy: Cozy) -> None:
     document = load_plan(cozy.plan()).document
     for volume in document["spec"]["volumes"]:
-        volume["source"].pop("nodes", None)  # e.g. RWX, or the apps share a node
+        volume["source"]["accessModes"] = ["ReadWriteMany"]  # any node may mount them together
     files = manifests.render_backups(document)
     [(name, cronjob)] = files.items()
     assert name == "migrator-backup-tenant-media.yaml"
@@ -156,6 +168,43 @@ def test_one_cronjob_per_plan_when_one_pod_can_mount_every_volume(cozy: Cozy) ->
         "/mnt/source/sonarr-config", "/tmp",
     ]  # fmt: skip
     assert all(m["readOnly"] for m in mounts[:3])
+
+
+def test_apps_sharing_a_node_at_plan_time_still_get_a_cronjob_each(cozy: Cozy) -> None:
+    """Where two apps run tonight is not known at plan time; an app's volumes stay together."""
+    document = load_plan(cozy.plan()).document
+    volumes = {v["name"]: v for v in document["spec"]["volumes"]}
+    for volume in volumes.values():
+        volume["source"]["nodes"] = ["worker-1"]
+    second = json.loads(json.dumps(volumes["sonarr-config"]))
+    second["name"], second["source"]["pvc"] = "sonarr-logs", "sonarr-logs"
+    document["spec"]["volumes"].append(second)
+    files = manifests.render_backups(document)
+    assert sorted(files) == [
+        "migrator-backup-prowlarr-config.yaml", "migrator-backup-radarr-config.yaml",
+        "migrator-backup-sonarr.yaml",
+    ]  # fmt: skip
+    sonarr = files["migrator-backup-sonarr.yaml"]
+    validate_manifest(sonarr)
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in sonarr["spec"]["jobTemplate"][
+        "spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]  # fmt: skip
+    assert claims == ["sonarr-config", "sonarr-logs"]
+    [term] = sonarr["spec"]["jobTemplate"]["spec"]["template"]["spec"]["affinity"]["podAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]  # fmt: skip
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == (
+        "sonarr"
+    )
+
+
+def test_a_plan_without_pod_selectors_keeps_the_plan_time_node(cozy: Cozy) -> None:
+    """Plans written before podSelector was recorded still render a schedulable CronJob."""
+    document = load_plan(cozy.plan("--volume", "sonarr-config")).document
+    for workload in document["spec"]["volumes"][0]["workloads"]:
+        del workload["podSelector"]
+    [cronjob] = manifests.render_backups(document).values()
+    affinity = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["worker-1"]
 
 
 def test_install_out_writes_files_for_the_flux_repository(cozy: Cozy) -> None:
@@ -312,3 +361,115 @@ def test_restore_job_brings_back_setuid_bits_only_when_asked(cozy: Cozy) -> None
     )  # fmt: skip
     validate_manifest(job)
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--keep-setid"
+
+
+def _live_pods(cozy: Cozy, **labels: str) -> list[dict[str, Any]]:
+    return [
+        p for p in cozy.api.list_objects("v1", "Pod", NS)
+        if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]  # fmt: skip
+
+
+def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_down(
+    cozy: Cozy,
+) -> None:
+    """After a drain the app runs elsewhere: the backup pod must go there (RWO Multi-Attach)."""
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    apps = kubernetes.client.AppsV1Api(cozy.api.api_client())
+    batch = kubernetes.client.BatchV1Api(cozy.api.api_client())
+    sonarr = {"app.kubernetes.io/name": "sonarr"}
+
+    def backup_node() -> str:
+        # --timeout: a pod on the wrong node waits on Multi-Attach; a minute is plenty otherwise
+        result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "90", "--json")
+        assert result.exit_code == 0, result.output
+        [job] = json.loads(result.stdout)["jobs"]
+        [pod] = [
+            p for p in cozy.api.list_objects("v1", "Pod", NS)
+            if p["metadata"]["labels"].get("job-name") == job
+        ]  # fmt: skip
+        # Manual Jobs are named by the second: two runs within one would share the first Job.
+        batch.delete_namespaced_job(job, NS, propagation_policy="Background")
+        return str(pod["spec"]["nodeName"])
+
+    def move(patch: dict[str, Any], node: str | None) -> None:
+        apps.patch_namespaced_deployment("sonarr", NS, patch)
+        cozy.api.settle()
+        cozy.api.wait_for(
+            lambda: [p["spec"].get("nodeName") for p in _live_pods(cozy, **sonarr)]
+            == ([node] if node else []),
+            timeout=30,
+        )
+
+    [app_pod] = _live_pods(cozy, **sonarr)
+    assert app_pod["spec"]["nodeName"] == "worker-1"
+    assert backup_node() == "worker-1"
+
+    # A drain moves the app to worker-3 (here: a new nodeSelector, the pod is rescheduled).
+    move({"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-3"}}}}},
+         "worker-3")  # fmt: skip
+    assert backup_node() == "worker-3"
+
+    # Scaled to 0 (e.g. during a cutover): nothing to follow, the backup runs on any node.
+    move({"spec": {"replicas": 0}}, None)
+    assert backup_node() in {"worker-1", "worker-2", "worker-3"}
+
+
+def test_offsite_backups_use_their_own_secret_and_endpoint(
+    cozy: Cozy, offsite_seaweedfs: SeaweedFS
+) -> None:
+    """Backups to another S3 (another Bucket app, or another provider): its Secret by reference,
+    its endpoint, and the Job really writes there."""
+    from tests.conftest import make_bucket
+
+    offsite_bucket = make_bucket(offsite_seaweedfs)
+    secret = tenant_media.credentials_secret(
+        host=offsite_seaweedfs.s3_endpoint.removeprefix("http://"), bucket=offsite_bucket,
+        access_key=offsite_seaweedfs.access_key, secret_key=offsite_seaweedfs.secret_key,
+    )  # fmt: skip
+    secret["metadata"]["name"] = "bucket-arr-offsite-backup-credentials"
+    cozy.api.seed([secret])
+    result = cozy.cli(
+        "plan", "-n", NS, "--target", "s3://media/migrated", "--volume", "sonarr-config",
+        "--s3-credentials-secret", tenant_media.SECRET_NAME,
+        "--s3-endpoint", cozy.server.s3_endpoint, "--backup-target", "s3://arr-offsite/nightly",
+        "--backup-credentials-secret", "bucket-arr-offsite-backup-credentials",
+        "--backup-endpoint", offsite_seaweedfs.s3_endpoint,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan_path = cozy.root / "plans" / f"{NS}.yaml"
+    backup = load_plan(plan_path).spec["backup"]
+    assert backup == {
+        "url": "s3://arr-offsite/nightly", "bucket": offsite_bucket, "prefix": "nightly",
+        "endpoint": offsite_seaweedfs.s3_endpoint,
+        "credentialsSecret": "bucket-arr-offsite-backup-credentials",
+    }  # fmt: skip
+    assert offsite_seaweedfs.secret_key not in plan_path.read_text()
+
+    result = run_cli("backup", "install", "--plan", str(plan_path), "--drill", "weekly", "--json")
+    assert result.exit_code == 0, result.output
+    for manifest in json.loads(result.stdout):
+        env = {e["name"]: e for e in container(manifest)["env"]}
+        assert env["AWS_ENDPOINT_URL"]["value"] == offsite_seaweedfs.s3_endpoint
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {
+            "name": "bucket-arr-offsite-backup-credentials", "key": "secretKey"}}  # fmt: skip
+    assert offsite_seaweedfs.secret_key not in result.stdout
+
+    result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "90", "--json")
+    assert result.exit_code == 0, result.output
+    [volume] = json.loads(result.stdout)["volumes"]
+    offsite = boto3.client(
+        "s3", endpoint_url=offsite_seaweedfs.s3_endpoint, region_name="us-east-1",
+        aws_access_key_id=offsite_seaweedfs.access_key,
+        aws_secret_access_key=offsite_seaweedfs.secret_key,
+    )  # fmt: skip
+    keys = [o["Key"] for o in offsite.list_objects_v2(Bucket=offsite_bucket)["Contents"]]
+    assert any(k.startswith("nightly/sonarr-config/") and volume["snapshot"] in k for k in keys)
+    result = run_cli(
+        "backup", "list", "--plan", str(plan_path), "--json",
+        env={"MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID": offsite_seaweedfs.access_key,
+             "MIGRATOR_BACKUP_AWS_SECRET_ACCESS_KEY": offsite_seaweedfs.secret_key},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [s["id"] for s in json.loads(result.stdout)["snapshots"]] == [volume["snapshot"]]

@@ -30,3 +30,23 @@ def test_every_command_has_help_and_is_documented() -> None:
                 check(command, f"{prefix} {name}")
 
     check(cli, "migrator")
+
+
+def test_cozystack_how_to_covers_credentials_endpoints_and_offsite_backups() -> None:
+    """What an operator needs before the first plan on Cozystack (issue #11, part 5)."""
+    how_to = (ROOT / "docs" / "how-to" / "cozystack-migration.md").read_text()
+    endpoint = how_to.index("**Which endpoint.**")
+    for needed in ("users:", "BucketInfo", "-credentials"):
+        assert needed in how_to[:endpoint], needed  # before the endpoint is discussed
+    section = how_to[endpoint : how_to.index("**Mounting buckets")]
+    assert section.index("public S3 ingress") < section.index("seaweedfs-s3.<namespace>.svc")
+    for needed in ("--s3-ca-bundle", "NetworkPolicies"):
+        assert needed in section, needed
+    for needed in ("global.enableSecurity: true", "tlsSecret", "seaweedfs-client-cert"):
+        assert needed in how_to, needed
+    backups = (ROOT / "docs" / "how-to" / "backups.md").read_text()
+    offsite = backups[backups.index("## Off-site backups (3-2-1)") :]
+    for needed in (
+        "--backup-credentials-secret", "--backup-endpoint", "MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID",
+    ):  # fmt: skip
+        assert needed in offsite, needed

@@ -826,6 +826,86 @@ def test_a_pod_no_node_fits_stays_unschedulable(
     assert batch.read_namespaced_job_status("pinned", NS).status.active == 1
 
 
+def app_pod(name: str, node_name: str, labels: Obj, claim: str | None = None) -> Obj:
+    """A running pod of some app on ``node_name`` (not the Job controller's)."""
+    spec: Obj = {"nodeName": node_name, "containers": [{"name": "app", "image": "app:1"}]}
+    if claim:
+        spec["volumes"] = [claim_volume("data", claim)]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": spec,
+        "status": {"phase": "Running"},
+    }
+
+
+def affinity(kind: str, labels: Obj) -> Obj:
+    term = {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}
+    if kind == "preferred":
+        return {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": term}]}}  # fmt: skip
+    return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+
+
+def test_pod_affinity_places_pods_like_the_scheduler(
+    api: KubeAPIServer, batch: client.BatchV1Api, core: client.CoreV1Api
+) -> None:
+    api.seed([app_pod("sonarr-0", "worker-2", {"app": "sonarr"})])
+    cases = {
+        "preferred": (affinity("preferred", {"app": "sonarr"}), "worker-2"),
+        "preferred-none": (affinity("preferred", {"app": "radarr"}), "worker-1"),  # any node
+        "required": (affinity("required", {"app": "sonarr"}), "worker-2"),
+        # no pod matches anywhere, and this one does not match itself: never schedulable
+        "required-none": (affinity("required", {"app": "radarr"}), None),
+        # ... unless it matches its own term (the first pod of a group)
+        "required-self": (affinity("required", MANAGED), "worker-1"),
+    }
+    for name, (rule, _) in cases.items():
+        batch.create_namespaced_job(NS, job(name, "true", pod={"affinity": rule}))
+    api.settle()
+    for name, (_, expected) in cases.items():
+        [pod] = pods_of(core, name)
+        assert pod.spec.node_name == expected, name
+    [pending] = pods_of(core, "required-none")
+    assert pending.status.conditions[0].reason == "Unschedulable"
+
+
+def test_an_rwo_claim_used_on_another_node_waits_on_multi_attach(
+    api: KubeAPIServer, claims: Claims, tmp_path: Path, batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+) -> None:  # fmt: skip
+    add_claim(claims, tmp_path, "config", {"config.xml": "<Config/>"})
+    api.seed([
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "config", "namespace": NS},
+         "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pvc-config",
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+        app_pod("sonarr-0", "worker-2", {"app": "sonarr"}, claim="config"),
+    ])  # fmt: skip
+    pinned = {"nodeSelector": {"kubernetes.io/hostname": "worker-1"}}
+    batch.create_namespaced_job(NS, job(
+        "backup", "cat /config/config.xml", pod=pinned,
+        volumes=[claim_volume("config", "config", read_only=True)],
+        mounts=[mount("config", "/config", read_only=True)],
+    ))  # fmt: skip
+
+    def multi_attach() -> bool:
+        return any(
+            e.get("reason") == "FailedAttachVolume"
+            and 'Multi-Attach error for volume "pvc-config"' in e.get("message", "")
+            and "used by pod(s) sonarr-0" in e.get("message", "")
+            for e in api.list_objects("v1", "Event", NS)
+        )
+
+    api.wait_for(multi_attach, timeout=30)
+    [pod] = pods_of(core, "backup")
+    assert pod.status.phase == "Pending"
+    core.delete_namespaced_pod("sonarr-0", NS)  # the app is gone: its volume detaches
+    assert finished(wait_for_job(batch, "backup", timeout=30)) == "Complete"
+    assert log_of(core, pods_of(core, "backup")[0]) == "<Config/>"
+
+
 # --- deletion, logs and cleanup -------------------------------------------------------------------
 
 

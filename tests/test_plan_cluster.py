@@ -51,7 +51,8 @@ def test_discovery_and_classification(cluster: KubeAPIServer, tmp_path: Path) ->
     assert sonarr["source"]["capacityBytes"] == 2 * 2**30
     assert sonarr["workloads"] == [
         {"kind": "Deployment", "name": "sonarr", "container": "app", "mountPath": "/config",
-         "readOnly": False, "runAsUser": 911, "fsGroup": 911},
+         "readOnly": False, "runAsUser": 911, "fsGroup": 911,
+         "podSelector": {"app.kubernetes.io/instance": "sonarr", "app.kubernetes.io/name": "sonarr"}},
     ]  # fmt: skip
     assert volumes["prowlarr-config"]["workloads"][0]["runAsUser"] == 1000
     media = volumes["media"]
@@ -88,6 +89,47 @@ def test_cosi_secret_gives_bucket_and_endpoint_but_no_secret_values(
     assert env["RCLONE_CONFIG_DEST_SECRET_ACCESS_KEY"]["valueFrom"] == {
         "secretKeyRef": {"name": tenant_media.SECRET_NAME, "key": "secretKey"}
     }
+
+
+def only_line(result: Any) -> str:
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    return str(result.output)
+
+
+def raw_cosi_secret(name: str) -> dict[str, Any]:
+    """The Secret COSI itself makes per user (``<bucket app>-<user>``): only BucketInfo JSON."""
+    secret = tenant_media.credentials_secret()
+    secret["metadata"]["name"] = name
+    secret["data"] = {"BucketInfo": secret["data"]["BucketInfo"]}
+    return secret
+
+
+def test_a_raw_cosi_secret_is_refused_naming_the_credentials_secret(
+    cluster: KubeAPIServer, tmp_path: Path
+) -> None:
+    """Jobs read accessKey/secretKey by secretKeyRef; a BucketInfo-only Secret has neither, so
+    the plan refuses it instead of rendering Jobs that fail with CreateContainerConfigError."""
+    other = tenant_media.credentials_secret()
+    other["metadata"]["name"], other["data"] = "bucket-media-notes", {"notes": "eA=="}
+    cluster.seed([raw_cosi_secret("bucket-media-admin"), other])
+    result = plan(cluster, tmp_path, "--target", "s3://media/migrated", "--s3-credentials-secret",
+                  "bucket-media-admin")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "Secret 'bucket-media-admin' holds only COSI BucketInfo" in result.output
+    assert "use 'bucket-media-admin-credentials'" in result.output
+    assert "users:" in result.output
+    for value in ("topsecretvalue", "AKIAEXAMPLE"):
+        assert value not in result.output
+    result = s3_plan(cluster, tmp_path, "--backup-target", "s3://arr-offsite/nightly",
+                     "--backup-credentials-secret", "bucket-media-admin")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "use 'bucket-media-admin-credentials'" in only_line(result)
+    assert not (tmp_path / "plans" / f"{NS}.yaml").exists()
+    result = plan(cluster, tmp_path, "--target", "s3://media", "--s3-credentials-secret",
+                  "bucket-media-notes")  # fmt: skip
+    assert result.exit_code == 2
+    assert "Secret 'bucket-media-notes' has no accessKey/secretKey (keys: notes)" in result.output
 
 
 def test_every_rendered_manifest_validates_strictly(cluster: KubeAPIServer, tmp_path: Path) -> None:

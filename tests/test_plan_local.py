@@ -172,6 +172,22 @@ def test_capacity_lint(tmp_path: Path, sources: dict[str, Path]) -> None:
         (["--target", "s3://media", "--role", "media"], "--role 'media' must look like NAME=VALUE"),
         (["--target", "s3://media", "--target-capacity", "lots"], "'lots' is not a size"),
         ([], "--target is required"),
+        (
+            [
+                "--target",
+                "s3://media",
+                "--backup-target",
+                "s3://b/arr",
+                "--backup-credentials-secret",
+                "offsite",
+            ],
+            "--backup-credentials-secret is for cluster mode; local mode reads "
+            "MIGRATOR_BACKUP_AWS_* variables",
+        ),
+        (
+            ["--target", "s3://media", "--backup-endpoint", "https://offsite.example"],
+            "--backup-endpoint needs --backup-target",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

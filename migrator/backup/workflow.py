@@ -3,7 +3,8 @@
 ``backup run`` runs exactly the container command of the rendered CronJob: on this host with
 the local executor (``--source-dir`` plans), or as a one-off Job on the cluster. ``list``,
 ``prune``, ``restore --to`` and ``verify`` talk to S3 from where they run: the endpoint comes
-from ``--s3-endpoint``, the plan, or AWS_ENDPOINT_URL; credentials from the AWS_* variables.
+from ``--s3-endpoint``, the plan, or AWS_ENDPOINT_URL; credentials from the AWS_* variables,
+or the MIGRATOR_BACKUP_AWS_* ones when the backups go to an S3 of their own (off-site).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from migrator.backup.retention import RetentionPolicy
 from migrator.backup.verify import verify_directory, verify_snapshot
 from migrator.errors import BadInputError, OperationFailedError
 from migrator.executors import JobResult
-from migrator.objectstore import S3Location, S3Settings, make_client
+from migrator.objectstore import BACKUP_ENV_PREFIX, S3Location, S3Settings, make_client
 from migrator.plan import Plan, dump_yaml
 
 
@@ -57,8 +58,19 @@ def config_volumes(plan: Plan, names: tuple[str, ...] | list[str] = ()) -> list[
 
 
 def open_repository(plan: Plan, endpoint: str | None = None) -> BackupRepository:
-    """The plan's backups, reached from this machine."""
+    """The plan's backups, reached from this machine: with AWS_* keys, or MIGRATOR_BACKUP_AWS_*
+    ones when they go to an S3 of their own (off-site); BadInputError when those are unset."""
     location = backup_location(plan)
+    if manifests.backup_is_offsite(plan.document):
+        settings = S3Settings.from_environment(
+            endpoint or plan.spec["backup"].get("endpoint"), BACKUP_ENV_PREFIX
+        )
+        if not (settings.access_key and settings.secret_key):
+            raise BadInputError(
+                f"plan {plan.name} keeps its backups on an S3 of their own: set "
+                f"{BACKUP_ENV_PREFIX}AWS_ACCESS_KEY_ID and {BACKUP_ENV_PREFIX}AWS_SECRET_ACCESS_KEY"
+            )
+        return BackupRepository(make_client(settings, flexible_checksums=False), location)
     settings = S3Settings.from_environment(endpoint or plan.spec["target"].get("endpoint"))
     bundle = plan.spec["target"].get("caBundle") or {}
     if bundle.get("path"):  # local mode: the plan's CA file, what the Jobs trust too

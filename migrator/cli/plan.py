@@ -79,6 +79,17 @@ from migrator.errors import BadInputError, Outcome
 @click.option(
     "--backup-target", metavar="s3://BUCKET/PREFIX", help="Where nightly config backups go."
 )
+@click.option(
+    "--backup-endpoint",
+    metavar="URL",
+    help="S3 endpoint of the backups when they go to another S3 than the copies (off-site); "
+    "local mode reads its keys from MIGRATOR_BACKUP_AWS_* variables.",
+)
+@click.option(
+    "--backup-credentials-secret",
+    metavar="NAME",
+    help="Secret with accessKey/secretKey for the backups' S3 (off-site); cluster mode.",
+)
 @click.option("--image", help="Agent image the Jobs run.")
 @click.option("--name", help="Plan name (default: release, namespace, or 'local').")
 @click.option(

@@ -23,6 +23,8 @@ from typing import Any
 from migrator.copier import iter_events
 from migrator.errors import BadInputError, Outcome
 from migrator.executors import EventSink, JobResult, completions, is_indexed
+from migrator.manifests import BACKUP_CREDENTIALS_SECRET
+from migrator.objectstore import BACKUP_ENV_PREFIX
 from migrator.podspec import COMPLETION_INDEX_FIELD, container_command, container_env
 
 INTERRUPTED = "interrupted: progress saved, re-run to resume"
@@ -35,8 +37,11 @@ SECRET_KEY_ENV = {
 
 
 def environment_secret(name: str, key: str) -> str:
-    """Resolve a secretKeyRef from this host's AWS_* environment (local mode)."""
+    """Resolve a secretKeyRef from this host's AWS_* environment (local mode); the off-site
+    backups' Secret from MIGRATOR_BACKUP_AWS_*."""
     variable = SECRET_KEY_ENV.get(key)
+    if variable and name == BACKUP_CREDENTIALS_SECRET:
+        variable = BACKUP_ENV_PREFIX + variable
     value = os.environ.get(variable) if variable else None
     if not value:
         raise BadInputError(
@@ -209,7 +214,9 @@ def _map_path(value: str, mounts: Mapping[str, str]) -> str:
 
 def _base_environment() -> dict[str, str]:
     """This host's PATH with our own bin directory first, so ``migrator`` and ``rclone`` resolve."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+    # S3 settings come only from the Job's env, as in a pod (the off-site keys too)
+    prefixes = ("AWS_", "RCLONE_", BACKUP_ENV_PREFIX + "AWS_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     bin_dir = str(Path(sys.executable).parent)
     base["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     return base

@@ -58,12 +58,19 @@ def make_plan(options: dict[str, Any]) -> PlanResult:
             "give either -n NAMESPACE (cluster mode) or --source-dir NAME=PATH (local mode)"
         )
     request = _request(options)
+    if request.backup_endpoint and not request.backup_target:
+        raise BadInputError("--backup-endpoint needs --backup-target")
     if namespace:
         inventory = _discover_cluster(options, request)
     else:
         if options.get("s3_credentials_secret"):
             raise BadInputError(
                 "--s3-credentials-secret is for cluster mode; local mode reads AWS_* variables"
+            )
+        if options.get("backup_credentials_secret"):
+            raise BadInputError(
+                "--backup-credentials-secret is for cluster mode; local mode reads "
+                "MIGRATOR_BACKUP_AWS_* variables (with --backup-endpoint)"
             )
         inventory = discover_local(parse_assignments(source_dirs, "--source-dir"))
     apply_roles(inventory, parse_assignments(options.get("roles") or (), "--role"))
@@ -130,6 +137,8 @@ def _request(options: dict[str, Any]) -> PlanRequest:
         release=options.get("release"),
         backup_target=options.get("backup_target"),
         filer_grpc=options.get("filer_grpc"),
+        backup_endpoint=options.get("backup_endpoint"),
+        backup_credentials_secret=options.get("backup_credentials_secret"),
     )
 
 
@@ -147,6 +156,12 @@ def _discover_cluster(options: dict[str, Any], request: PlanRequest) -> Inventor
             )
         request.secret_fields = kube.read_secret_public_fields(
             namespace, request.credentials_secret
+        )
+    if request.backup_credentials_secret:
+        if not request.backup_target:
+            raise BadInputError("--backup-credentials-secret needs --backup-target")
+        request.backup_secret_fields = kube.read_secret_public_fields(
+            namespace, request.backup_credentials_secret
         )
     return inventory
 

@@ -10,7 +10,8 @@ claims can be added later (or pass a callable ``(namespace, claim) -> Path | Non
 What it does, as the real controller (Kubernetes 1.31+) and kubelet would: pods named
 ``<job>-<random5>`` (``<job>-<index>-<random5>`` for Indexed Jobs) with the Job's labels,
 completion index and controller ownerReference, bound to a Node that fits their nodeSelector /
-required node affinity (the first Ready one by name); ``completions``, ``parallelism``,
+required node affinity / required pod affinity on ``kubernetes.io/hostname`` (of the Ready ones,
+the one with the most preferred pod affinity weight, then the first by name); ``completions``, ``parallelism``,
 ``completionMode: Indexed``, ``backoffLimit`` (failed pods, or restarts under OnFailure),
 ``activeDeadlineSeconds`` and ``suspend``; Job status with ``active``, ``ready``,
 ``terminating``, ``succeeded``, ``failed``, ``completedIndexes``, ``startTime``,
@@ -52,6 +53,7 @@ from .controllers import Controller, controlled_by, is_ready, owner_reference
 from .errors import ApiError
 from .kubelet import INDEX_KEY, KubeletConfig, PodRun, isolation_mode, record_event
 from .resources import ResourceType
+from .selectors import label_selector_from_spec
 from .store import ObjectStore
 
 Obj = dict[str, Any]
@@ -155,16 +157,85 @@ def _node_ready(node: Obj) -> bool:
     )
 
 
-def schedule(store: ObjectStore, spec: Obj) -> tuple[str | None, str | None]:
-    """(node, None); (None, None) when there are no Nodes; (None, why) when none fits."""
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def _pods_by_node(store: ObjectStore) -> dict[str, list[Obj]]:
+    """The pods that count for pod affinity: bound and not finished, by node."""
+    found: dict[str, list[Obj]] = {}
+    for pod in store.list_objects(store.registry.by_kind("v1", "Pod"))[0]:
+        node = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if node and phase not in ("Succeeded", "Failed"):
+            found.setdefault(node, []).append(pod)
+    return found
+
+
+def _term_matches(term: Obj, pod: Obj, namespace: str) -> bool:
+    """Whether ``pod`` is selected by a podAffinityTerm of a pod in ``namespace``."""
+    if pod["metadata"].get("namespace") not in (term.get("namespaces") or [namespace]):
+        return False
+    selector = label_selector_from_spec(term.get("labelSelector"))
+    return term.get("labelSelector") is not None and selector.matches(
+        pod["metadata"].get("labels") or {}
+    )
+
+
+def _on_node(term: Obj, node: str, by_node: Mapping[str, list[Obj]], namespace: str) -> bool:
+    if term.get("topologyKey") != HOSTNAME:  # only per-node topology is modelled
+        return False
+    return any(_term_matches(term, pod, namespace) for pod in by_node.get(node, []))
+
+
+def _affinity_fits(
+    node: str, required: list[Obj], by_node: Mapping[str, list[Obj]], namespace: str, labels: Obj
+) -> bool:
+    """Required pod affinity; a term no pod matches anywhere is met by a pod matching itself
+    (the scheduler's rule that lets the first pod of a group schedule)."""
+    for term in required:
+        if _on_node(term, node, by_node, namespace):
+            continue
+        anywhere = any(_on_node(term, n, by_node, namespace) for n in by_node)
+        selector = label_selector_from_spec(term.get("labelSelector"))
+        if anywhere or not selector.matches(labels):
+            return False
+    return True
+
+
+def schedule(
+    store: ObjectStore, spec: Obj, namespace: str = "default", labels: Obj | None = None
+) -> tuple[str | None, str | None]:
+    """(node, None); (None, None) when there are no Nodes; (None, why) when none fits.
+
+    Filters by nodeSelector, required node affinity and required pod affinity on
+    ``kubernetes.io/hostname``; among the nodes left, the highest sum of preferred pod affinity
+    weights wins, ties go to the first by name."""
     if spec.get("nodeName"):
         return spec["nodeName"], None
     nodes = store.list_objects(store.registry.by_kind("v1", "Node"))[0]
     if not nodes:
         return None, None
-    fitting = sorted(n["metadata"]["name"] for n in nodes if _node_ready(n) and node_fits(n, spec))
+    pod_affinity = (spec.get("affinity") or {}).get("podAffinity") or {}
+    required = pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or []
+    preferred = pod_affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+    by_node = _pods_by_node(store) if required or preferred else {}
+    fitting = sorted(
+        n["metadata"]["name"]
+        for n in nodes
+        if _node_ready(n)
+        and node_fits(n, spec)
+        and _affinity_fits(n["metadata"]["name"], required, by_node, namespace, labels or {})
+    )
     if fitting:
-        return fitting[0], None
+
+        def score(node: str) -> int:
+            return sum(
+                int(p.get("weight", 0))
+                for p in preferred
+                if _on_node(p.get("podAffinityTerm") or {}, node, by_node, namespace)
+            )
+
+        return min(fitting, key=lambda n: -score(n)), None  # min keeps the first by name on ties
     return None, (
         f"0/{len(nodes)} nodes are available: {len(nodes)} node(s) didn't match "
         "Pod's node affinity/selector, or were not ready."
@@ -556,7 +627,13 @@ class JobController(Controller):
         self, store: ObjectStore, jobs: ResourceType, job: Obj, state: JobState, index: int | None
     ) -> Obj:
         pods = store.registry.by_kind("v1", "Pod")
-        node, unschedulable = schedule(store, job["spec"]["template"].get("spec") or {})
+        template = job["spec"]["template"]
+        node, unschedulable = schedule(
+            store,
+            template.get("spec") or {},
+            job["metadata"]["namespace"],
+            (template.get("metadata") or {}).get("labels") or {},
+        )
         pod = store.create(pods, build_pod(job, jobs, index, node))
         state.pods[pod["metadata"]["uid"]] = index
         record_event(

@@ -23,7 +23,10 @@ Two ways to put volumes at their mount paths, chosen once per process (``isolati
 Deliberate differences: securityContext users and capabilities are ignored (commands run as
 root); ``restartPolicy: OnFailure`` restarts at once (no CrashLoopBackOff delay); a volume that
 cannot be set up (unmapped claim, missing Secret) keeps the pod Pending with a FailedMount event
-and is retried every 0.1 s; a missing env Secret/ConfigMap key fails the pod at once
+and is retried every 0.1 s; a claim whose access modes are only ReadWriteOnce(Pod) and that an
+unfinished pod on another node uses keeps the pod Pending with the attach/detach controller's
+FailedAttachVolume "Multi-Attach error" event until that pod is gone (the real controller also
+waits for the detach); a missing env Secret/ConfigMap key fails the pod at once
 (CreateContainerConfigError, with the reason in its log) instead of retrying forever.
 """
 
@@ -70,6 +73,16 @@ class ContainerConfigError(Exception):
 
 class VolumeError(Exception):
     """A volume cannot be set up yet; the pod stays Pending and it is retried."""
+
+    reason = "FailedMount"
+    component = "kubelet"
+
+
+class AttachError(VolumeError):
+    """An RWO volume is attached to another node (the attach/detach controller's Multi-Attach)."""
+
+    reason = "FailedAttachVolume"
+    component = "attachdetach-controller"
 
 
 class StartError(Exception):
@@ -281,10 +294,43 @@ def _one_volume(
     raise VolumeError(f"volume type {kinds} is not supported by the test kubelet")
 
 
+SINGLE_NODE_MODES = {"ReadWriteOnce", "ReadWriteOncePod"}
+
+
+def _claims(pod: Obj) -> list[str]:
+    volumes = (pod.get("spec") or {}).get("volumes") or []
+    return [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
+
+
+def check_attachable(store: ObjectStore, pod: Obj) -> None:
+    """Raise AttachError when a claim of ``pod`` that only one node may attach (RWO) is used by
+    an unfinished pod on another node, as the attach/detach controller reports it."""
+    namespace, node = pod["metadata"]["namespace"], (pod.get("spec") or {}).get("nodeName")
+    if not node:
+        return
+    others = [
+        p for p in store.list_objects(store.registry.by_kind("v1", "Pod"), namespace)[0]
+        if (p.get("spec") or {}).get("nodeName") not in (None, node)
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+    claims = store.registry.by_kind("v1", "PersistentVolumeClaim")
+    for claim in _claims(pod):
+        found = store.get(claims, namespace, claim) or {}
+        modes = set((found.get("spec") or {}).get("accessModes") or [])
+        users = sorted(p["metadata"]["name"] for p in others if claim in _claims(p))
+        if modes and modes <= SINGLE_NODE_MODES and users:
+            volume = (found.get("spec") or {}).get("volumeName") or claim
+            raise AttachError(
+                f'Multi-Attach error for volume "{volume}" Volume is already used by pod(s) '
+                + ", ".join(users)
+            )
+
+
 def resolve_volumes(
     store: ObjectStore, pod: Obj, claim_dir: ClaimResolver, pod_dir: Path
 ) -> dict[str, Volume]:
     """Every volume of ``pod`` as a host directory; raises VolumeError (with the volume name)."""
+    check_attachable(store, pod)
     volumes = {}
     for volume in (pod.get("spec") or {}).get("volumes") or []:
         try:
@@ -696,9 +742,9 @@ class PodRun:
                     record_event(
                         self.kubelet.store,
                         self.pod,
-                        "FailedMount",
+                        error.reason,
                         reported,
-                        component="kubelet",
+                        component=error.component,
                         warning=True,
                         host=self._node(),
                     )
