@@ -33,6 +33,7 @@ COMMON_FLAGS = ("--metadata", "--links", "--retries", "5", "--low-level-retries"
 # the agent creates markers for empty directories itself.)
 S3_FLAGS = ("--s3-no-check-bucket", "--s3-no-head", "--s3-disable-checksum")
 COPY_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing activeDeadlineSeconds
+READ_CAPS = ("DAC_OVERRIDE",)  # what root needs to read and search files of any owner
 
 
 def job_name(step: str, volume: str) -> str:
@@ -188,11 +189,13 @@ def _mounts(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _security_context(plan: dict[str, Any]) -> dict[str, Any]:
-    # Root without privileges: reading files of any app UID (911, 1000) needs DAC_READ_SEARCH;
-    # writing a PVC with their owners kept needs CHOWN/FOWNER/DAC_OVERRIDE too.
-    caps = ["DAC_READ_SEARCH"]
+    # Root without privileges: reading files of any app UID (911, 1000) needs DAC_OVERRIDE
+    # (DAC_READ_SEARCH would do, but Pod Security "baseline" forbids it; the sources are mounted
+    # read-only, so overriding write permissions gains nothing there); writing a PVC with their
+    # owners kept needs CHOWN/FOWNER/FSETID too. Every cap here is in the baseline set.
+    caps = list(READ_CAPS)
     if plan["spec"]["target"]["type"] == "pvc":
-        caps += ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+        caps += ["CHOWN", "FOWNER", "FSETID"]
     return {
         "runAsUser": 0,
         "runAsNonRoot": False,
@@ -252,6 +255,7 @@ def build_copy_job(plan: dict[str, Any], volume: dict[str, Any], step: str) -> d
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # agents never call the Kubernetes API
         "containers": [container],
         "volumes": _volumes(plan, volume),
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -393,6 +397,7 @@ def build_verify_job(
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # agents never call the Kubernetes API
         "containers": [container],
         "volumes": volumes,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -506,7 +511,7 @@ DEFAULT_CREDENTIALS_SECRET = "migrator-s3-credentials"
 MAX_CRONJOB_NAME = 52  # a CronJob's Jobs get an 11-character suffix; Job names are labels
 BACKUP_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing a backup's deadline
 MAX_BACKUP_SECONDS = 20 * 3600  # a nightly backup must end before the next one is due
-RESTORE_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+RESTORE_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]  # all in the baseline set
 
 
 def _volume_bytes(volume: dict[str, Any]) -> int:
@@ -626,6 +631,7 @@ def _backup_pod(
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # agents never call the Kubernetes API
         "containers": [container],
         "volumes": volumes,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -690,8 +696,8 @@ def build_backup_cronjob(
 ) -> dict[str, Any]:
     """The CronJob that snapshots ``volumes`` (config PVCs mounted read-only) every night.
 
-    The pod runs ``migrator agent backup`` as root without privileges but DAC_READ_SEARCH
-    (to read any app's files), on the node an RWO volume is attached to, with a /tmp emptyDir
+    The pod runs ``migrator agent backup`` as root without privileges but DAC_OVERRIDE
+    (to read any app's files; allowed by Pod Security "baseline"), on the node an RWO volume is attached to, with a /tmp emptyDir
     large enough for the databases' copies. Concurrent runs are forbidden.
     """
     name = backup_cronjob_name(plan, volumes)
@@ -718,7 +724,7 @@ def build_backup_cronjob(
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     affinity = next((a for a in map(_node_affinity, volumes) if a), None)
     command = backup_command(plan, volumes, dict(retention or {}))
-    pod = _backup_pod(plan, "backup", command, pod_volumes, mounts, ["DAC_READ_SEARCH"], affinity)
+    pod = _backup_pod(plan, "backup", command, pod_volumes, mounts, list(READ_CAPS), affinity)
     return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))
 
 
