@@ -27,8 +27,8 @@ ImagePullBackOff, with the kubelet's events, until it appears or the pod is dele
 Deliberate differences: securityContext users and capabilities are ignored (commands run as
 root); ``restartPolicy: OnFailure`` restarts at once (no CrashLoopBackOff delay); a volume that
 cannot be set up (unmapped claim, missing Secret) keeps the pod Pending with a FailedMount event
-and is retried every 0.1 s; a missing env Secret/ConfigMap key fails the pod at once
-(CreateContainerConfigError, with the reason in its log) instead of retrying forever.
+and is retried every 0.1 s; a missing env Secret/ConfigMap key keeps it Pending with its
+container waiting in CreateContainerConfigError (a Failed event says why), retried every 0.5 s.
 """
 
 from __future__ import annotations
@@ -664,10 +664,8 @@ class PodRun:
         volumes = self._wait_for_volumes(running)
         if volumes is None or not self._pull_image(running):
             return
-        try:
-            plan = self._plan(volumes, running)
-        except ContainerConfigError as error:
-            self._fail_unstarted(running, "CreateContainerConfigError", str(error))
+        plan = self._wait_for_config(volumes, running)
+        if plan is None:
             return
         while True:
             code, reason, message, started_at = self._run_once(plan, running)
@@ -711,6 +709,26 @@ class PodRun:
             self._wake.wait(VOLUME_RETRY_SECONDS)
         return None
 
+    def _wait_for_config(self, volumes: Mapping[str, Volume], running: Obj) -> LaunchPlan | None:
+        """The launch plan; while the env cannot be built (a missing Secret or key), the pod
+        stays Pending in CreateContainerConfigError with a Failed event, retried like the
+        kubelet does. None when the run stopped first."""
+        reported = None
+        while not self._stopped():
+            try:
+                return self._plan(volumes, running)
+            except ContainerConfigError as error:
+                if str(error) != reported:
+                    reported = str(error)
+                    self._set_status(
+                        pending_status(running, self.container, "CreateContainerConfigError",
+                                       reported)
+                    )  # fmt: skip
+                    record_event(self.kubelet.store, self.pod, "Failed", f"Error: {reported}",
+                                 component="kubelet", warning=True, host=self._node())  # fmt: skip
+            self._wake.wait(IMAGE_RETRY_SECONDS)
+        return None
+
     def _pull_image(self, running: Obj) -> bool:
         """Pull the container's image; one its registry does not have leaves the pod Pending in
         ErrImagePull, then ImagePullBackOff, with the kubelet's events, retried until it
@@ -748,20 +766,6 @@ class PodRun:
                      host=host)  # fmt: skip
         record_event(store, self.pod, "Failed", "Error: ImagePullBackOff", component="kubelet",
                      warning=True, host=host)  # fmt: skip
-
-    def _fail_unstarted(self, running: Obj, reason: str, message: str) -> None:
-        self._log(f"Error: {message}\n")
-        record_event(
-            self.kubelet.store,
-            self.pod,
-            "Failed",
-            f"Error: {message}",
-            component="kubelet",
-            warning=True,
-            host=self._node(),
-        )
-        self.outcome = "Failed"
-        self._set_status(finished_status(running, INIT_FAILED_EXIT_CODE, reason, message=message))
 
     def _run_once(self, plan: LaunchPlan, running: Obj) -> tuple[int, str, str | None, str | None]:
         """Start, report Running, wait: (exit code, reason, message, startedAt)."""
