@@ -41,6 +41,11 @@ from migrator.errors import Outcome
     show_default=True,
     help="Seconds to wait for each Job.",
 )
+@click.option(
+    "--keep-down",
+    is_flag=True,
+    help="After a failed cutover, leave the apps stopped (default: bring them back).",
+)
 @kube_options
 @click.option("--dry-run", is_flag=True, help="Say what would run; change nothing.")
 @json_option
@@ -56,8 +61,9 @@ def run_command(**options: Any) -> None:
     with ui.RunProgress(enabled=not options["as_json"]) as progress:
         try:
             summary = run_plan(
-                plan, options["phase"], options["cutover"], context, progress, options["dry_run"]
-            )
+                plan, options["phase"], options["cutover"], context, progress,
+                options["dry_run"], options["keep_down"],
+            )  # fmt: skip
         except KeyboardInterrupt:
             context.stop()
             raise
@@ -66,6 +72,10 @@ def run_command(**options: Any) -> None:
     else:
         ui.show_run_summary(summary)
     if not summary.ok:
-        failed = ", ".join(v.volume for v in summary.volumes if v.status == "failed")
-        ui.error(f"copy failed for {failed}; fix the cause and re-run the same command to resume")
+        failed = [v for v in summary.volumes if v.status == "failed"]
+        names = ", ".join(v.volume for v in failed)
+        why = f" ({failed[0].volume}: {failed[0].message})" if failed[0].message else ""
+        ui.error(
+            f"copy failed for {names}{why}; fix the cause and re-run the same command to resume"
+        )
         sys.exit(int(Outcome.FAILED))
