@@ -16,6 +16,7 @@ from migrator.objectstore import S3Location
 from migrator.plan import API_VERSION, KIND, Plan, dump_yaml, project_dir, save_plan
 from migrator.quantity import human_bytes
 
+# What .github/workflows/publish.yaml pushes from the cozystack repository for this version.
 DEFAULT_IMAGE = f"ghcr.io/cozystack/migrator-agent:{__version__}"
 HEADROOM = 1.2
 SHARD_BYTES = 200 * 2**30  # one copy pod per this many bytes of media
@@ -445,6 +446,20 @@ def lint_probe(document: dict[str, Any], inventory: Inventory, target: Target) -
     ]
 
 
+def lint_image(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+    """The built-in default image is only a name until someone publishes it (issue #11)."""
+    image = document["spec"]["image"]
+    if image != DEFAULT_IMAGE:
+        return []
+    return [_finding(
+        "default-agent-image",
+        f"the Jobs will run the built-in default image {image}, which may not be published: "
+        "if it is not in the registry every Job sits in ImagePullBackOff. Build and push "
+        "jobs/Containerfile to a registry the cluster can pull from and re-plan with "
+        "--image REGISTRY/migrator-agent:TAG (see README, 'The agent image').",
+    )]  # fmt: skip
+
+
 LINTS: list[Callable[[dict[str, Any], Inventory, Target], list[Finding]]] = [
     lint_sqlite_on_network,
     lint_capacity,
@@ -452,6 +467,7 @@ LINTS: list[Callable[[dict[str, Any], Inventory, Target], list[Finding]]] = [
     lint_flux,
     lint_csi_driver,
     lint_probe,
+    lint_image,
 ]
 
 
