@@ -44,6 +44,8 @@ class PlanRequest:
     # spec.target.caBundle: {"configMap", "key"} or {"path"}; ca_file is a readable copy of it
     ca_bundle: dict[str, str] | None = None
     ca_file: str | None = None
+    pod_security: str | None = None  # --pod-security
+    namespace_enforce: str | None = None  # the namespace's pod-security.kubernetes.io/enforce
 
 
 @dataclass
@@ -115,6 +117,7 @@ def build_plan_document(
         spec["backup"] = {"url": backup.url, "bucket": bucket, "prefix": backup.prefix}
     spec.update(
         image=request.image,
+        podSecurity=pod_security_section(request, inventory),
         moveConfig=request.move_config,
         jobsDir=f"jobs/{name}",
         volumes=[_volume_section(v, request, target) for v in inventory.volumes],
@@ -128,6 +131,22 @@ def build_plan_document(
     }
     spec["warnings"] = lint(document, inventory, target)
     return document
+
+
+def pod_security_section(request: PlanRequest, inventory: Inventory) -> dict[str, str]:
+    """The Pod Security level to render the agents for: --pod-security, else restricted when the
+    namespace enforces it, else baseline (what Talos enforces everywhere by default)."""
+    if request.pod_security:
+        return {"level": request.pod_security, "reason": f"--pod-security {request.pod_security}"}
+    if request.namespace_enforce == "restricted":
+        return {
+            "level": "restricted",
+            "reason": f"namespace {inventory.namespace} enforces restricted "
+            "(pod-security.kubernetes.io/enforce)",
+        }
+    enforced = request.namespace_enforce or "no level"
+    where = f"namespace {inventory.namespace} enforces {enforced}" if inventory.namespace else "local"
+    return {"level": "baseline", "reason": f"default ({where})"}
 
 
 def plan_name(inventory: Inventory, request: PlanRequest) -> str:
@@ -446,6 +465,31 @@ def lint_probe(document: dict[str, Any], inventory: Inventory, target: Target) -
     ]
 
 
+def lint_restricted(
+    document: dict[str, Any], inventory: Inventory, target: Target
+) -> list[Finding]:
+    """In restricted mode, the volumes whose agents must stay root (and so are refused)."""
+    from migrator.manifests import pod_security_level, volume_owner
+
+    if pod_security_level(document) != "restricted":
+        return []
+    findings = []
+    for volume in document["spec"]["volumes"]:
+        owner, why = volume_owner(volume)
+        if owner is not None and document["spec"]["target"]["type"] == "pvc":
+            why = "a pvc: target is written as root to keep every file's owner"
+        elif owner is not None:
+            continue
+        findings.append(_finding(
+            "restricted-root-agent",
+            f"its Jobs cannot run as a non-root user: {why}; they run as root, which a namespace "
+            "enforcing restricted refuses (set runAsUser or PUID on the workload, or label the "
+            "namespace pod-security.kubernetes.io/enforce=baseline for the migration)",
+            volume["name"],
+        ))  # fmt: skip
+    return findings
+
+
 def lint_image(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
     """The built-in default image is only a name until someone publishes it (issue #11)."""
     image = document["spec"]["image"]
@@ -468,6 +512,7 @@ LINTS: list[Callable[[dict[str, Any], Inventory, Target], list[Finding]]] = [
     lint_csi_driver,
     lint_probe,
     lint_image,
+    lint_restricted,
 ]
 
 

@@ -4,6 +4,7 @@ namespace by default), and the checker of tests/kubeapi/pod_security.py is faith
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -141,3 +142,72 @@ def test_sources_mounted_read_only_in_every_agent(plans: dict[str, dict[str, Any
         for volume_name, claim in claims.items():
             if volume_name.startswith("source"):
                 assert claim.get("readOnly") is True, name
+
+
+# --- restricted mode ----------------------------------------------------------------------------
+
+
+def plan_in(root: Path, objects: list[dict[str, Any]], *extra: str) -> dict[str, Any]:
+    with KubeAPIServer(root / "kubeapi") as api:
+        api.seed(objects)
+        out = root / "plan.yaml"
+        result = run_cli(
+            "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path),
+            "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
+            "--no-probe", "--s3-endpoint", "https://s3.example:8333",
+            "--backup-target", "s3://backups/media", "--out", str(out), *extra, cwd=root,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return load_plan(out).document
+
+
+def restricted_namespace(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for item in objects:
+        if item["kind"] == "Namespace" and item["metadata"]["name"] == NS:
+            item["metadata"]["labels"] = {"pod-security.kubernetes.io/enforce": "restricted"}
+    return objects
+
+
+def test_a_restricted_namespace_gets_agents_running_as_the_apps_users(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path, restricted_namespace(tenant_media.tenant_media()))
+    assert plan["spec"]["podSecurity"] == {
+        "level": "restricted",
+        "reason": f"namespace {NS} enforces restricted (pod-security.kubernetes.io/enforce)",
+    }
+    users = {}
+    for name, template in pod_templates(plan):
+        problems = violations("restricted", template.get("metadata") or {}, template["spec"])
+        assert problems == [], f"{name}: {problems}"
+        [container] = template["spec"]["containers"]
+        users[name] = container["securityContext"]["runAsUser"]
+    # linuxserver sonarr/radarr (and the media they share) run as 911, hotio prowlarr as 1000
+    assert users["Job migrator-copy-sonarr-config"] == 911
+    assert users["Job migrator-sync-media"] == 911
+    assert users["Job migrator-verify-prowlarr-config"] == 1000
+    assert users["Job migrator-restore-prowlarr-config"] == 1000
+    assert not [w for w in plan["spec"]["warnings"] if w["code"] == "restricted-root-agent"]
+
+
+def test_restricted_mode_names_volumes_it_cannot_read_as_their_owner(tmp_path: Path) -> None:
+    objects = tenant_media.tenant_media()
+    for item in objects:
+        if item["kind"] == "Deployment" and item["metadata"]["name"] == "prowlarr":
+            pod_spec = item["spec"]["template"]["spec"]
+            pod_spec.pop("securityContext", None)
+            pod_spec["containers"][0]["env"] = []  # no PUID, no runAsUser, no fsGroup
+    plan = plan_in(tmp_path, objects, "--pod-security", "restricted")
+    assert plan["spec"]["podSecurity"]["reason"] == "--pod-security restricted"
+    [finding] = [w for w in plan["spec"]["warnings"] if w["code"] == "restricted-root-agent"]
+    assert finding["volume"] == "prowlarr-config"
+    assert "Deployment/prowlarr sets no runAsUser, fsGroup or PUID" in finding["message"]
+    levels = {name: highest_level({}, t["spec"]) for name, t in pod_templates(plan)}
+    assert levels["Job migrator-copy-prowlarr-config"] == "baseline"  # root: baseline only
+    assert levels["Job migrator-copy-sonarr-config"] == "restricted"
+
+
+def test_baseline_is_the_default_and_can_be_forced(tmp_path: Path) -> None:
+    objects = restricted_namespace(tenant_media.tenant_media())
+    plan = plan_in(tmp_path, objects, "--pod-security", "baseline")
+    assert plan["spec"]["podSecurity"] == {"level": "baseline", "reason": "--pod-security baseline"}
+    for name, template in pod_templates(plan):
+        assert highest_level({}, template["spec"]) == "baseline", name
