@@ -2,7 +2,7 @@
 refused at admission (FailedCreate), an image that does not pull, a missing Secret key, no node
 that fits. A cutover that fails that way brings the apps back unless --keep-down.
 
-No Job here ever copies a byte, so there is no SeaweedFS: plans are made with --no-probe.
+Jobs that never start need no SeaweedFS (plans made with --no-probe); the last test copies.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+import yaml
 
 from migrator.planner import DEFAULT_IMAGE
+from migrator.seaweedfs import SeaweedFS
 from tests import tenant_media
 from tests.helpers import run_cli
 from tests.kubeapi import JobController, KubeAPIServer
@@ -161,3 +164,45 @@ def test_keep_down_leaves_the_apps_stopped_after_a_failed_cutover(cluster: Clust
     assert release is not None and release["spec"]["suspend"] is True
     deployment = cluster.api.get_object("apps/v1", "Deployment", NS, "prowlarr")
     assert deployment is not None and deployment["spec"]["replicas"] == 0
+
+
+def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
+) -> None:
+    """End to end through Pod Security admission: the namespace enforces restricted (labelled
+    once the apps run), plan picks restricted mode, and the copy Job's pods are admitted."""
+    source = tmp_path / "prowlarr"
+    source.mkdir()
+    (source / "config.xml").write_text("<Config><ApiKey>x</ApiKey></Config>")
+    (source / "Backups").mkdir()
+    (source / "Backups" / "note.txt").write_text("hello")
+    secret = tenant_media.credentials_secret(
+        access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, bucket=bucket
+    )
+    with KubeAPIServer(tmp_path / "kubeapi") as api:
+        api.add_controller(JobController({(NS, VOLUME): source}))
+        api.seed(tenant_media.tenant_media(secret=secret))
+        api.settle()
+        cluster = Cluster(api, tmp_path, {DEFAULT_IMAGE})
+        cluster.label_namespace("restricted")
+        result = run_cli(
+            "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path),
+            "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
+            "--s3-endpoint", seaweedfs.s3_endpoint, "--volume", VOLUME, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        plan_path = tmp_path / "plans" / f"{NS}.yaml"
+        job = yaml.safe_load((tmp_path / "jobs" / NS / f"copy-{VOLUME}.yaml").read_text())
+        context = job["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        assert (context["runAsUser"], context["runAsNonRoot"]) == (1000, True)
+        code, output, _ = cluster.run(plan_path)
+        assert code == 0, output
+    s3 = boto3.client(
+        "s3", endpoint_url=seaweedfs.s3_endpoint, aws_access_key_id=seaweedfs.access_key,
+        aws_secret_access_key=seaweedfs.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+    keys = {
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"migrated/{VOLUME}/")["Contents"]
+    }
+    assert {f"migrated/{VOLUME}/config.xml", f"migrated/{VOLUME}/Backups/note.txt"} <= keys
