@@ -115,3 +115,25 @@ def test_an_image_the_registry_lacks_backs_off_pulling(
     assert ("Warning", "BackOff") in reasons and ("Normal", "Pulling") in reasons
     failed = [m for _, r, m in events_of(api, "Pod", "unpulled-") if r == "Failed"]
     assert f'Failed to pull image "{missing}": rpc error: code = NotFound' in failed[0]
+
+
+def test_a_deployment_whose_pods_are_refused_records_failed_create_on_its_replica_set(
+    api: KubeAPIServer,
+) -> None:
+    labels = {"app": "searcher"}
+    template = {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "main", "image": PUBLISHED, **SEARCHER}]},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "searcher", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": template},
+    }
+    api.seed([deployment])
+    api.settle()  # refusals are recorded once, not in a loop
+    assert api.list_objects("v1", "Pod", NS) == []
+    [(kind, reason, message)] = events_of(api, "ReplicaSet", "searcher-")
+    assert (kind, reason) == ("Warning", "FailedCreate")
+    assert 'violates PodSecurity "baseline:latest"' in message
