@@ -7,8 +7,12 @@ Jobs that never start need no SeaweedFS (plans made with --no-probe); the last t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +35,10 @@ UNPUBLISHED = "ghcr.io/nobody/migrator-agent:0.0.0"
 
 
 class Cluster:
-    def __init__(self, api: KubeAPIServer, root: Path, published: set[str]) -> None:
-        self.api, self.root, self.published = api, root, published
+    def __init__(
+        self, api: KubeAPIServer, root: Path, published: set[str], claims: dict[Any, Path]
+    ) -> None:
+        self.api, self.root, self.published, self.claims = api, root, published, claims
 
     def plan(self, *extra: str) -> Path:
         result = run_cli(
@@ -72,7 +78,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         api.add_controller(JobController(claims, images=lambda image: image in published))
         api.seed(tenant_media.tenant_media())
         api.settle()
-        yield Cluster(api, tmp_path, published)
+        yield Cluster(api, tmp_path, published, claims)
 
 
 def error_line(output: str) -> str:
@@ -183,7 +189,7 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
         api.add_controller(JobController({(NS, VOLUME): source}))
         api.seed(tenant_media.tenant_media(secret=secret))
         api.settle()
-        cluster = Cluster(api, tmp_path, {DEFAULT_IMAGE})
+        cluster = Cluster(api, tmp_path, {DEFAULT_IMAGE}, {})
         cluster.label_namespace("restricted")
         result = run_cli(
             "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path),
@@ -206,3 +212,80 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
         for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"migrated/{VOLUME}/")["Contents"]
     }
     assert {f"migrated/{VOLUME}/config.xml", f"migrated/{VOLUME}/Backups/note.txt"} <= keys
+
+
+class StallingProxy:
+    """A TCP proxy to the API server that answers every watch request with silence: the
+    connection stays open and nothing ever arrives (a half-open connection, as after a NAT
+    or load balancer drops it)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client_side, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client_side,), daemon=True).start()
+
+    def _serve(self, client_side: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
+        threading.Thread(target=self._pump, args=(upstream, client_side), daemon=True).start()
+        try:  # requests on a kept-alive connection come one at a time, each in its own send
+            while data := client_side.recv(65536):
+                if b"watch=true" in data.split(b"\r\n", 1)[0].lower():
+                    self.held += [client_side, upstream]  # never answer, never close
+                    return
+                upstream.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for held in self.held:
+            held.close()
+
+
+def test_timeout_holds_when_the_job_watch_goes_silent(cluster: Cluster) -> None:
+    """The executor's watch has a client-side read deadline: --timeout ends the wait even when
+    the watch connection is open but silent (the Job's pod waits for its claim forever)."""
+    plan_path = cluster.plan()
+    cluster.claims.clear()  # the copy pod waits for its volume: Pending, nothing to report
+    url = urllib.parse.urlsplit(cluster.api.url)
+    proxy = StallingProxy((url.hostname or "127.0.0.1", url.port or 80))
+    try:
+        config = yaml.safe_load(cluster.api.kubeconfig_path.read_text())
+        config["clusters"][0]["cluster"]["server"] = f"{url.scheme}://127.0.0.1:{proxy.port}"
+        stalled = cluster.root / "stalled-kubeconfig.yaml"
+        stalled.write_text(yaml.safe_dump(config))
+        started = time.monotonic()
+        result = run_cli(
+            "run", "--plan", str(plan_path), "--kubeconfig", str(stalled),
+            "--phase", "config", "--timeout", "8",
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert result.exit_code == 3, result.output
+    assert f"Job migrator-copy-{VOLUME} did not finish within 8s" in result.output
+    assert seconds < 45  # generous (measured ~10 s): urllib3 retries alone made it 60 s
+    print(f"silent watch: gave up after {seconds:.1f}s with --timeout 8")

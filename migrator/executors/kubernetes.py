@@ -134,12 +134,9 @@ class KubernetesExecutor:
         """Watch the Job until a terminal condition, under the timeout (no sleeping loops).
 
         Returns (job, None) when it finished, or (job, why) as soon as its pods cannot start
-        (see :class:`StartWatch`): it is checked between watch slices of ``WATCH_SLICE`` s. Each
-        slice also has a client-side read timeout, so a half-open connection cannot outlive
-        ``--timeout``.
+        (see :class:`StartWatch`): it is checked between watch slices of ``WATCH_SLICE`` s, each
+        bounded on this side, so a half-open connection cannot outlive ``--timeout``.
         """
-        from kubernetes import watch
-
         deadline = time.monotonic() + self.timeout
         blockers = StartWatch(self.kube, namespace, name)
         while True:
@@ -157,18 +154,33 @@ class KubernetesExecutor:
                     f"Job {name} did not finish within {self.timeout:.0f}s; re-run to keep waiting"
                 )
             seconds = max(1, int(min(remaining, WATCH_SLICE)))
-            stream = watch.Watch().stream(
-                self.kube.batch.list_namespaced_job, namespace,
-                field_selector=f"metadata.name={name}",
-                resource_version=job["metadata"]["resourceVersion"],
-                timeout_seconds=seconds, _request_timeout=(10, seconds + 10),
-            )  # fmt: skip
+            self._watch_slice(namespace, name, job["metadata"]["resourceVersion"], seconds)
+
+    def _watch_slice(self, namespace: str, name: str, resource_version: str, seconds: int) -> None:
+        """Watch the Job for ``seconds`` (until it finishes, if sooner). The waiting is bounded
+        here, not by the connection: a silent half-open one (which urllib3 would also retry on
+        its read timeouts) is abandoned after ``seconds`` + 5 s."""
+        from kubernetes import watch
+
+        ended = threading.Event()
+
+        def consume() -> None:
             try:
+                stream = watch.Watch().stream(
+                    self.kube.batch.list_namespaced_job, namespace,
+                    field_selector=f"metadata.name={name}", resource_version=resource_version,
+                    timeout_seconds=seconds, _request_timeout=(10, seconds + 10),
+                )  # fmt: skip
                 for event in stream:
                     if _finished(self.kube._dict(event["object"])):
                         break
-            except Exception:  # a dropped or stalled watch: read the Job again and go on
-                continue
+            except Exception:  # a dropped or stalled watch: the caller reads the Job again
+                pass
+            finally:
+                ended.set()
+
+        threading.Thread(target=consume, daemon=True, name=f"watch-{name}").start()
+        ended.wait(seconds + 5)
 
     def _result(self, job: dict[str, Any], follower: LogFollower) -> JobResult:
         status = job.get("status") or {}
