@@ -144,9 +144,13 @@ def pod_security_section(request: PlanRequest, inventory: Inventory) -> dict[str
             "reason": f"namespace {inventory.namespace} enforces restricted "
             "(pod-security.kubernetes.io/enforce)",
         }
+    if not inventory.namespace:
+        return {"level": "baseline", "reason": "default"}
     enforced = request.namespace_enforce or "no level"
-    where = f"namespace {inventory.namespace} enforces {enforced}" if inventory.namespace else "local"
-    return {"level": "baseline", "reason": f"default ({where})"}
+    return {
+        "level": "baseline",
+        "reason": f"default (namespace {inventory.namespace} enforces {enforced})",
+    }
 
 
 def plan_name(inventory: Inventory, request: PlanRequest) -> str:

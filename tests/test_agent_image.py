@@ -33,6 +33,7 @@ def test_plan_prints_the_default_image_and_warns_it_may_not_exist(tmp_path: Path
     assert result.exit_code == 0, result.output
     assert f"Agent image: {DEFAULT_IMAGE}" in result.output
     assert "[default-agent-image]" in result.output
+    assert "Pod Security: baseline (default)" in result.output
     assert "--image REGISTRY/migrator-agent:TAG" in result.output
     document = json.loads(plan(tmp_path, "--json").stdout)
     assert (

@@ -157,30 +157,12 @@ class KubernetesExecutor:
             self._watch_slice(namespace, name, job["metadata"]["resourceVersion"], seconds)
 
     def _watch_slice(self, namespace: str, name: str, resource_version: str, seconds: int) -> None:
-        """Watch the Job for ``seconds`` (until it finishes, if sooner). The waiting is bounded
-        here, not by the connection: a silent half-open one (which urllib3 would also retry on
-        its read timeouts) is abandoned after ``seconds`` + 5 s."""
-        from kubernetes import watch
-
-        ended = threading.Event()
-
-        def consume() -> None:
-            try:
-                stream = watch.Watch().stream(
-                    self.kube.batch.list_namespaced_job, namespace,
-                    field_selector=f"metadata.name={name}", resource_version=resource_version,
-                    timeout_seconds=seconds, _request_timeout=(10, seconds + 10),
-                )  # fmt: skip
-                for event in stream:
-                    if _finished(self.kube._dict(event["object"])):
-                        break
-            except Exception:  # a dropped or stalled watch: the caller reads the Job again
-                pass
-            finally:
-                ended.set()
-
-        threading.Thread(target=consume, daemon=True, name=f"watch-{name}").start()
-        ended.wait(seconds + 5)
+        """Watch the Job for ``seconds`` (until it finishes, if sooner)."""
+        bounded_watch(
+            self.kube.batch.list_namespaced_job, seconds,
+            lambda event: _finished(self.kube._dict(event["object"])) is not None,
+            namespace, field_selector=f"metadata.name={name}", resource_version=resource_version,
+        )  # fmt: skip
 
     def _result(self, job: dict[str, Any], follower: LogFollower) -> JobResult:
         status = job.get("status") or {}
@@ -200,6 +182,36 @@ class KubernetesExecutor:
             message=message,
             done_events=list(follower.done.values()),
         )
+
+
+def bounded_watch(
+    list_function: Any, seconds: int, stop: Any, *args: Any, **kwargs: Any
+) -> None:
+    """Watch ``list_function(*args, **kwargs)`` for ``seconds``, or until ``stop(event)``.
+
+    The waiting is bounded here, not by the connection: a silent half-open one (which urllib3
+    would also retry on its read timeouts, 4 times over) is abandoned after ``seconds`` + 5 s.
+    """
+    from kubernetes import watch
+
+    ended = threading.Event()
+
+    def consume() -> None:
+        try:
+            stream = watch.Watch().stream(
+                list_function, *args, timeout_seconds=seconds,
+                _request_timeout=(10, seconds + 10), **kwargs,
+            )  # fmt: skip
+            for event in stream:
+                if stop(event):
+                    break
+        except Exception:  # a dropped or stalled watch: the caller reads the state again
+            pass
+        finally:
+            ended.set()
+
+    threading.Thread(target=consume, daemon=True, name="bounded-watch").start()
+    ended.wait(seconds + 5)
 
 
 WATCH_SLICE = 5  # seconds between checks for pods that cannot start
@@ -604,8 +616,6 @@ class Quiescer:
         labels = (workload.spec.selector.match_labels or {}) if workload is not None else {}
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         deadline = time.monotonic() + self.timeout
-        from kubernetes import watch
-
         while True:
             pods = self.kube.call(
                 "listing pods",
@@ -618,12 +628,11 @@ class Quiescer:
                 raise OperationFailedError(
                     f"the pods of {kind}/{name} did not stop within {self.timeout:.0f}s"
                 )
-            for event in watch.Watch().stream(
-                self.kube.core.list_namespaced_pod, self.namespace, label_selector=selector,
-                resource_version=pods.metadata.resource_version, timeout_seconds=max(1, int(min(remaining, 60))),
-            ):  # fmt: skip
-                if event["type"] == "DELETED":
-                    break
+            bounded_watch(
+                self.kube.core.list_namespaced_pod, max(1, int(min(remaining, 60))),
+                lambda event: event["type"] == "DELETED", self.namespace,
+                label_selector=selector, resource_version=pods.metadata.resource_version,
+            )  # fmt: skip
 
 
 def kubernetes_context(plan: Plan, options: dict[str, Any]) -> Any:
