@@ -34,6 +34,7 @@ COMMON_FLAGS = ("--metadata", "--links", "--retries", "5", "--low-level-retries"
 # the agent creates markers for empty directories itself.)
 S3_FLAGS = ("--s3-no-check-bucket", "--s3-no-head", "--s3-disable-checksum")
 COPY_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing activeDeadlineSeconds
+READ_CAPS = ("DAC_OVERRIDE",)  # what root needs to read and search files of any owner
 
 
 def job_name(step: str, volume: str) -> str:
@@ -202,12 +203,74 @@ def _mounts(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return mounts
 
 
-def _security_context(plan: dict[str, Any]) -> dict[str, Any]:
-    # Root without privileges: reading files of any app UID (911, 1000) needs DAC_READ_SEARCH;
-    # writing a PVC with their owners kept needs CHOWN/FOWNER/DAC_OVERRIDE too.
-    caps = ["DAC_READ_SEARCH"]
-    if plan["spec"]["target"]["type"] == "pvc":
-        caps += ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+AGENT_UID = 65532  # the image's own non-root user (jobs/Containerfile)
+
+
+def pod_security_level(plan: dict[str, Any]) -> str:
+    """``baseline`` (the default) or ``restricted`` (``spec.podSecurity.level``)."""
+    return str((plan["spec"].get("podSecurity") or {}).get("level", "baseline"))
+
+
+def volume_owner(volume: dict[str, Any]) -> tuple[tuple[int, int] | None, str]:
+    """(uid, gid) the volume's workloads run as, and why not when there is none: runAsUser
+    (or linuxserver/hotio PUID, recorded as runAsUser), else fsGroup; gid is fsGroup or uid."""
+    owners: set[tuple[int, int]] = set()
+    unknown = []
+    for workload in volume.get("workloads") or []:
+        uid, group = workload.get("runAsUser"), workload.get("fsGroup")
+        uid = uid if uid not in (None, 0) else group
+        if uid in (None, 0):
+            unknown.append(f"{workload['kind']}/{workload['name']}")
+            continue
+        owners.add((int(uid), int(group if group not in (None, 0) else uid)))
+    if len(owners) == 1 and not unknown:
+        return owners.pop(), ""
+    if len(owners) > 1:
+        users = ", ".join(str(uid) for uid, _ in sorted(owners))
+        return None, f"its workloads run as different users ({users})"
+    if unknown:
+        return None, f"{', '.join(unknown)} sets no runAsUser, fsGroup or PUID"
+    return None, "no workload mounts it, so its owner is unknown"
+
+
+def agent_user(plan: dict[str, Any], volumes: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """The non-root (uid, gid) restricted mode runs an agent reading ``volumes`` as, or None
+    (root): baseline mode, an unknown or mixed owner."""
+    if pod_security_level(plan) != "restricted":
+        return None
+    owners = {volume_owner(v)[0] for v in volumes}
+    return owners.pop() if len(owners) == 1 and None not in owners else None
+
+
+def _non_root_security(user: tuple[int, int]) -> dict[str, Any]:
+    """Pod Security ``restricted``: the app's own user, nothing added, no escalation."""
+    return {
+        "runAsUser": user[0],
+        "runAsGroup": user[1],
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _agent_security(
+    plan: dict[str, Any], volumes: list[dict[str, Any]], writes_claim: bool = False
+) -> dict[str, Any]:
+    user = None if writes_claim else agent_user(plan, volumes)
+    return _non_root_security(user) if user else _security_context(plan, writes_claim)
+
+
+def _security_context(plan: dict[str, Any], writes_claim: bool | None = None) -> dict[str, Any]:
+    # Root without privileges: reading files of any app UID (911, 1000) needs DAC_OVERRIDE
+    # (DAC_READ_SEARCH would do, but Pod Security "baseline" forbids it; the sources are mounted
+    # read-only, so overriding write permissions gains nothing there); writing a PVC with their
+    # owners kept needs CHOWN/FOWNER/FSETID too. Every cap here is in the baseline set.
+    caps = list(READ_CAPS)
+    if writes_claim is None:
+        writes_claim = plan["spec"]["target"]["type"] == "pvc"
+    if writes_claim:
+        caps += ["CHOWN", "FOWNER", "FSETID"]
     return {
         "runAsUser": 0,
         "runAsNonRoot": False,
@@ -263,10 +326,13 @@ def build_copy_job(plan: dict[str, Any], volume: dict[str, Any], step: str) -> d
         "env": env,
         "volumeMounts": _mounts(plan),
         "resources": _resources(volume),
-        "securityContext": _security_context(plan),
+        "securityContext": _agent_security(
+            plan, [volume], writes_claim=plan["spec"]["target"]["type"] == "pvc"
+        ),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # agents never call the Kubernetes API
         "containers": [container],
         "volumes": _volumes(plan, volume),
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -398,7 +464,7 @@ def build_verify_job(
         for item in volumes:
             if item["name"] == "dest":
                 item["persistentVolumeClaim"]["readOnly"] = True
-    security = _security_context({"spec": {"target": {"type": "s3"}}})  # read-only everywhere
+    security = _agent_security(plan, [volume], writes_claim=False)  # read-only everywhere
     container = {
         "name": "verify",
         "image": plan["spec"]["image"],
@@ -411,6 +477,7 @@ def build_verify_job(
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # agents never call the Kubernetes API
         "containers": [container],
         "volumes": volumes,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -525,7 +592,7 @@ BACKUP_CREDENTIALS_SECRET = "migrator-backup-credentials"  # off-site, local mod
 MAX_CRONJOB_NAME = 52  # a CronJob's Jobs get an 11-character suffix; Job names are labels
 BACKUP_RATE_FLOOR = 10 * 2**20  # bytes/s assumed when sizing a backup's deadline
 MAX_BACKUP_SECONDS = 20 * 3600  # a nightly backup must end before the next one is due
-RESTORE_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+RESTORE_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]  # all in the baseline set
 
 
 def _volume_bytes(volume: dict[str, Any]) -> int:
@@ -549,9 +616,12 @@ def backup_groups(plan: dict[str, Any]) -> list[list[dict[str, Any]]]:
 
     One group (one CronJob per plan) unless RWO volumes belong to different apps: each app's
     volumes are attached wherever its pod runs tonight, which a plan cannot know, so each app
-    then gets its own CronJob (its volumes together), and every other volume its own.
+    then gets its own CronJob (its volumes together), and every other volume its own. In
+    restricted mode, volumes of different users get a CronJob each: a pod reads as one user.
     """
     volumes = [v for v in plan["spec"]["volumes"] if v["role"] == "config"]
+    if pod_security_level(plan) == "restricted" and len({volume_owner(v)[0] for v in volumes}) > 1:
+        return [[v] for v in volumes]  # restricted: a pod reads as one app's user
     owners = {_owner_key(v) for v in volumes if _is_rwo(v)}
     if len(owners) <= 1:
         return [volumes] if volumes else []
@@ -690,6 +760,7 @@ def _backup_pod(
     mounts: list[dict[str, Any]],
     caps: list[str],
     affinity: dict[str, Any] | None,
+    user: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     container = {
         "name": name,
@@ -702,10 +773,11 @@ def _backup_pod(
             "requests": {"cpu": "250m", "memory": "256Mi"},
             "limits": {"memory": "1Gi"},
         },
-        "securityContext": _container_security(caps),
+        "securityContext": _non_root_security(user) if user else _container_security(caps),
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # agents never call the Kubernetes API
         "containers": [container],
         "volumes": volumes,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
@@ -771,9 +843,10 @@ def build_backup_cronjob(
 ) -> dict[str, Any]:
     """The CronJob that snapshots ``volumes`` (config PVCs mounted read-only) every night.
 
-    The pod runs ``migrator agent backup`` as root without privileges but DAC_READ_SEARCH
-    (to read any app's files), preferably on the node of the app's running pod (where an RWO
-    volume is attached when the Job starts), with a /tmp emptyDir
+    The pod runs ``migrator agent backup`` as root without privileges but DAC_OVERRIDE
+    (to read any app's files; allowed by Pod Security "baseline"; in restricted mode as the app's
+    user), preferably on the node of the app's running pod (where an RWO volume is attached when
+    the Job starts), with a /tmp emptyDir
     large enough for the databases' copies. Concurrent runs are forbidden.
     """
     name = backup_cronjob_name(plan, volumes)
@@ -801,7 +874,10 @@ def build_backup_cronjob(
     # Plans made before workloads[].podSelector was recorded: the plan-time node, as before.
     affinity = _app_affinity(volumes) or next((a for a in map(_node_affinity, volumes) if a), None)
     command = backup_command(plan, volumes, dict(retention or {}))
-    pod = _backup_pod(plan, "backup", command, pod_volumes, mounts, ["DAC_READ_SEARCH"], affinity)
+    pod = _backup_pod(
+        plan, "backup", command, pod_volumes, mounts, list(READ_CAPS), affinity,
+        agent_user(plan, volumes),
+    )  # fmt: skip
     return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))
 
 
@@ -837,7 +913,9 @@ def build_drill_cronjob(
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
     ]
     mounts = [{"name": "restore", "mountPath": RESTORE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
-    pod = _backup_pod(plan, "drill", command, pod_volumes, mounts, RESTORE_CAPS, None)
+    # Restricted: the image's own user; owners that cannot be restored are notes, not failures.
+    user = (AGENT_UID, AGENT_UID) if pod_security_level(plan) == "restricted" else None
+    pod = _backup_pod(plan, "drill", command, pod_volumes, mounts, RESTORE_CAPS, None, user)
     return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))
 
 
@@ -870,7 +948,10 @@ def build_restore_job(
     ]
     mounts = [{"name": "restore", "mountPath": RESTORE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
     affinity = _app_affinity([volume]) if claim == volume["source"].get("pvc") else None
-    pod = _backup_pod(plan, "restore", command, pod_volumes, mounts, RESTORE_CAPS, affinity)
+    pod = _backup_pod(
+        plan, "restore", command, pod_volumes, mounts, RESTORE_CAPS, affinity,
+        agent_user(plan, [volume]),
+    )  # fmt: skip
     spec = {
         "backoffLimit": 0,  # a failed restore needs a look, not a blind retry
         "activeDeadlineSeconds": backup_deadline_seconds([volume]),

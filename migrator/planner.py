@@ -24,6 +24,7 @@ from migrator.plan import (
 )
 from migrator.quantity import human_bytes
 
+# What .github/workflows/publish.yaml pushes from the cozystack repository for this version.
 DEFAULT_IMAGE = f"ghcr.io/cozystack/migrator-agent:{__version__}"
 HEADROOM = 1.2
 SHARD_BYTES = 200 * 2**30  # one copy pod per this many bytes of media
@@ -56,6 +57,8 @@ class PlanRequest:
     ca_file: str | None = None
     # spec.target.filer: the SeaweedFS filer's gRPC HOST:PORT (owner, mode, mtime of entries)
     filer_grpc: str | None = None
+    pod_security: str | None = None  # --pod-security
+    namespace_enforce: str | None = None  # the namespace's pod-security.kubernetes.io/enforce
 
 
 @dataclass
@@ -142,6 +145,7 @@ def build_plan_document(
         spec["backup"] = _backup_section(request, target)
     spec.update(
         image=request.image,
+        podSecurity=pod_security_section(request, inventory),
         moveConfig=request.move_config,
         jobsDir=f"jobs/{name}",
         volumes=[_volume_section(v, request, target) for v in inventory.volumes],
@@ -157,6 +161,26 @@ def build_plan_document(
     }
     spec["warnings"] = lint(document, inventory, target)
     return document
+
+
+def pod_security_section(request: PlanRequest, inventory: Inventory) -> dict[str, str]:
+    """The Pod Security level to render the agents for: --pod-security, else restricted when the
+    namespace enforces it, else baseline (what Talos enforces everywhere by default)."""
+    if request.pod_security:
+        return {"level": request.pod_security, "reason": f"--pod-security {request.pod_security}"}
+    if request.namespace_enforce == "restricted":
+        return {
+            "level": "restricted",
+            "reason": f"namespace {inventory.namespace} enforces restricted "
+            "(pod-security.kubernetes.io/enforce)",
+        }
+    if not inventory.namespace:
+        return {"level": "baseline", "reason": "default"}
+    enforced = request.namespace_enforce or "no level"
+    return {
+        "level": "baseline",
+        "reason": f"default (namespace {inventory.namespace} enforces {enforced})",
+    }
 
 
 def plan_name(inventory: Inventory, request: PlanRequest) -> str:
@@ -494,6 +518,45 @@ def lint_probe(document: dict[str, Any], inventory: Inventory, target: Target) -
     ]
 
 
+def lint_restricted(
+    document: dict[str, Any], inventory: Inventory, target: Target
+) -> list[Finding]:
+    """In restricted mode, the volumes whose agents must stay root (and so are refused)."""
+    from migrator.manifests import pod_security_level, volume_owner
+
+    if pod_security_level(document) != "restricted":
+        return []
+    findings = []
+    for volume in document["spec"]["volumes"]:
+        owner, why = volume_owner(volume)
+        if owner is not None and document["spec"]["target"]["type"] == "pvc":
+            why = "a pvc: target is written as root to keep every file's owner"
+        elif owner is not None:
+            continue
+        findings.append(_finding(
+            "restricted-root-agent",
+            f"its Jobs cannot run as a non-root user: {why}; they run as root, which a namespace "
+            "enforcing restricted refuses (set runAsUser or PUID on the workload, or label the "
+            "namespace pod-security.kubernetes.io/enforce=baseline for the migration)",
+            volume["name"],
+        ))  # fmt: skip
+    return findings
+
+
+def lint_image(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+    """The built-in default image is only a name until someone publishes it (issue #11)."""
+    image = document["spec"]["image"]
+    if image != DEFAULT_IMAGE:
+        return []
+    return [_finding(
+        "default-agent-image",
+        f"the Jobs will run the built-in default image {image}, which may not be published: "
+        "if it is not in the registry every Job sits in ImagePullBackOff. Build and push "
+        "jobs/Containerfile to a registry the cluster can pull from and re-plan with "
+        "--image REGISTRY/migrator-agent:TAG (see README, 'The agent image').",
+    )]  # fmt: skip
+
+
 LINTS: list[Callable[[dict[str, Any], Inventory, Target], list[Finding]]] = [
     lint_sqlite_on_network,
     lint_filer,
@@ -502,6 +565,8 @@ LINTS: list[Callable[[dict[str, Any], Inventory, Target], list[Finding]]] = [
     lint_flux,
     lint_csi_driver,
     lint_probe,
+    lint_image,
+    lint_restricted,
 ]
 
 

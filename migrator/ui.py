@@ -61,6 +61,10 @@ def plan_table(document: dict[str, Any]) -> Table:
 
 def show_plan(document: dict[str, Any], plan_path: str, jobs_dir: str) -> None:
     out.print(plan_table(document))
+    out.print(f"Agent image: {document['spec']['image']}", markup=False)
+    security = document["spec"].get("podSecurity")
+    if security:
+        out.print(f"Pod Security: {security['level']} ({security['reason']})", markup=False)
     for finding in document["spec"].get("warnings", []):
         style = "yellow" if finding["severity"] == "warning" else "cyan"
         label = finding["severity"].upper()

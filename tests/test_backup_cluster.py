@@ -128,7 +128,7 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
         "name": "source-0", "mountPath": "/mnt/source/sonarr-config", "readOnly": True,
     }  # fmt: skip
     assert main["securityContext"]["readOnlyRootFilesystem"] is True
-    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]}
+    assert main["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]}
     assert main["resources"]["limits"]["memory"] == "1Gi"
     assert main["command"] == [
         "migrator", "agent", "backup", "--to", f"s3://{cozy.bucket}/backups",

@@ -396,19 +396,6 @@ def test_expand_matches_the_kubelet(text: str, expanded: str) -> None:
     ("case", "container", "reason", "message"),
     [
         (
-            "missing-secret",
-            {
-                "env": [
-                    {
-                        "name": "KEY",
-                        "valueFrom": {"secretKeyRef": {"name": "bucket-gone", "key": "accessKey"}},
-                    }
-                ]
-            },
-            "CreateContainerConfigError",
-            'secret "bucket-gone" not found',
-        ),
-        (
             "missing-command",
             {"command": ["no-such-agent"]},
             "StartError",
@@ -435,6 +422,28 @@ def test_a_container_that_cannot_start_fails_its_pod_clearly(
     assert (pod.status.phase, terminated.reason, terminated.exit_code) == ("Failed", reason, 128)
     assert message in terminated.message
     assert log_of(core, pod) == f"Error: {message}\n"
+
+
+def test_a_missing_env_secret_keeps_the_pod_waiting_in_create_container_config_error(
+    api: KubeAPIServer, batch: client.BatchV1Api, core: client.CoreV1Api
+) -> None:
+    ref = {"secretKeyRef": {"name": "bucket-gone", "key": "accessKey"}}
+    container = {"env": [{"name": "KEY", "valueFrom": ref}]}
+    batch.create_namespaced_job(NS, job("missing-secret", "true", container=container))
+
+    def waiting() -> Obj:
+        pods = stored_pods(api, "missing-secret")
+        statuses = (pods[0].get("status") or {}).get("containerStatuses") if pods else None
+        return dict(((statuses or [{}])[0].get("state") or {}).get("waiting") or {})
+
+    api.wait_for(lambda: waiting().get("reason") == "CreateContainerConfigError", timeout=15)
+    assert waiting()["message"] == 'secret "bucket-gone" not found'
+    [pod] = pods_of(core, "missing-secret")
+    assert pod.status.phase == "Pending"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bucket-gone"},
+              "stringData": {"accessKey": "k"}}  # fmt: skip
+    core.create_namespaced_secret(NS, secret)
+    assert finished(wait_for_job(batch, "missing-secret")) == "Complete"
 
 
 # --- mounts ---------------------------------------------------------------------------------------

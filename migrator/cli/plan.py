@@ -91,6 +91,12 @@ from migrator.errors import BadInputError, Outcome
     help="Secret with accessKey/secretKey for the backups' S3 (off-site); cluster mode.",
 )
 @click.option("--image", help="Agent image the Jobs run.")
+@click.option(
+    "--pod-security",
+    type=click.Choice(["baseline", "restricted"]),
+    help="Pod Security level to render the agents for (default: restricted when the namespace "
+    "enforces it, else baseline). restricted runs them as the owning app's user.",
+)
 @click.option("--name", help="Plan name (default: release, namespace, or 'local').")
 @click.option(
     "--out", type=click.Path(dir_okay=False), help="Plan file (default: plans/<name>.yaml)."

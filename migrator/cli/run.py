@@ -47,6 +47,11 @@ from migrator.errors import Outcome
     help="Check what the last copy recorded against the destination first: files missing "
     "there or of another size are copied again (after damage that verify found).",
 )
+@click.option(
+    "--keep-down",
+    is_flag=True,
+    help="After a failed cutover, leave the apps stopped (default: bring them back).",
+)
 @kube_options
 @click.option("--dry-run", is_flag=True, help="Say what would run; change nothing.")
 @click.option(
@@ -69,7 +74,7 @@ def run_command(**options: Any) -> None:
         try:
             summary = run_plan(
                 plan, options["phase"], options["cutover"], context, progress, options["dry_run"],
-                recheck=options["recheck"],
+                keep_down=options["keep_down"], recheck=options["recheck"],
             )  # fmt: skip
         except KeyboardInterrupt:
             context.stop()

@@ -76,9 +76,14 @@ class KubernetesExecutor:
         follower = LogFollower(self.kube, namespace, name, on_event)
         follower.start()
         try:
-            job = self._wait(namespace, name)
+            job, blocked = self._wait(namespace, name)
         finally:
             follower.stop()
+        if blocked:
+            # It would start by itself once the cause is fixed, maybe after the apps are back.
+            self._delete_job(namespace, name)
+            return JobResult(name=name, succeeded=False, completed_indexes=[], failed_pods=0,
+                             message=blocked)  # fmt: skip
         return self._result(job, follower)
 
     def _with_hash(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -127,31 +132,39 @@ class KubernetesExecutor:
             ),
         )  # fmt: skip
 
-    def _wait(self, namespace: str, name: str) -> dict[str, Any]:
-        """Watch the Job until a terminal condition, under the timeout (no sleeping loops)."""
-        from kubernetes import watch
+    def _wait(self, namespace: str, name: str) -> tuple[dict[str, Any], str | None]:
+        """Watch the Job until a terminal condition, under the timeout (no sleeping loops).
 
+        Returns (job, None) when it finished, or (job, why) as soon as its pods cannot start
+        (see :class:`StartWatch`): it is checked between watch slices of ``WATCH_SLICE`` s, each
+        bounded on this side, so a half-open connection cannot outlive ``--timeout``.
+        """
         deadline = time.monotonic() + self.timeout
+        blockers = StartWatch(self.kube, namespace, name)
         while True:
             job = self._get_job(namespace, name)
             if job is None:
                 raise OperationFailedError(f"Job {name} disappeared while it ran")
             if _finished(job):
-                return job
+                return job, None
+            blocked = blockers.check(job)
+            if blocked:
+                return job, blocked
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise OperationFailedError(
                     f"Job {name} did not finish within {self.timeout:.0f}s; re-run to keep waiting"
                 )
-            stream = watch.Watch().stream(
-                self.kube.batch.list_namespaced_job, namespace,
-                field_selector=f"metadata.name={name}",
-                resource_version=job["metadata"]["resourceVersion"],
-                timeout_seconds=max(1, int(min(remaining, 300))),
-            )  # fmt: skip
-            for event in stream:
-                if _finished(self.kube._dict(event["object"])):
-                    break
+            seconds = max(1, int(min(remaining, WATCH_SLICE)))
+            self._watch_slice(namespace, name, job["metadata"]["resourceVersion"], seconds)
+
+    def _watch_slice(self, namespace: str, name: str, resource_version: str, seconds: int) -> None:
+        """Watch the Job for ``seconds`` (until it finishes, if sooner)."""
+        bounded_watch(
+            self.kube.batch.list_namespaced_job, seconds,
+            lambda event: _finished(self.kube._dict(event["object"])) is not None,
+            namespace, field_selector=f"metadata.name={name}", resource_version=resource_version,
+        )  # fmt: skip
 
     def _result(self, job: dict[str, Any], follower: LogFollower) -> JobResult:
         status = job.get("status") or {}
@@ -171,6 +184,107 @@ class KubernetesExecutor:
             message=message,
             done_events=list(follower.done.values()),
         )
+
+
+def bounded_watch(
+    list_function: Any, seconds: int, stop: Any, *args: Any, **kwargs: Any
+) -> None:
+    """Watch ``list_function(*args, **kwargs)`` for ``seconds``, or until ``stop(event)``.
+
+    The waiting is bounded here, not by the connection: a silent half-open one (which urllib3
+    would also retry on its read timeouts, 4 times over) is abandoned after ``seconds`` + 5 s.
+    """
+    from kubernetes import watch
+
+    ended = threading.Event()
+
+    def consume() -> None:
+        try:
+            stream = watch.Watch().stream(
+                list_function, *args, timeout_seconds=seconds,
+                _request_timeout=(10, seconds + 10), **kwargs,
+            )  # fmt: skip
+            for event in stream:
+                if stop(event):
+                    break
+        except Exception:  # a dropped or stalled watch: the caller reads the state again
+            pass
+        finally:
+            ended.set()
+
+    threading.Thread(target=consume, daemon=True, name="bounded-watch").start()
+    ended.wait(seconds + 5)
+
+
+WATCH_SLICE = 5  # seconds between checks for pods that cannot start
+UNSCHEDULABLE_GRACE = 10.0  # a pod unschedulable this long fails the Job (not a passing state)
+# Container waiting reasons that do not go away without a fix (a wrong image, a missing Secret).
+STUCK_REASONS = (
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+    "CreateContainerConfigError", "CreateContainerError",
+)  # fmt: skip
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class StartWatch:
+    """Why a Job's pods cannot start, if they cannot: the Job controller could not create them
+    (a FailedCreate event: Pod Security admission, quota), a container is stuck waiting
+    (``STUCK_REASONS``), or a pod has been unschedulable for ``UNSCHEDULABLE_GRACE`` s."""
+
+    def __init__(self, kube: KubeClient, namespace: str, job: str) -> None:
+        self.kube, self.namespace, self.job = kube, namespace, job
+        self.unschedulable_since: dict[str, float] = {}
+
+    def check(self, job: dict[str, Any]) -> str | None:
+        return self._failed_create(job) or self._stuck_pod()
+
+    def _failed_create(self, job: dict[str, Any]) -> str | None:
+        selector = f"involvedObject.uid={job['metadata']['uid']},reason=FailedCreate"
+        events = self.kube.call(
+            f"reading the events of Job {self.job}",
+            lambda: self.kube.core.list_namespaced_event(self.namespace, field_selector=selector),
+        )
+        found = [e for e in (events.items if events else []) if e.type == "Warning"]
+        if not found:
+            return None
+        return f"Job {self.job} cannot create its pods: {_one_line(found[-1].message or '')}"
+
+    def _stuck_pod(self) -> str | None:
+        pods = self.kube.call(
+            f"reading the pods of Job {self.job}",
+            lambda: self.kube.core.list_namespaced_pod(
+                self.namespace, label_selector=f"job-name={self.job}"
+            ),
+        )
+        for pod in pods.items if pods else []:
+            name, status = pod.metadata.name, pod.status
+            for container in (status.init_container_statuses or []) + (
+                status.container_statuses or []
+            ):
+                waiting = container.state.waiting if container.state else None
+                if waiting and waiting.reason in STUCK_REASONS:
+                    detail = f": {_one_line(waiting.message)}" if waiting.message else ""
+                    return f"pod {name} of Job {self.job} cannot start: {waiting.reason}{detail}"
+            why = self._unschedulable(name, status.conditions or [])
+            if why:
+                return why
+        return None
+
+    def _unschedulable(self, pod: str, conditions: list[Any]) -> str | None:
+        for condition in conditions:
+            if condition.type == "PodScheduled" and condition.status == "False" and (
+                condition.reason == "Unschedulable"
+            ):
+                since = self.unschedulable_since.setdefault(pod, time.monotonic())
+                if time.monotonic() - since >= UNSCHEDULABLE_GRACE:
+                    return (
+                        f"pod {pod} of Job {self.job} cannot be scheduled: "
+                        f"{_one_line(condition.message or 'Unschedulable')}"
+                    )
+        return None
 
 
 def _parse_indexes(text: str | None) -> list[int]:
@@ -632,8 +746,6 @@ class Quiescer:
         labels = (workload.spec.selector.match_labels or {}) if workload is not None else {}
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         deadline = time.monotonic() + self.timeout
-        from kubernetes import watch
-
         while True:
             pods = self.kube.call(
                 "listing pods",
@@ -646,12 +758,11 @@ class Quiescer:
                 raise OperationFailedError(
                     f"the pods of {kind}/{name} did not stop within {self.timeout:.0f}s"
                 )
-            for event in watch.Watch().stream(
-                self.kube.core.list_namespaced_pod, self.namespace, label_selector=selector,
-                resource_version=pods.metadata.resource_version, timeout_seconds=max(1, int(min(remaining, 60))),
-            ):  # fmt: skip
-                if event["type"] == "DELETED":
-                    break
+            bounded_watch(
+                self.kube.core.list_namespaced_pod, max(1, int(min(remaining, 60))),
+                lambda event: event["type"] == "DELETED", self.namespace,
+                label_selector=selector, resource_version=pods.metadata.resource_version,
+            )  # fmt: skip
 
 
 def kubernetes_context(plan: Plan, options: dict[str, Any]) -> Any:
@@ -670,10 +781,19 @@ def kubernetes_context(plan: Plan, options: dict[str, Any]) -> Any:
     timeout = float(options.get("timeout") or 24 * 3600)
     lock = LeaseLock(kube, namespace, plan.name)
     journal = Journal(ConfigMapStore(kube, namespace, plan.name, lock.ensure_held), plan.name)
+
+    def bring_back(volumes: list[dict[str, Any]], observer: Any) -> list[str]:
+        from migrator.workflows.swap import bring_back_after_cutover
+        from migrator.workflows.swap_cluster import Cluster
+
+        cluster = Cluster(kube, namespace)
+        return bring_back_after_cutover(plan, volumes, journal, cluster, min(timeout, 600), observer)
+
     return RunContext(
         executor=KubernetesExecutor(kube, timeout, options.get("parallel")),
         executor_name="kubernetes",
         journal=journal,
         lock=lock,
         quiesce=Quiescer(kube, namespace, plan, journal, min(timeout, 600)),
+        bring_back=bring_back,
     )

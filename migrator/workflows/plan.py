@@ -139,6 +139,7 @@ def _request(options: dict[str, Any]) -> PlanRequest:
         filer_grpc=options.get("filer_grpc"),
         backup_endpoint=options.get("backup_endpoint"),
         backup_credentials_secret=options.get("backup_credentials_secret"),
+        pod_security=options.get("pod_security"),
     )
 
 
@@ -148,6 +149,7 @@ def _discover_cluster(options: dict[str, Any], request: PlanRequest) -> Inventor
     kube = KubeClient.from_kubeconfig(options.get("kubeconfig"), options.get("context"))
     namespace = options["namespace"]
     inventory = discover_cluster(kube, namespace, request.release)
+    request.namespace_enforce = _enforced_level(kube, namespace)
     if request.target.startswith("s3://"):
         if not request.credentials_secret:
             raise BadInputError(
@@ -164,6 +166,18 @@ def _discover_cluster(options: dict[str, Any], request: PlanRequest) -> Inventor
             namespace, request.backup_credentials_secret
         )
     return inventory
+
+
+def _enforced_level(kube: Any, namespace: str) -> str | None:
+    """The namespace's ``pod-security.kubernetes.io/enforce`` label, if it has one."""
+    found = kube.call(
+        f"reading namespace {namespace}",
+        lambda: kube.core.read_namespace(namespace),
+        missing_ok=True,
+    )
+    labels = (found.metadata.labels or {}) if found is not None else {}
+    level = labels.get("pod-security.kubernetes.io/enforce")
+    return str(level) if level else None
 
 
 def _ca_bundle(request: PlanRequest, options: dict[str, Any], scratch: Path) -> None:

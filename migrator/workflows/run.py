@@ -85,6 +85,8 @@ class RunContext:
     journal: Journal
     lock: contextlib.AbstractContextManager[Any]
     quiesce: Callable[[list[dict[str, Any]], bool], list[str]] | None = None
+    # After a failed cutover: start the apps the quiesce stopped again (notes of what it did).
+    bring_back: Callable[[list[dict[str, Any]], RunObserver], list[str]] | None = None
 
     def stop(self) -> None:
         """Stop running work after Ctrl-C (local processes; cluster Jobs keep running)."""
@@ -140,12 +142,14 @@ def run_plan(
     context: RunContext,
     observer: RunObserver,
     dry_run: bool = False,
+    keep_down: bool = False,
     recheck: bool = False,
 ) -> RunSummary:
     """Run one phase's copy Jobs (pre-seed, or with ``cutover`` the final sync) for every volume.
 
     With ``recheck`` each copy first checks the state of its last copy against the destination
     (what is missing there or of another size is copied again), and a finished cutover runs again.
+    A cutover that fails brings the apps back (``context.bring_back``) unless ``keep_down``.
     """
     volumes = plan.volumes_for_phase(phase)
     if not volumes:
@@ -158,12 +162,35 @@ def run_plan(
         for volume in volumes:
             outcome = _run_volume(plan, volume, step, context, observer, dry_run, recheck)
             summary.volumes.append(outcome)
+        if cutover and not dry_run and not summary.ok and context.bring_back is not None:
+            summary.notes += _after_failed_cutover(volumes, context, observer, keep_down)
     if cutover and not dry_run and summary.ok:
         summary.notes.append(
             "cutover done: the apps stay stopped and their releases suspended until "
             f"'migrator swap --plan {plan.path}' (or 'migrator rollback')"
         )
     return summary
+
+
+def _after_failed_cutover(
+    volumes: list[dict[str, Any]], context: RunContext, observer: RunObserver, keep_down: bool
+) -> list[str]:
+    if keep_down:
+        return [
+            "cutover failed: the apps stay stopped and their releases suspended (--keep-down); "
+            "fix the cause and re-run the same command to finish the cutover"
+        ]
+    assert context.bring_back is not None
+    # The apps write to their old volumes again: a volume synced in this cutover is stale now.
+    for volume in volumes:
+        entry = context.journal.step(volume["name"], CUTOVER)
+        if entry.get("status") == DONE:
+            context.journal.record(
+                volume["name"], CUTOVER, FAILED, job=entry.get("job"),
+                message="the apps were brought back after a failed cutover; it syncs again next time",
+            )  # fmt: skip
+    note = "cutover failed: bringing the apps back on their old volumes (--keep-down: leave them)"
+    return [note, *context.bring_back(volumes, observer)]
 
 
 def _run_volume(

@@ -922,6 +922,28 @@ def _bring_back(
             _wait_ready(outcome, context, deadline, observer)
 
 
+def bring_back_after_cutover(
+    plan: Plan,
+    volumes: list[dict[str, Any]],
+    journal: Journal,
+    cluster: Cluster,
+    timeout: float,
+    observer: Observer,
+) -> list[str]:
+    """After a cutover that failed: resume the releases and scale the workloads of ``volumes``
+    back to the replicas the cutover recorded, as rollback does (the apps still mount their old
+    claims, which the cutover only read). Returns one note per release and workload."""
+    context = SwapContext(journal, contextlib.nullcontext(), cluster)
+    options = SwapOptions(in_cluster=True, phase="all", timeout=timeout)
+    summary = SwapSummary("run", plan.name, "all", False, True)
+    _bring_back(plan, volumes, {}, {}, context, options, summary, observer)
+    notes = [f"HelmRelease {r.name}: {r.action} ({r.message})" for r in summary.releases]
+    for w in summary.workloads:
+        state = "Ready" if w.ready else (w.message or "not Ready")
+        notes.append(f"{w.workload}: {w.action}, {w.replicas} replicas, {state}")
+    return notes
+
+
 def journal_workloads(journal: Journal) -> dict[str, Any]:
     """The workloads the cutover stopped, with their previous replicas (read only)."""
     workloads: dict[str, Any] = journal.store.load().get("workloads") or {}

@@ -19,7 +19,9 @@ Where it is deliberately different from a real apiserver:
   nothing. Jobs run for real once a test adds ``JobController`` (``jobs.py``): it executes each
   pod's command on this host with PVCs mapped to directories.
 - Server-side apply records Apply managers only; conflicts are detected between appliers.
-- No RBAC or admission webhooks: ``deny()`` rules are the only way to get a 403.
+- No RBAC or admission webhooks: ``deny()`` rules and Pod Security admission (a namespace's
+  ``pod-security.kubernetes.io/enforce`` label, checked by ``pod_security.py``) are the only
+  ways to get a 403.
 """
 
 from .controllers import (

@@ -249,10 +249,30 @@ def is_ready(pod: Obj) -> bool:
         for c in status.get("conditions") or [])
 
 
-def start_pod(store: ObjectStore, pod: Obj) -> Obj:
-    """Create ``pod`` (Pending, as the API does) and mark it Running and Ready."""
+_REFUSALS: dict[str, str] = {}  # owner uid -> the last FailedCreate message recorded
+
+
+def start_pod(store: ObjectStore, pod: Obj, owner: Obj | None = None) -> Obj | None:
+    """Create ``pod`` (Pending, as the API does) and mark it Running and Ready.
+
+    When the apiserver refuses it (Pod Security admission), None, and a FailedCreate Warning
+    event on ``owner`` as the real controllers record (once per distinct refusal).
+    """
     pods = store.registry.by_kind("v1", "Pod")
-    created = store.create(pods, pod)
+    try:
+        created = store.create(pods, pod)
+    except ApiError as error:
+        if error.code != 403 or owner is None:
+            raise
+        message = f"Error creating: {error.message}"
+        why = error.message.split(" is forbidden: ", 1)[-1]  # pod names differ every time
+        if _REFUSALS.get(owner["metadata"]["uid"]) != why:
+            _REFUSALS[owner["metadata"]["uid"]] = why
+            from .kubelet import record_event  # kubelet imports this module
+
+            record_event(store, owner, "FailedCreate", message,
+                         component=f"{owner['kind'].lower()}-controller", warning=True)
+        return None
     metadata = created["metadata"]
     stored, _ = store.update(pods, metadata["namespace"], metadata["name"],
                              lambda current: {**(current or {}),
@@ -327,7 +347,10 @@ class ReplicaSetController(Controller):
         for _ in range(wanted - len(pods)):
             pod = pod_from_template(replica_set, resource, replica_set["spec"]["template"],
                                     f"{name}-{random_suffix()}", store)
-            pods.append(start_pod(store, pod))
+            started = start_pod(store, pod, replica_set)
+            if started is None:
+                break
+            pods.append(started)
         for pod in pods[wanted:][::-1]:
             store.delete(pods_resource, pod["metadata"]["namespace"], pod["metadata"]["name"])
         pods = pods[:wanted]
@@ -445,7 +468,8 @@ class StatefulSetController(Controller):
             existing = store.get(pods_resource, namespace, pod_name)
             if existing is None:
                 self._ensure_claims(store, stateful_set, ordinal)
-                start_pod(store, self._pod(store, resource, stateful_set, ordinal, revision))
+                start_pod(store, self._pod(store, resource, stateful_set, ordinal, revision),
+                          stateful_set)
         self._report(store, resource, stateful_set, revision)
 
     @staticmethod

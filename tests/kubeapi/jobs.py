@@ -32,6 +32,8 @@ Deliberate differences:
   if a Node appears later; with no Nodes at all, pods run without ``nodeName``. Nodes without
   status count as Ready.
 - Only pods this controller created are run and counted.
+- A pod the apiserver refuses (Pod Security admission) gets one FailedCreate Warning event per
+  distinct refusal and is retried at every pass, without the real one's backoff.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +80,7 @@ class JobState:
     start_time: str | None = None
     started: float | None = None  # time.monotonic() at start_time
     deadline_armed: float | None = None
+    create_error: str | None = None  # the last pod creation the apiserver refused
 
 
 @dataclass(frozen=True)
@@ -331,6 +334,8 @@ class JobController(Controller):
     callable. ``path_prepend`` goes first in the containers' PATH (default: the directory of
     ``sys.executable``, so the venv's ``migrator`` and ``rclone`` resolve). ``isolation``
     forces ``"namespace"`` or ``"rewrite"`` (default: what ``kubelet.isolation_mode`` finds).
+    ``images``: the images the registry has (a collection or a predicate); pods of any other
+    image sit in ErrImagePull/ImagePullBackOff (default: every image pulls).
     """
 
     name = COMPONENT
@@ -342,6 +347,7 @@ class JobController(Controller):
         path_prepend: list[str] | None = None,
         isolation: str | None = None,
         max_grace_seconds: float = 5.0,
+        images: Collection[str] | Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
         self._resolver: Callable[[str, str], Path | None] | None = None
@@ -359,6 +365,11 @@ class JobController(Controller):
         )
         self.isolation = isolation or isolation_mode()
         self.max_grace_seconds = max_grace_seconds
+        if images is None or callable(images):
+            self.image_pullable: Callable[[str], bool] = images or (lambda image: True)
+        else:
+            known = frozenset(images)
+            self.image_pullable = known.__contains__
         self.workdir = Path(tempfile.mkdtemp(prefix="kubeapi-jobs-"))
         self._jobs: dict[str, JobState] = {}
         self._runs: dict[str, PodRun] = {}
@@ -406,6 +417,7 @@ class JobController(Controller):
             spawn=self.spawn,
             stopping=self.stopping,
             on_exit=self._kick,
+            image_pullable=self.image_pullable,
         )
 
     def _kick(self) -> None:
@@ -595,7 +607,10 @@ class JobController(Controller):
             self._delete_pod(store, job, state, pod, failure=False)
         active = active[:wanted]
         for _ in range(wanted - len(active)):
-            active.append(self._create_pod(store, jobs, job, state, None))
+            created = self._create_pod(store, jobs, job, state, None)
+            if created is None:
+                break
+            active.append(created)
         return active
 
     def _scale_indexed(
@@ -620,12 +635,18 @@ class JobController(Controller):
                 by_index[index] = pod
         pending = [i for i in range(completions) if i not in state.completed and i not in by_index]
         for index in pending[: max(0, parallelism - len(by_index))]:
-            by_index[index] = self._create_pod(store, jobs, job, state, index)
+            created = self._create_pod(store, jobs, job, state, index)
+            if created is None:
+                break
+            by_index[index] = created
         return list(by_index.values())
 
     def _create_pod(
         self, store: ObjectStore, jobs: ResourceType, job: Obj, state: JobState, index: int | None
-    ) -> Obj:
+    ) -> Obj | None:
+        """Create one pod and start it; None when the apiserver refuses it (admission, quota):
+        then, like the real controller, a FailedCreate Warning event on the Job says why (once
+        per distinct refusal: the real one's event correlator counts repeats) and it retries."""
         pods = store.registry.by_kind("v1", "Pod")
         template = job["spec"]["template"]
         node, unschedulable = schedule(
@@ -634,7 +655,17 @@ class JobController(Controller):
             job["metadata"]["namespace"],
             (template.get("metadata") or {}).get("labels") or {},
         )
-        pod = store.create(pods, build_pod(job, jobs, index, node))
+        try:
+            pod = store.create(pods, build_pod(job, jobs, index, node))
+        except ApiError as error:
+            if error.code not in (403, 422):
+                raise
+            message = f"Error creating: {error.message}"
+            if state.create_error != message:
+                state.create_error = message
+                record_event(store, job, "FailedCreate", message, component=COMPONENT, warning=True)
+            return None
+        state.create_error = None
         state.pods[pod["metadata"]["uid"]] = index
         record_event(
             store,

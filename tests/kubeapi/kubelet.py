@@ -20,14 +20,18 @@ Two ways to put volumes at their mount paths, chosen once per process (``isolati
   that start with a mount path are rewritten to the host directory, HOME and TMPDIR point at
   per-pod directories. Read-only mounts and readOnlyRootFilesystem are not enforced.
 
+Images: every image pulls unless the controller was given the images its registry has
+(``JobController(images=...)``); another one leaves the pod Pending in ErrImagePull, then
+ImagePullBackOff, with the kubelet's events, until it appears or the pod is deleted.
+
 Deliberate differences: securityContext users and capabilities are ignored (commands run as
 root); ``restartPolicy: OnFailure`` restarts at once (no CrashLoopBackOff delay); a volume that
 cannot be set up (unmapped claim, missing Secret) keeps the pod Pending with a FailedMount event
 and is retried every 0.1 s; a claim whose access modes are only ReadWriteOnce(Pod) and that an
 unfinished pod on another node uses keeps the pod Pending with the attach/detach controller's
 FailedAttachVolume "Multi-Attach error" event until that pod is gone (the real controller also
-waits for the detach); a missing env Secret/ConfigMap key fails the pod at once
-(CreateContainerConfigError, with the reason in its log) instead of retrying forever.
+waits for the detach); a missing env Secret/ConfigMap key keeps it Pending with its
+container waiting in CreateContainerConfigError (a Failed event says why), retried every 0.5 s.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ INIT_SCRIPT = Path(__file__).with_name("container_init.py")
 DEFAULT_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 INIT_FAILED_EXIT_CODE = 128  # what runc reports for a container that could not start
 VOLUME_RETRY_SECONDS = 0.1
+IMAGE_RETRY_SECONDS = 0.5  # the real kubelet backs off 10 s, 20 s, ... up to 5 min
 LOG_DRAIN_SECONDS = 2.0
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -614,6 +619,7 @@ class KubeletConfig:
     spawn: Callable[[Callable[[], None], str], threading.Thread]
     stopping: threading.Event
     on_exit: Callable[[], None]
+    image_pullable: Callable[[str], bool] = lambda image: True
 
 
 @dataclass(frozen=True)
@@ -702,12 +708,10 @@ class PodRun:
         running = running_pod_status(self.pod)
         self._set_status(pending_status(running, self.container, "ContainerCreating"))
         volumes = self._wait_for_volumes(running)
-        if volumes is None:
+        if volumes is None or not self._pull_image(running):
             return
-        try:
-            plan = self._plan(volumes, running)
-        except ContainerConfigError as error:
-            self._fail_unstarted(running, "CreateContainerConfigError", str(error))
+        plan = self._wait_for_config(volumes, running)
+        if plan is None:
             return
         while True:
             code, reason, message, started_at = self._run_once(plan, running)
@@ -751,19 +755,63 @@ class PodRun:
             self._wake.wait(VOLUME_RETRY_SECONDS)
         return None
 
-    def _fail_unstarted(self, running: Obj, reason: str, message: str) -> None:
-        self._log(f"Error: {message}\n")
-        record_event(
-            self.kubelet.store,
-            self.pod,
-            "Failed",
-            f"Error: {message}",
-            component="kubelet",
-            warning=True,
-            host=self._node(),
+    def _wait_for_config(self, volumes: Mapping[str, Volume], running: Obj) -> LaunchPlan | None:
+        """The launch plan; while the env cannot be built (a missing Secret or key), the pod
+        stays Pending in CreateContainerConfigError with a Failed event, retried like the
+        kubelet does. None when the run stopped first."""
+        reported = None
+        while not self._stopped():
+            try:
+                return self._plan(volumes, running)
+            except ContainerConfigError as error:
+                if str(error) != reported:
+                    reported = str(error)
+                    self._set_status(
+                        pending_status(running, self.container, "CreateContainerConfigError",
+                                       reported)
+                    )  # fmt: skip
+                    record_event(self.kubelet.store, self.pod, "Failed", f"Error: {reported}",
+                                 component="kubelet", warning=True, host=self._node())  # fmt: skip
+            self._wake.wait(IMAGE_RETRY_SECONDS)
+        return None
+
+    def _pull_image(self, running: Obj) -> bool:
+        """Pull the container's image; one its registry does not have leaves the pod Pending in
+        ErrImagePull, then ImagePullBackOff, with the kubelet's events, retried until it
+        appears or the pod is deleted. False when the run stopped first."""
+        image = str(self.container.get("image") or "")
+        reported = False
+        while not self._stopped():
+            if self.kubelet.image_pullable(image):
+                return True
+            if not reported:
+                reported = True
+                self._report_pull_failure(running, image)
+            self._wake.wait(IMAGE_RETRY_SECONDS)
+        return False
+
+    def _report_pull_failure(self, running: Obj, image: str) -> None:
+        why = (
+            f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+            f'failed to resolve reference "{image}": {image}: not found'
         )
-        self.outcome = "Failed"
-        self._set_status(finished_status(running, INIT_FAILED_EXIT_CODE, reason, message=message))
+        host = self._node()
+        store = self.kubelet.store
+        record_event(store, self.pod, "Pulling", f'Pulling image "{image}"', component="kubelet",
+                     host=host)  # fmt: skip
+        self._set_status(pending_status(running, self.container, "ErrImagePull", why))
+        for message in (f'Failed to pull image "{image}": {why}', "Error: ErrImagePull"):
+            record_event(store, self.pod, "Failed", message, component="kubelet", warning=True,
+                         host=host)  # fmt: skip
+        self._wake.wait(IMAGE_RETRY_SECONDS)
+        if self._stopped():
+            return
+        backoff = f'Back-off pulling image "{image}"'
+        self._set_status(pending_status(running, self.container, "ImagePullBackOff", backoff))
+        record_event(store, self.pod, "BackOff", backoff, component="kubelet", warning=True,
+                     host=host)  # fmt: skip
+        record_event(store, self.pod, "Failed", "Error: ImagePullBackOff", component="kubelet",
+                     warning=True, host=host)  # fmt: skip
 
     def _run_once(self, plan: LaunchPlan, running: Obj) -> tuple[int, str, str | None, str | None]:
         """Start, report Running, wait: (exit code, reason, message, startedAt)."""

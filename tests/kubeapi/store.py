@@ -18,6 +18,7 @@ from typing import Any
 from . import errors
 from .admission import prepare_create, prepare_update
 from .apply import transfer_ownership
+from .pod_security import enforced_level, forbidden_message, violations
 from .resources import ResourceRegistry, ResourceType
 from .validation import validate_object
 
@@ -139,10 +140,26 @@ class ObjectStore:
             if seed:
                 _keep_seeded_fields(obj, new)
             validate_object(resource, new)
+            if resource.kind == "Pod" and not resource.group and not seed:
+                self._admit_pod_security(new, (obj.get("metadata") or {}))
             new["apiVersion"] = resource.api_version()
             if (namespace or "", _meta(new)["name"]) in self._bucket(resource):
                 raise errors.already_exists(resource, _meta(new)["name"])
             return new if dry_run else self._commit(resource, new, ADDED)
+
+    def _admit_pod_security(self, pod: Obj, given: Obj) -> None:
+        """Pod Security admission: the namespace's ``enforce`` level rejects a violating pod
+        with 403 Forbidden (named as the request named it: a generateName prefix stays one)."""
+        namespace = self.get(self.registry.by_kind("v1", "Namespace"), None,
+                             _meta(pod)["namespace"])
+        level = enforced_level(namespace)
+        if level == "privileged":
+            return
+        problems = violations(level, _meta(pod), pod.get("spec") or {})
+        if problems:
+            name = given.get("name") or given.get("generateName") or ""
+            raise errors.ApiError(403, "Forbidden", forbidden_message(name, level, problems),
+                                  {"name": name, "kind": "pods"})
 
     def update(self, resource: ResourceType, namespace: str | None, name: str, mutate: Mutation,
                *, subresource: str | None = None, dry_run: bool = False,
