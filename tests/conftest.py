@@ -11,6 +11,12 @@ import boto3
 import pytest
 
 from migrator.seaweedfs import SeaweedFS
+from tests.controlplane import (
+    ControlPlane,
+    ControlPlaneUnavailable,
+    ensure_binaries,
+    say_to_terminal,
+)
 
 _bucket_numbers = itertools.count(1)
 # Unexpected exceptions surface as tracebacks in tests instead of a one-line error.
@@ -74,3 +80,24 @@ def bucket(seaweedfs: SeaweedFS) -> str:
 @pytest.fixture
 def work_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ControlPlane]:
+    """A real etcd + kube-apiserver (built from source once, cached outside the repository).
+
+    Without a Go toolchain the tests that need it skip with one line saying how to get it, except
+    under CI=true, where a missing control plane is a failure.
+    """
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    try:
+        with capture.global_and_fixture_disabled():  # the first build's progress is seen live
+            bin_dir = ensure_binaries(say_to_terminal)
+    except ControlPlaneUnavailable as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the real control plane is required in CI: {error}")
+        pytest.skip(f"real Kubernetes control plane unavailable: {error}")
+    with ControlPlane(tmp_path_factory.mktemp("controlplane"), bin_dir) as plane:
+        yield plane
