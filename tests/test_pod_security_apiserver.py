@@ -30,20 +30,34 @@ def _api(plane: ControlPlane) -> client.CoreV1Api:
     return client.CoreV1Api(config.new_client_from_config(str(plane.kubeconfig_path)))
 
 
+def _namespace(plane: ControlPlane, name: str, level: str) -> Iterator[str]:
+    core = _api(plane)
+    labels = {"pod-security.kubernetes.io/enforce": level,
+              "pod-security.kubernetes.io/enforce-version": "latest"}  # fmt: skip
+    core.create_namespace({"metadata": {"name": name, "labels": labels}})
+    # No controller manager runs here to make the namespace's default ServiceAccount.
+    core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+    yield name
+    core.delete_namespace(name)
+
+
 @pytest.fixture(scope="module")
 def baseline_namespace(control_plane: ControlPlane) -> Iterator[str]:
     """tenant-media on the real API server, enforcing ``baseline`` as Talos does by default."""
-    core = _api(control_plane)
-    labels = {"pod-security.kubernetes.io/enforce": "baseline",
-              "pod-security.kubernetes.io/enforce-version": "latest"}  # fmt: skip
-    core.create_namespace({"metadata": {"name": NS, "labels": labels}})
-    # No controller manager runs here to make the namespace's default ServiceAccount.
-    core.create_namespaced_service_account(NS, {"metadata": {"name": "default"}})
-    yield NS
-    core.delete_namespace(NS)
+    yield from _namespace(control_plane, NS, "baseline")
+
+
+@pytest.fixture(scope="module")
+def restricted_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A hardened tenant enforcing ``restricted``."""
+    yield from _namespace(control_plane, "tenant-hardened", "restricted")
 
 
 def rendered_manifests(root: Path, target: list[str]) -> dict[str, dict[str, Any]]:
+    return rendered(root, target)[1]
+
+
+def rendered(root: Path, target: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every Job and CronJob a plan leads to, by name, made through the CLI where it writes them."""
     with KubeAPIServer(root / "kubeapi") as api:
         api.seed(tenant_media.tenant_media())
@@ -71,7 +85,7 @@ def rendered_manifests(root: Path, target: list[str]) -> dict[str, dict[str, Any
         if volume["role"] == "config":
             restore = build_restore_job(plan, volume, "latest", volume["source"]["pvc"])
             manifests[restore["metadata"]["name"]] = restore
-    return manifests
+    return plan, manifests
 
 
 def pod_of(manifest: dict[str, Any], name: str) -> dict[str, Any]:
@@ -128,3 +142,27 @@ def test_the_api_server_enforces_baseline_on_what_was_rendered(
     assert refusal is not None, f"{name} with DAC_READ_SEARCH was admitted"
     assert refusal.startswith("403") and 'violates PodSecurity \\"baseline:latest\\"' in refusal
     assert "DAC_READ_SEARCH" in refusal
+
+
+def test_restricted_mode_pods_pass_restricted_admission_but_for_those_the_plan_names(
+    control_plane: ControlPlane, restricted_namespace: str, baseline_namespace: str, tmp_path: Path
+) -> None:
+    """--pod-security restricted: agents run as the apps' users and a restricted namespace admits
+    them; a volume read by apps of different users (media) keeps a root agent, which the plan
+    names, and which only baseline admits."""
+    plan, manifests = rendered(tmp_path, [*TARGETS["s3"], "--pod-security", "restricted"])
+    named = {w["volume"] for w in plan["spec"]["warnings"] if w["code"] == "restricted-root-agent"}
+    core = _api(control_plane)
+    admitted, refused = set(), {}
+    for index, (name, manifest) in enumerate(sorted(manifests.items())):
+        volume = manifest["metadata"]["labels"].get("migrator.cozystack.io/volume")
+        pod = pod_of(manifest, f"pod-{index}")
+        refusal = admission_refusal(core, restricted_namespace, pod)
+        if refusal is None:
+            admitted.add(name)
+        else:
+            refused[name] = (volume, refusal)
+            assert admission_refusal(core, baseline_namespace, pod) is None, name
+    assert {volume for volume, _ in refused.values()} <= named, refused
+    assert any("sonarr-config" in name for name in admitted), sorted(admitted)
+    assert len(admitted) >= 8, (sorted(admitted), refused)
