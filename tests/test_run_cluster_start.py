@@ -93,7 +93,7 @@ def test_pods_refused_by_pod_security_fail_the_run_at_once(cluster: Cluster) -> 
     assert code == 3, output
     line = error_line(output)
     assert line.startswith(
-        f"Error: copy failed for {VOLUME} ({VOLUME}: Job migrator-copy-{VOLUME} cannot create its "
+        f"Error: copy failed for {VOLUME}: Job migrator-copy-{VOLUME} cannot create its "
         f'pods: Error creating: pods "migrator-copy-{VOLUME}-" is forbidden: violates PodSecurity '
         '"restricted:latest": '
     ), line
