@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -80,6 +81,16 @@ def bucket(seaweedfs: SeaweedFS) -> str:
 @pytest.fixture
 def work_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the real control plane before any test runs when a collected test needs it: the
+    first build takes minutes, which must not count against a test's own timeout."""
+    if not any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with contextlib.suppress(Exception), capture.global_and_fixture_disabled():
+        ensure_binaries(say_to_terminal)  # a failure is reported by the fixture, per test
 
 
 @pytest.fixture(scope="session")

@@ -245,9 +245,9 @@ class ControlPlane:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for process in self.processes:
+            for name, process in zip(("etcd", "kube-apiserver"), self.processes, strict=False):
                 if process.poll() is not None:
-                    raise RuntimeError(f"{process.args[0]} exited: see {self.workdir}/*.log")
+                    raise RuntimeError(f"{name} exited: see {self.workdir}/{name}.log")
             with (
                 contextlib.suppress(OSError),
                 urllib.request.urlopen(request, context=context, timeout=5) as answer,
