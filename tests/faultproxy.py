@@ -4,7 +4,7 @@ cut, stall, throttle or answer in the server's place, switched by the test while
     with FaultProxy("127.0.0.1", seaweedfs.s3_port) as proxy:
         endpoint = proxy.url              # point the plan / agent / client here
         proxy.slow_down(3)                # the next 3 requests get "503 SlowDown"
-        proxy.cut_after(100_000)          # the next connection dies after 100 kB of response
+        proxy.cut_after(100_000)          # the first connection to pass 100 kB of response dies
         proxy.stall()                     # accept, read, never answer; proxy.resume() undoes
         proxy.trickle(1, 0.2)             # responses go out 1 byte every 0.2 s
 
@@ -37,6 +37,7 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._slow_downs = 0
+        self._slow_down_method = b""
         self._cut_after: int | None = None  # response bytes, on the next connection
         self._cut_request_after: int | None = None  # request bytes, on the next connection
         self._stalled = threading.Event()
@@ -50,18 +51,21 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     # --- switches -------------------------------------------------------------------------
-    def slow_down(self, count: int) -> None:
-        """Answer the next ``count`` requests with ``503 SlowDown`` (an S3 XML error)."""
+    def slow_down(self, count: int, method: str | None = None) -> None:
+        """Answer the next ``count`` requests (of ``method`` only, if given) with
+        ``503 SlowDown`` (an S3 XML error). Not for pipelined requests: the answer could
+        overtake the server's answer to an earlier request on the same connection."""
         with self._lock:
             self._slow_downs = count
+            self._slow_down_method = method.encode() + b" " if method else b""
 
     def cut_after(self, count: int) -> None:
-        """Close the next new connection after ``count`` bytes of response have gone back."""
+        """Close the connection whose response bytes first pass ``count`` (once)."""
         with self._lock:
             self._cut_after = count
 
     def cut_request_after(self, count: int) -> None:
-        """Close the next new connection after ``count`` bytes of request have gone out."""
+        """Close the connection whose request bytes first pass ``count`` (once)."""
         with self._lock:
             self._cut_request_after = count
 
@@ -120,20 +124,27 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            with self._lock:
-                cut_response, self._cut_after = self._cut_after, None
-                cut_request, self._cut_request_after = self._cut_request_after, None
-            threading.Thread(
-                target=self._serve, args=(client, cut_request, cut_response), daemon=True
-            ).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _track(self, *sockets: socket.socket) -> None:
         with self._lock:
             self._sockets.update(sockets)
 
-    def _serve(
-        self, client: socket.socket, cut_request: int | None, cut_response: int | None
-    ) -> None:
+    def _cut_now(self, request: bool, sent: int, count: int) -> int | None:
+        """Bytes still to pass before the armed cut, if ``count`` more bytes after ``sent``
+        reach it on this connection (the cut is then used up); else None."""
+        with self._lock:
+            armed = self._cut_request_after if request else self._cut_after
+            if armed is None or sent + count < armed:
+                return None
+            if request:
+                self._cut_request_after = None
+            else:
+                self._cut_after = None
+        self.cuts += 1
+        return max(armed - sent, 0)
+
+    def _serve(self, client: socket.socket) -> None:
         self._track(client)
         upstream: socket.socket | None = None
         try:
@@ -145,9 +156,9 @@ class FaultProxy:
         self._track(upstream)
         done = threading.Event()
         threading.Thread(
-            target=self._pump_requests, args=(client, upstream, cut_request, done), daemon=True
+            target=self._pump_requests, args=(client, upstream, done), daemon=True
         ).start()
-        self._pump(upstream, client, cut_response, done, response=True)
+        self._pump(upstream, client, done)
 
     def _finish(self, *sockets: socket.socket) -> None:
         for sock in sockets:
@@ -169,7 +180,6 @@ class FaultProxy:
         self,
         client: socket.socket,
         upstream: socket.socket,
-        cut: int | None,
         done: threading.Event,
     ) -> None:
         """Forward requests, answering SlowDown in the server's place when switched on."""
@@ -203,7 +213,7 @@ class FaultProxy:
                     del buffer[: end + 4]
                     self.requests += 1
                     with self._lock:
-                        answer = self._slow_downs > 0
+                        answer = self._slow_downs > 0 and head.startswith(self._slow_down_method)
                         if answer:
                             self._slow_downs -= 1
                     if answer:
@@ -218,9 +228,9 @@ class FaultProxy:
                         out += head
                         forward = _content_length(head)
                 if out:
-                    if cut is not None and sent + len(out) >= cut:
-                        upstream.sendall(out[: max(cut - sent, 0)])
-                        self.cuts += 1
+                    left = self._cut_now(True, sent, len(out))
+                    if left is not None:
+                        upstream.sendall(out[:left])
                         break
                     self._send(upstream, bytes(out))
                     sent += len(out)
@@ -245,9 +255,7 @@ class FaultProxy:
         self,
         source: socket.socket,
         sink: socket.socket,
-        cut: int | None,
         done: threading.Event,
-        response: bool,
     ) -> None:
         sent = 0
         try:
@@ -257,9 +265,9 @@ class FaultProxy:
                     break
                 if not self._wait_unstalled(done):
                     break
-                if cut is not None and sent + len(chunk) >= cut:
-                    sink.sendall(chunk[: max(cut - sent, 0)])
-                    self.cuts += 1
+                left = self._cut_now(False, sent, len(chunk))
+                if left is not None:
+                    sink.sendall(chunk[:left])
                     break
                 trickle = self._trickle
                 if trickle is not None:

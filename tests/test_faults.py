@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from migrator.copier import decode_state
 from migrator.seaweedfs import SeaweedFS
+from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -97,3 +99,100 @@ def test_disk_full_at_a_local_destination_fails_in_one_line_with_exit_3(
     assert again.returncode == 0, again.stderr[-2000:]
     assert events(again.stdout)[-1]["copied"] == len(files) - len(claimed)
     assert whole_files(dest, files) == set(files) == set(recorded(state))
+
+
+# --- faults between the agent and a real SeaweedFS ---------------------------------------------
+
+
+def s3_port(server: SeaweedFS) -> int:
+    return int(server.s3_endpoint.rsplit(":", 1)[1])
+
+
+def agent_env(server: SeaweedFS, endpoint: str) -> dict[str, str]:
+    """The rclone remote ``s3:`` a copy Job gets, pointed at ``endpoint`` (the proxy)."""
+    return {
+        **os.environ,
+        "RCLONE_CONFIG_S3_TYPE": "s3",
+        "RCLONE_CONFIG_S3_PROVIDER": "SeaweedFS",
+        "RCLONE_CONFIG_S3_ENDPOINT": endpoint,
+        "RCLONE_CONFIG_S3_ACCESS_KEY_ID": server.access_key,
+        "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": server.secret_key,
+    }
+
+
+def s3(server: SeaweedFS) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+
+
+def stored_whole(server: SeaweedFS, bucket: str, prefix: str, files: dict[str, bytes]) -> set[str]:
+    """The files stored at ``s3://bucket/prefix/`` with every byte right (read past the proxy)."""
+    client = s3(server)
+    whole = set()
+    for name, data in files.items():
+        try:
+            body = client.get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read()
+        except client.exceptions.NoSuchKey:
+            continue
+        if body == data:
+            whole.add(name)
+    return whole
+
+
+def state_in_s3(server: SeaweedFS, bucket: str) -> dict[str, Any]:
+    try:
+        body = s3(server).get_object(Bucket=bucket, Key="state/copy-state.tsv.gz")["Body"].read()
+    except s3(server).exceptions.NoSuchKey:
+        return {}
+    return decode_state(body)
+
+
+@pytest.fixture
+def proxy(seaweedfs: SeaweedFS) -> Iterator[FaultProxy]:
+    with FaultProxy("127.0.0.1", s3_port(seaweedfs)) as running:
+        yield running
+
+
+def copy_through(
+    proxy: FaultProxy, server: SeaweedFS, source: Path, bucket: str
+) -> subprocess.CompletedProcess[str]:
+    return agent(source, f"s3:{bucket}/vol", "--state", f"s3:{bucket}/state",
+                 env=agent_env(server, proxy.url))  # fmt: skip
+
+
+def test_slow_down_bursts_are_ridden_out(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    files = write_files(tmp_path / "src", 20, 20 * 1024)
+    proxy.slow_down(12, method="PUT")  # a burst over the first writes, several per file
+    result = copy_through(proxy, seaweedfs, tmp_path / "src", bucket)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert proxy.answered_slow_down == 12
+    assert stored_whole(seaweedfs, bucket, "vol", files) == set(files)
+    assert set(state_in_s3(seaweedfs, bucket)) == set(files)
+
+
+def test_connection_cut_mid_body_is_retried(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    files = write_files(tmp_path / "src", 6, 400 * 1024)
+    proxy.cut_request_after(300 * 1024)  # inside the body of the first PUT to pass 300 kB
+    result = copy_through(proxy, seaweedfs, tmp_path / "src", bucket)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert proxy.cuts == 1
+    assert stored_whole(seaweedfs, bucket, "vol", files) == set(files)
+    assert set(state_in_s3(seaweedfs, bucket)) == set(files)
+
+
+def test_connection_cut_mid_response_is_retried(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    files = write_files(tmp_path / "src", 6, 100 * 1024)
+    proxy.cut_after(700)  # the first connection to have 700 B of answers: mid-response
+    result = copy_through(proxy, seaweedfs, tmp_path / "src", bucket)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert proxy.cuts == 1
+    assert stored_whole(seaweedfs, bucket, "vol", files) == set(files)
+    assert set(state_in_s3(seaweedfs, bucket)) == set(files)
