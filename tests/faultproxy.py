@@ -48,6 +48,7 @@ class FaultProxy:
         self.requests = 0  # request heads seen (pipelined ones included)
         self.answered_slow_down = 0
         self.cuts = 0
+        self.bytes_up = 0  # request bytes forwarded to the server, all connections
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     # --- switches -------------------------------------------------------------------------
@@ -234,6 +235,7 @@ class FaultProxy:
                         break
                     self._send(upstream, bytes(out))
                     sent += len(out)
+                    self.bytes_up += len(out)
         except OSError:
             pass
         finally:

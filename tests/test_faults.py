@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,93 @@ def test_connection_cut_mid_response_is_retried(
     assert proxy.cuts == 1
     assert stored_whole(seaweedfs, bucket, "vol", files) == set(files)
     assert set(state_in_s3(seaweedfs, bucket)) == set(files)
+
+
+def wait_until(condition: Callable[[], bool], what: str, ceiling: float = 120) -> None:
+    deadline = time.monotonic() + ceiling
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {ceiling:.0f} s: {what}")
+        time.sleep(0.02)
+
+
+def start_agent(source: Path, bucket: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
+         "--dest", f"s3:{bucket}/vol", "--state", f"s3:{bucket}/state"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def objects_not_matching(server: SeaweedFS, bucket: str, files: dict[str, bytes]) -> list[str]:
+    """Objects under ``vol/`` whose bytes are not the source's (a partial upload kept)."""
+    client = s3(server)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="vol/").get("Contents", [])
+    wrong = []
+    for item in listed:
+        name = item["Key"].removeprefix("vol/")
+        body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        if files.get(name) != body:
+            wrong.append(name)
+    return wrong
+
+
+def test_agent_killed_mid_file_then_rerun_completes(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    source = tmp_path / "src"
+    files = write_files(source, 8, 16 * 1024, prefix="small")
+    files |= write_files(source, 1, 4 * 2**20, prefix="big")  # a PUT sent with sendfile
+    proxy.throttle(1 * 2**20)
+    process = start_agent(source, bucket, agent_env(seaweedfs, proxy.url))
+    try:
+        wait_until(lambda: proxy.bytes_up > 2 * 2**20, "2 MiB sent")  # inside the big file
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the agent and its rclone, by our own pid
+        process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    proxy.resume()
+    # what is stored is whole, and the state claims nothing that is not
+    assert objects_not_matching(seaweedfs, bucket, files) == []
+    assert set(state_in_s3(seaweedfs, bucket)) <= stored_whole(seaweedfs, bucket, "vol", files)
+
+    again = copy_through(proxy, seaweedfs, source, bucket)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert stored_whole(seaweedfs, bucket, "vol", files) == set(files)
+    assert set(state_in_s3(seaweedfs, bucket)) == set(files)
+
+
+def test_seaweedfs_killed_and_restarted_mid_copy(tmp_path: Path) -> None:
+    server = SeaweedFS(tmp_path / "weed").start()  # our own: the session one is never killed
+    try:
+        s3(server).create_bucket(Bucket="killed")
+        source = tmp_path / "src"
+        files = write_files(source, 30, 100 * 1024)
+        with FaultProxy("127.0.0.1", s3_port(server)) as proxy:
+            proxy.throttle(1 * 2**20)  # about 3 s of copying
+            process = start_agent(source, "killed", agent_env(server, proxy.url))
+            wait_until(lambda: proxy.bytes_up > 600 * 1024, "600 kB sent")
+            assert server.process is not None
+            os.killpg(server.process.pid, signal.SIGKILL)  # our own server, by its pid
+            server.process.wait(timeout=30)
+            server.process = None
+            proxy.resume()
+            server.start()
+            started = time.monotonic()
+            _out, err = process.communicate(timeout=240)
+            # it rides the restart out, or stops in one line with exit 3, in bounded time
+            assert time.monotonic() - started < 200
+            if process.returncode != 0:
+                assert process.returncode == 3, err[-2000:]
+                lines = err.strip().splitlines()
+                assert len(lines) == 1 and lines[0].startswith("Error: "), err
+                assert objects_not_matching(server, "killed", files) == []
+                claimed = set(state_in_s3(server, "killed"))
+                assert claimed <= stored_whole(server, "killed", "vol", files)
+                again = copy_through(proxy, server, source, "killed")
+                assert again.returncode == 0, again.stderr[-2000:]
+        assert stored_whole(server, "killed", "vol", files) == set(files)
+        assert set(state_in_s3(server, "killed")) == set(files)
+    finally:
+        server.stop()
