@@ -11,6 +11,10 @@ It signs GETs (objects, byte ranges, ListObjectsV2 pages) and PUTs of whole obje
 ``UNSIGNED-PAYLOAD``: hashing every body with SHA-256 would cost more CPU than the request itself,
 and what was stored is proven afterwards by ``migrator verify``. The checksum engine reads with it
 and the copy agent (:mod:`migrator.uploader`) writes with it.
+
+Every request has a deadline (its timeout plus its body's bytes at MIN_RATE) checked before each
+send and receive, so a server that trickles bytes cannot hold it beyond one more timeout; both
+kinds of timeout raise TimeoutError saying so. GETs answered 5xx/429 are retried with backoff.
 """
 
 from __future__ import annotations
