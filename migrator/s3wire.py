@@ -377,10 +377,18 @@ class Client:
     """
 
     def __init__(
-        self, endpoint: Endpoint, timeout: float = 60.0, error: type[MigratorError] = WireError
+        self,
+        endpoint: Endpoint,
+        timeout: float = 60.0,
+        error: type[MigratorError] = WireError,
+        retry_timeouts: bool = True,
     ) -> None:
+        """``timeout``: seconds without a byte moving (and the base of each request's
+        deadline); ``retry_timeouts=False`` raises a timed-out request's error at once (for a
+        caller that retries itself); dropped connections are retried either way."""
         self.endpoint = endpoint
         self.timeout = timeout
+        self.retry_timeouts = retry_timeouts
         self.error = error
         self._local = threading.local()
         self._context: ssl.SSLContext | None = None
@@ -519,8 +527,9 @@ class Client:
         retried after a longer backoff, and the last one returned. SourceChanged is not
         retried."""
         for attempt in range(_ATTEMPTS):
+            last = attempt == _ATTEMPTS - 1
             try:
-                return send(self._connection(), self._local.signer, attempt == _ATTEMPTS - 1)
+                return send(self._connection(), self._local.signer, last)
             except _Busy:
                 time.sleep(BUSY_BACKOFF * 2**attempt)
                 continue
@@ -531,7 +540,7 @@ class Client:
                 self.reset()
                 if _untrusted(exc):  # retrying cannot help: fail at once, saying what to do
                     raise self._untrusted_error(what, exc) from None
-                if attempt == _ATTEMPTS - 1:
+                if last or (isinstance(exc, TimeoutError) and not self.retry_timeouts):
                     raise self.error(
                         f"{what} failed on {self.endpoint.scheme}://{self.endpoint.host}: {exc}"
                     ) from None

@@ -287,3 +287,37 @@ def test_seaweedfs_killed_and_restarted_mid_copy(tmp_path: Path) -> None:
         assert set(state_in_s3(server, "killed")) == set(files)
     finally:
         server.stop()
+
+
+def test_stalled_server_mid_copy_fails_in_one_line_in_bounded_time(
+    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    source = tmp_path / "src"
+    files = write_files(source, 20, 200 * 1024)
+    proxy.throttle(1 * 2**20)
+    # --timeout is rclone's idle timeout; the agent's own uploader honours it too
+    process = subprocess.Popen(
+        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
+         "--dest", f"s3:{bucket}/vol", "--state", f"s3:{bucket}/state", "--timeout", "2s"],
+        env=agent_env(seaweedfs, proxy.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: proxy.bytes_up > 500 * 1024, "500 kB sent")
+        proxy.stall()
+        started = time.monotonic()
+        out, err = process.communicate(timeout=150)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    # bounded: two 2 s timeouts per file in flight, then the progress is saved (rclone's
+    # 10 s connect timeout plus 60 s idle timeout bound that); generous for a busy machine
+    assert time.monotonic() - started < 140
+    assert process.returncode == 3, out[-2000:] + err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert "timed out" in lines[0] and "Errno" not in lines[0]
+    proxy.resume()
+    assert objects_not_matching(seaweedfs, bucket, files) == []
+    assert set(state_in_s3(seaweedfs, bucket)) <= stored_whole(seaweedfs, bucket, "vol", files)
