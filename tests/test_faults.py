@@ -21,6 +21,7 @@ import pytest
 from migrator.copier import decode_state
 from migrator.seaweedfs import SeaweedFS
 from tests.faultproxy import FaultProxy
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -321,3 +322,46 @@ def test_stalled_server_mid_copy_fails_in_one_line_in_bounded_time(
     proxy.resume()
     assert objects_not_matching(seaweedfs, bucket, files) == []
     assert set(state_in_s3(seaweedfs, bucket)) <= stored_whole(seaweedfs, bucket, "vol", files)
+
+
+# --- migrator run and verify with the plan's endpoint on the proxy ---------------------------
+
+
+def planned_through(tmp_path: Path, server: SeaweedFS, bucket: str, proxy: FaultProxy) -> Path:
+    source = tmp_path / "media"
+    write_files(source, 12, 8 * 1024, prefix="small")
+    write_files(source, 3, 1536 * 1024, prefix="big")  # streamed: over verify's 1 MiB buffer
+    result = run_cli(
+        "plan", "--source-dir", f"media={source}", "--target", f"s3://{bucket}/p",
+        "--s3-endpoint", proxy.url, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return tmp_path / "plans" / "local.yaml"
+
+
+def verify_json(plan: Path) -> tuple[int, dict[str, Any], str]:
+    result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
+    return result.exit_code, json.loads(result.stdout or "{}"), result.stderr
+
+
+@pytest.mark.parametrize("cut", [300, 5000, 400 * 1024])  # a head, a small body, a big body
+def test_verify_rides_out_a_connection_cut(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str, proxy: FaultProxy, cut: int
+) -> None:
+    plan = planned_through(tmp_path, s3_env, bucket, proxy)
+    assert run_cli("run", "--plan", str(plan), "--phase", "all", "--cutover").exit_code == 0
+    proxy.cut_after(cut)
+    code, report, err = verify_json(plan)
+    assert proxy.cuts == 1
+    assert code == 0 and report["ok"] is True, (report, err)
+
+
+def test_verify_rides_out_a_slow_down_burst(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str, proxy: FaultProxy
+) -> None:
+    plan = planned_through(tmp_path, s3_env, bucket, proxy)
+    assert run_cli("run", "--plan", str(plan), "--phase", "all", "--cutover").exit_code == 0
+    proxy.slow_down(3, method="GET")
+    code, report, err = verify_json(plan)
+    assert proxy.answered_slow_down == 3
+    assert code == 0 and report["ok"] is True, (report, err)
