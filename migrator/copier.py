@@ -321,6 +321,10 @@ _UNREACHABLE = re.compile(r"dial tcp [^\s\"]+: [^\"\n]+|lookup [^\s\"]+[^\"\n]*n
 _CREDENTIALS = re.compile(r"SignatureDoesNotMatch|InvalidAccessKeyId")
 
 
+# ENOSPC as rclone reports it: from a write, or from preallocating the file before writing.
+_NO_SPACE = ("no space left on device", "too big for remaining disk space")
+
+
 def _last_error(stderr: bytes) -> str:
     text = stderr.decode(errors="replace")
     unreachable = _UNREACHABLE.search(text)
@@ -639,11 +643,17 @@ def _transfer(
         "NOTICE",
     ]
     try:
-        code = _follow_rclone(args, todo, todo_bytes, recorder, emit)
+        code, last_error = _follow_rclone(args, todo, todo_bytes, recorder, emit)
     finally:
         os.unlink(listing)
     if code != 0:
         recorder.checkpoint()
+        if any(text in last_error.lower() for text in _NO_SPACE):  # a re-run alone fails too
+            raise OperationFailedError(
+                f"the destination {request.dest} is full (no space left on device): the copy "
+                "is partial; "
+                "grow the volume or free space there, then re-run to resume"
+            )
         raise OperationFailedError(
             f"rclone copy exited with code {code}: the copy is partial; re-run to resume"
         )
@@ -781,8 +791,9 @@ class _SignalGuard:
 
 def _follow_rclone(
     args: list[str], todo: list[str], todo_bytes: int, recorder: StateRecorder, emit: Emit
-) -> int:
-    """Run rclone, recording each copied file; on SIGTERM/SIGINT stop it and save what is done."""
+) -> tuple[int, str]:
+    """Run rclone, recording each copied file; on SIGTERM/SIGINT stop it and save what is done.
+    Returns its exit code and the last error it logged."""
     last_error = ""
     names = {standard_path(p): p for p in todo}  # rclone logs names in its standard encoding
     with _SignalGuard():
@@ -804,7 +815,7 @@ def _follow_rclone(
         code = process.wait()
     if code != 0 and last_error:
         emit({"event": "error", "message": f"rclone: {last_error}"})
-    return code
+    return code, last_error
 
 
 def _handle_rclone_line(

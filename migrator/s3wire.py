@@ -11,6 +11,10 @@ It signs GETs (objects, byte ranges, ListObjectsV2 pages) and PUTs of whole obje
 ``UNSIGNED-PAYLOAD``: hashing every body with SHA-256 would cost more CPU than the request itself,
 and what was stored is proven afterwards by ``migrator verify``. The checksum engine reads with it
 and the copy agent (:mod:`migrator.uploader`) writes with it.
+
+Every request has a deadline (its timeout plus its body's bytes at MIN_RATE) checked before each
+send and receive, so a server that trickles bytes cannot hold it beyond one more timeout; both
+kinds of timeout raise TimeoutError saying so. GETs answered 5xx/429 are retried with backoff.
 """
 
 from __future__ import annotations
@@ -54,6 +58,15 @@ class ProtocolError(Exception):
 
 _RETRYABLE = (ProtocolError, ConnectionError, TimeoutError, OSError)
 _ATTEMPTS = 4
+# A request must end within its timeout plus the time its body takes at this floor rate: the
+# per-recv timeout alone let a server trickling a byte a second keep a request alive forever.
+MIN_RATE = 256 * 1024  # bytes per second
+# Busy answers (5xx, SlowDown) are retried after this many seconds, doubling each time.
+BUSY_BACKOFF = 0.5
+
+
+class _Busy(Exception):
+    """A 5xx or SlowDown answer to a GET, to be retried (the body was read)."""
 
 
 def _untrusted(exc: BaseException) -> bool:
@@ -240,18 +253,57 @@ class _Connection:
         self.sock = sock
         self.plain = context is None  # sendfile needs a plain socket
         self.pending = bytearray()
+        self.host = host
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def begin(self, body_bytes: int = 0) -> None:
+        """Start the clock of a request that sends ``body_bytes``: it must be answered within
+        the timeout plus the time the body takes at MIN_RATE."""
+        self.deadline = time.monotonic() + self.timeout + body_bytes / MIN_RATE
+
+    def allow(self, body_bytes: int) -> None:
+        """Give the response body being read its time at MIN_RATE."""
+        self.deadline += body_bytes / MIN_RATE
+
+    def check(self) -> None:
+        """Raise TimeoutError when the request is past its deadline."""
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(
+                f"timed out: {self.host} did not complete the request within its deadline "
+                f"({self.timeout:g} s + {MIN_RATE // 1024} KiB/s of body)"
+            )
+
+    def stalled(self) -> TimeoutError:
+        """The error for a send or receive that the kernel timeout ended (EAGAIN)."""
+        return TimeoutError(f"timed out: no data from {self.host} for {self.timeout:g} s")
+
+    def recv(self, size: int) -> bytes:
+        self.check()
+        try:
+            return self.sock.recv(size)
+        except BlockingIOError:  # SO_RCVTIMEO expired (errno 11, EAGAIN)
+            raise self.stalled() from None
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        self.check()
+        try:
+            self.sock.sendall(data)
+        except BlockingIOError:  # SO_SNDTIMEO expired
+            raise self.stalled() from None
 
     def close(self) -> None:
         self.sock.close()
 
     def _fill(self) -> None:
-        chunk = self.sock.recv(262144)
+        chunk = self.recv(262144)
         if not chunk:
             raise ConnectionResetError("the server closed the connection")
         self.pending += chunk
 
     def request(self, head: bytes) -> Response:
-        self.sock.sendall(head)
+        self.begin()
+        self.sendall(head)
         return self.response()
 
     def response(self) -> Response:
@@ -267,7 +319,9 @@ class _Connection:
             name.lower().decode("latin-1"): value.decode("latin-1")
             for name, value in _HEADER.findall(head, status.end() - 1)
         }
-        return Response(self, int(status.group(1)), headers)
+        response = Response(self, int(status.group(1)), headers)
+        self.allow(max(response.length or 0, 0))
+        return response
 
     def read_exact(self, count: int) -> bytes | bytearray:
         if len(self.pending) >= count:
@@ -289,7 +343,11 @@ class _Connection:
             view[:count] = self.pending[:count]
             del self.pending[:count]
             return count
-        count = self.sock.recv_into(view)
+        self.check()
+        try:
+            count = self.sock.recv_into(view)
+        except BlockingIOError:  # SO_RCVTIMEO expired
+            raise self.stalled() from None
         if not count:
             raise ConnectionResetError("the server closed the connection mid-body")
         return count
@@ -319,10 +377,18 @@ class Client:
     """
 
     def __init__(
-        self, endpoint: Endpoint, timeout: float = 60.0, error: type[MigratorError] = WireError
+        self,
+        endpoint: Endpoint,
+        timeout: float = 60.0,
+        error: type[MigratorError] = WireError,
+        retry_timeouts: bool = True,
     ) -> None:
+        """``timeout``: seconds without a byte moving (and the base of each request's
+        deadline); ``retry_timeouts=False`` raises a timed-out request's error at once (for a
+        caller that retries itself); dropped connections are retried either way."""
         self.endpoint = endpoint
         self.timeout = timeout
+        self.retry_timeouts = retry_timeouts
         self.error = error
         self._local = threading.local()
         self._context: ssl.SSLContext | None = None
@@ -383,8 +449,10 @@ class Client:
                 + "".join(f"{name}: {value}\r\n" for name, value in signer.headers(path).items())
                 + "\r\n"
             )
-        connection.sock.sendall("".join(heads).encode())
+        connection.begin()
+        connection.sendall("".join(heads).encode())
         for _ in keys:
+            connection.begin()  # each answer gets its own deadline
             response = connection.response()
             yield response
             if (response.header("connection") or "").lower() == "close":
@@ -408,7 +476,7 @@ class Client:
         )
         target = f"{path}?{canonical_query}" if canonical_query else path
 
-        def send(connection: _Connection, signer: Signer) -> Response:
+        def send(connection: _Connection, signer: Signer, last: bool) -> Response:
             headers = signer.headers(path, canonical_query)
             if byte_range is not None:
                 headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
@@ -418,6 +486,9 @@ class Client:
             response = connection.request((head + "\r\n").encode())
             if (response.header("connection") or "").lower() == "close":
                 self._local.connection = None  # the server will close it after this body
+            if not last and (response.status >= 500 or response.status == 429):
+                answer = Answer(response.status, bytes(response.read()))
+                raise _Busy(f"HTTP {answer.status} {answer.code}".rstrip())
             return response
 
         return self._retrying(f"GET s3://{bucket}/{key}", send)
@@ -433,13 +504,14 @@ class Client:
             f"{name}: {value}\r\n" for name, value in headers.items() if name not in amz
         )
 
-        def send(connection: _Connection, signer: Signer) -> Answer:
+        def send(connection: _Connection, signer: Signer, last: bool) -> Answer:
             signed = signer.headers(path, "", "PUT", amz)
             head = (
                 f"PUT {path} HTTP/1.1\r\nContent-Length: {body.length}\r\n{plain}"
                 + "".join(f"{name}: {value}\r\n" for name, value in signed.items())
                 + "\r\n"
             ).encode()
+            connection.begin(body.length)
             body.send(connection, head)
             response = connection.response()
             answer = Answer(response.status, bytes(response.read()))
@@ -449,12 +521,18 @@ class Client:
 
         return self._retrying(f"PUT s3://{bucket}/{key}", send)
 
-    def _retrying(self, what: str, send: Callable[[_Connection, Signer], T]) -> T:
+    def _retrying(self, what: str, send: Callable[[_Connection, Signer, bool], T]) -> T:
         """``send`` on this thread's connection; a connection failure is retried on a fresh
-        connection, and raises ``self.error`` when it persists. SourceChanged is not retried."""
+        connection, and raises ``self.error`` when it persists; a busy answer (_Busy) is
+        retried after a longer backoff, and the last one returned. SourceChanged is not
+        retried."""
         for attempt in range(_ATTEMPTS):
+            last = attempt == _ATTEMPTS - 1
             try:
-                return send(self._connection(), self._local.signer)
+                return send(self._connection(), self._local.signer, last)
+            except _Busy:
+                time.sleep(BUSY_BACKOFF * 2**attempt)
+                continue
             except SourceChanged:
                 self.reset()
                 raise
@@ -462,7 +540,7 @@ class Client:
                 self.reset()
                 if _untrusted(exc):  # retrying cannot help: fail at once, saying what to do
                     raise self._untrusted_error(what, exc) from None
-                if attempt == _ATTEMPTS - 1:
+                if last or (isinstance(exc, TimeoutError) and not self.retry_timeouts):
                     raise self.error(
                         f"{what} failed on {self.endpoint.scheme}://{self.endpoint.host}: {exc}"
                     ) from None
@@ -509,20 +587,24 @@ class Body:
     def send(self, connection: _Connection, head: bytes) -> None:
         sock = connection.sock
         if self.fd is None:
-            sock.sendall(head + self.data)  # in-memory bodies are small: one send
+            connection.sendall(head + self.data)  # in-memory bodies are small: one send
             return
-        sock.sendall(head)
+        connection.sendall(head)
         sent = 0
         plain = connection.plain
         buffer = None if plain else bytearray(min(self.SENDFILE_CHUNK, max(self.length, 1)))
         while sent < self.length:
             want = min(self.SENDFILE_CHUNK, self.length - sent)
+            connection.check()
             if plain:
-                count = os.sendfile(sock.fileno(), self.fd, sent, want)
+                try:
+                    count = os.sendfile(sock.fileno(), self.fd, sent, want)
+                except BlockingIOError:  # SO_SNDTIMEO expired
+                    raise connection.stalled() from None
             else:
                 assert buffer is not None
                 count = os.preadv(self.fd, [memoryview(buffer)[:want]], sent)
-                sock.sendall(memoryview(buffer)[:count])
+                connection.sendall(memoryview(buffer)[:count])
             if count == 0:
                 raise SourceChanged(f"the file ended after {sent} of {self.length} bytes")
             sent += count

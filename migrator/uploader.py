@@ -24,6 +24,7 @@ import errno
 import ipaddress
 import os
 import queue
+import re
 import stat
 import threading
 import time
@@ -59,7 +60,14 @@ KNOWN_FLAGS = {
     "--metadata": 0, "--links": 0, "--fast-list": 0, "--s3-no-check-bucket": 0,
     "--s3-no-head": 0, "--s3-disable-checksum": 0, "--transfers": 1, "--checkers": 1,
     "--retries": 1, "--low-level-retries": 1, "--s3-chunk-size": 1, "--s3-upload-concurrency": 1,
+    "--timeout": 1,
 }  # fmt: skip
+# How long a request may go without a byte moving (rclone's --timeout, which the uploader
+# honours); a completing PUT of a large file can keep SeaweedFS quiet for a while.
+IDLE_TIMEOUT = 120.0
+# A file whose request timed out this many times while no other file was stored stops the copy:
+# the endpoint hangs, and every file would wait out all its attempts the same way.
+TIMEOUTS_TO_GIVE_UP = 2
 # S3 answers that no retry can fix and that would fail every other file the same way.
 FATAL_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
@@ -74,6 +82,7 @@ class Destination:
     endpoint: Endpoint
     bucket: str
     prefix: str  # without a trailing "/"
+    timeout: float = IDLE_TIMEOUT  # seconds a request may go without a byte moving
 
     def key(self, relpath: str) -> str:
         """The object key of a file, spelled as rclone (with rclone_names.ENCODING_FLAG) would."""
@@ -111,7 +120,37 @@ def native_destination(
     endpoint = Endpoint.from_settings(settings)
     if _proxied(endpoint, environ):
         return None  # rclone honours HTTP(S)_PROXY; these sockets connect directly
-    return Destination(endpoint, bucket, prefix.strip("/"))
+    timeout = flag_text(flags, "--timeout")
+    seconds = rclone_duration(timeout) if timeout else IDLE_TIMEOUT
+    if seconds is None or seconds <= 0:
+        return None  # a spelling (or "0", no timeout) rclone knows and this does not
+    return Destination(endpoint, bucket, prefix.strip("/"), seconds)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)(ms|s|m|h)")
+
+
+def rclone_duration(text: str) -> float | None:
+    """Seconds of an rclone/Go duration (``2s``, ``1m30s``, ``500ms``; a bare number is
+    seconds); None when it is spelled otherwise."""
+    if re.fullmatch(r"\d+(?:\.\d*)?", text):
+        return float(text)
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def flag_text(flags: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` among rclone flags (the last one)."""
+    value = None
+    for index, flag in enumerate(flags):
+        if flag == name and index + 1 < len(flags):
+            value = flags[index + 1]
+        elif flag.startswith(name + "="):
+            value = flag[len(name) + 1 :]
+    return value
 
 
 def _remote_config(dest: str, environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
@@ -262,9 +301,12 @@ class Uploader:
         self.content_types = content_types or {}
         self.root = root
         self.threads = max(1, threads)
-        self.client = Client(destination.endpoint, timeout=120.0)
+        # A timed-out request is not retried at once: _upload retries the file after a wait, and
+        # gives up early when the endpoint hangs.
+        self.client = Client(destination.endpoint, destination.timeout, retry_timeouts=False)
         self.stop = threading.Event()
         self._sent = [0] * self.threads  # body bytes sent per worker (progress)
+        self._last_stored = 0.0  # time.monotonic() when a worker last stored a file
 
     @property
     def bytes_sent(self) -> int:
@@ -373,6 +415,7 @@ class Uploader:
         key = self.destination.key(path)
         problem = ""
         started = time.monotonic()
+        timeouts = 0
         for attempt in range(ATTEMPTS):
             if attempt:
                 self.stop.wait(min(8.0, 0.125 * 2**attempt))
@@ -399,19 +442,23 @@ class Uploader:
                 if getattr(exc, "fatal", False):  # an untrusted certificate
                     raise _Failed(Failure(path, str(exc), fatal=True)) from None
                 problem = str(exc)  # the endpoint is unreachable: wait and try again
+                timeouts += "timed out" in problem
+                if timeouts >= TIMEOUTS_TO_GIVE_UP and self._last_stored < started:
+                    break  # it hangs: the run stops (see _handle) instead of waiting it out
                 continue
             finally:
                 if fd is not None:
                     os.close(fd)
             if 200 <= answer.status < 300:
                 self._sent[index] += 0 if fd is not None else body.length
+                self._last_stored = time.monotonic()
                 return _signature(st)
             if answer.status >= 500 or answer.code in ("SlowDown", "RequestTimeout"):
                 problem = f"HTTP {answer.status} {answer.code}".rstrip()
                 continue
             raise _Failed(self._failure(path, key, answer))
         where = f"s3://{self.destination.bucket}/{key}"
-        message = f"storing {where} failed {ATTEMPTS} times: {problem}"
+        message = f"storing {where} failed {attempt + 1} times: {problem}"
         raise _Failed(Failure(path, message, problem=problem, started=started))
 
     def _refusal(self, failure: Failure) -> str:

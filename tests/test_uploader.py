@@ -189,6 +189,19 @@ def test_anything_the_uploader_does_not_reproduce_goes_to_rclone(
     assert (native_destination("dest:bucket/a/b", FLAGS, env) is not None) is native
 
 
+@pytest.mark.parametrize(
+    ("flags", "timeout"),
+    [([], 120.0), (["--timeout", "2s"], 2.0), (["--timeout=1m30s"], 90.0),
+     (["--timeout", "500ms"], 0.5), (["--timeout", "7"], 7.0),
+     (["--timeout", "0"], None), (["--timeout", "1d"], None)],
+)  # fmt: skip
+def test_the_uploader_honours_rclones_idle_timeout(
+    seaweedfs: SeaweedFS, flags: list[str], timeout: float | None
+) -> None:
+    found = native_destination("dest:bucket/a", [*FLAGS, *flags], remote_env(seaweedfs))
+    assert (found.timeout if found is not None else None) == timeout
+
+
 def test_unknown_flags_and_other_remotes_go_to_rclone(seaweedfs: SeaweedFS) -> None:
     env = remote_env(seaweedfs)
     found = native_destination("dest:bucket/a/b", FLAGS, env)
