@@ -18,8 +18,13 @@ from tests.controlplane import (
     ensure_binaries,
     say_to_terminal,
 )
+from tests.controlplane.cluster import Cluster, unique_namespace
 
 _bucket_numbers = itertools.count(1)
+BASELINE = {
+    "pod-security.kubernetes.io/enforce": "baseline",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 # Unexpected exceptions surface as tracebacks in tests instead of a one-line error.
 os.environ["MIGRATOR_DEBUG"] = "1"
 
@@ -112,3 +117,20 @@ def control_plane(
         pytest.skip(f"real Kubernetes control plane unavailable: {error}")
     with ControlPlane(tmp_path_factory.mktemp("controlplane"), bin_dir) as plane:
         yield plane
+
+
+@pytest.fixture
+def cluster(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Cluster]:
+    """A fresh tenant namespace on the shared real control plane, enforcing Pod Security
+    ``baseline`` as Talos does, with tenant-media's objects seeded (see tests/tenant_media.py) and
+    a kubeconfig for the ServiceAccount of docs/rbac.yaml (``cluster.kubeconfig_path``)."""
+    from tests import tenant_media
+
+    namespace = unique_namespace()
+    tenant = Cluster(control_plane, namespace, tmp_path / "cluster")
+    tenant.create_namespace(BASELINE)
+    tenant.seed(tenant_media.tenant_media(ns=namespace, with_nodes=False)[1:])
+    try:
+        yield tenant
+    finally:
+        tenant.delete()

@@ -73,8 +73,18 @@ def nodes(cordoned: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     return result
 
 
+def pv_name(claim: str, namespace: str = NAMESPACE) -> str:
+    """The PersistentVolume bound to ``claim`` (unique across the namespaces of one cluster)."""
+    return f"pvc-{claim}" if namespace == NAMESPACE else f"pvc-{namespace}-{claim}"
+
+
 def pvc(
-    name: str, size: str, storage_class: str, modes: list[str], release: str | None
+    name: str,
+    size: str,
+    storage_class: str,
+    modes: list[str],
+    release: str | None,
+    namespace: str = NAMESPACE,
 ) -> dict[str, Any]:
     labels = (
         {"app.kubernetes.io/instance": release, "helm.toolkit.fluxcd.io/name": release}
@@ -84,34 +94,43 @@ def pvc(
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
             "accessModes": modes,
             "storageClassName": storage_class,
             "resources": {"requests": {"storage": size}},
-            "volumeName": f"pvc-{name}",
+            "volumeName": pv_name(name, namespace),
         },
         "status": {"phase": "Bound", "accessModes": modes, "capacity": {"storage": size}},
     }
 
 
-def pv(claim: str, size: str, storage_class: str, modes: list[str], driver: str) -> dict[str, Any]:
+def pv(
+    claim: str,
+    size: str,
+    storage_class: str,
+    modes: list[str],
+    driver: str,
+    namespace: str = NAMESPACE,
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": f"pvc-{claim}"},
+        "metadata": {"name": pv_name(claim, namespace)},
         "spec": {
             "capacity": {"storage": size},
             "accessModes": modes,
             "storageClassName": storage_class,
             "persistentVolumeReclaimPolicy": "Retain",
-            "claimRef": {"namespace": NAMESPACE, "name": claim},
-            "csi": {"driver": driver, "volumeHandle": f"pvc-{claim}"},
+            "claimRef": {"namespace": namespace, "name": claim},
+            "csi": {"driver": driver, "volumeHandle": pv_name(claim, namespace)},
         },
     }
 
 
-def deployment(app: str, uid: int, node: str | None = None) -> dict[str, Any]:
+def deployment(
+    app: str, uid: int, node: str | None = None, namespace: str = NAMESPACE
+) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": app, "app.kubernetes.io/instance": app}
     container = {
         "name": "app",
@@ -140,11 +159,11 @@ def deployment(app: str, uid: int, node: str | None = None) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": {
             "name": app,
-            "namespace": NAMESPACE,
+            "namespace": namespace,
             "labels": {
                 **labels,
                 "helm.toolkit.fluxcd.io/name": app,
-                "helm.toolkit.fluxcd.io/namespace": NAMESPACE,
+                "helm.toolkit.fluxcd.io/namespace": namespace,
             },
         },
         "spec": {
@@ -157,7 +176,10 @@ def deployment(app: str, uid: int, node: str | None = None) -> dict[str, Any]:
 
 
 def helmrelease(
-    app: str, drift: str = "disabled", kustomization: str | None = "apps"
+    app: str,
+    drift: str = "disabled",
+    kustomization: str | None = "apps",
+    namespace: str = NAMESPACE,
 ) -> dict[str, Any]:
     labels = {}
     if kustomization:
@@ -183,7 +205,7 @@ def helmrelease(
     return {
         "apiVersion": "helm.toolkit.fluxcd.io/v2",
         "kind": "HelmRelease",
-        "metadata": {"name": app, "namespace": NAMESPACE, "labels": labels},
+        "metadata": {"name": app, "namespace": namespace, "labels": labels},
         "spec": {
             "interval": "30m",
             "chart": {
@@ -208,6 +230,7 @@ def credentials_secret(
     access_key: str = "AKIAEXAMPLE",
     secret_key: str = "topsecretvalue",
     bucket: str = BUCKET_NAME,
+    namespace: str = NAMESPACE,
 ) -> dict[str, Any]:
     info = {
         "metadata": {"name": "bc-media-admin"},
@@ -226,7 +249,7 @@ def credentials_secret(
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": SECRET_NAME, "namespace": NAMESPACE},
+        "metadata": {"name": SECRET_NAME, "namespace": namespace},
         "type": "Opaque",
         "data": {
             "accessKey": _b64(access_key),
@@ -239,24 +262,38 @@ def credentials_secret(
 
 
 def tenant_media(
-    drift: str = "disabled", cordoned: tuple[str, ...] = (), secret: dict[str, Any] | None = None
+    drift: str = "disabled",
+    cordoned: tuple[str, ...] = (),
+    secret: dict[str, Any] | None = None,
+    ns: str = NAMESPACE,
+    with_nodes: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every object of the namespace, in an order the API server accepts."""
+    """Every object of the namespace ``ns``, in an order the API server accepts.
+
+    ``with_nodes=False`` leaves the Nodes out (on a real control plane the kubelet registers them).
+    """
     objects: list[dict[str, Any]] = [
-        namespace(),
+        namespace(ns),
         namespace("flux-system"),
         *storage_classes(),
-        *nodes(cordoned),
+        *(nodes(cordoned) if with_nodes else []),
     ]
     for app in APPS:
         objects.append(
-            pv(f"{app}-config", "2Gi", "replicated", ["ReadWriteOnce"], "linstor.csi.linbit.com")
+            pv(
+                f"{app}-config",
+                "2Gi",
+                "replicated",
+                ["ReadWriteOnce"],
+                "linstor.csi.linbit.com",
+                ns,
+            )
         )
-        objects.append(pvc(f"{app}-config", "2Gi", "replicated", ["ReadWriteOnce"], app))
-    objects.append(pv("media", "4Ti", "nfs", ["ReadWriteMany"], "nfs.csi.k8s.io"))
-    objects.append(pvc("media", "4Ti", "nfs", ["ReadWriteMany"], None))
+        objects.append(pvc(f"{app}-config", "2Gi", "replicated", ["ReadWriteOnce"], app, ns))
+    objects.append(pv("media", "4Ti", "nfs", ["ReadWriteMany"], "nfs.csi.k8s.io", ns))
+    objects.append(pvc("media", "4Ti", "nfs", ["ReadWriteMany"], None, ns))
     for index, (app, uid) in enumerate(APPS.items()):
-        objects.append(helmrelease(app, drift=drift))
-        objects.append(deployment(app, uid, node=f"worker-{index + 1}"))
-    objects.append(secret or credentials_secret())
+        objects.append(helmrelease(app, drift=drift, namespace=ns))
+        objects.append(deployment(app, uid, node=f"worker-{index + 1}", namespace=ns))
+    objects.append(secret or credentials_secret(namespace=ns))
     return objects

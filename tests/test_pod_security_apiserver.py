@@ -35,8 +35,13 @@ def _namespace(plane: ControlPlane, name: str, level: str) -> Iterator[str]:
     labels = {"pod-security.kubernetes.io/enforce": level,
               "pod-security.kubernetes.io/enforce-version": "latest"}  # fmt: skip
     core.create_namespace({"metadata": {"name": name, "labels": labels}})
-    # No controller manager runs here to make the namespace's default ServiceAccount.
-    core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+    # The controller manager makes the namespace's default ServiceAccount; the pods below need
+    # it now, so make it first if it has not (one of the two creates gets 409 Conflict).
+    try:
+        core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+    except ApiException as error:
+        if error.status != 409:
+            raise
     yield name
     core.delete_namespace(name)
 

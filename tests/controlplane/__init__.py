@@ -17,6 +17,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -30,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
@@ -43,6 +44,28 @@ PACKAGES = {
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
 }
 ADMIN_TOKEN_USER = "migrator-test-admin"
+# The Flux controllers whose own CRD files the tests install: the releases of Flux 2.7.x, which
+# Cozystack ships (packages/system/fluxcd: distribution version 2.7.x). They come from the Go
+# module proxy like the rest of the control plane (the module zips carry config/crd/bases/).
+FLUX_CRDS = {
+    "github.com/fluxcd/helm-controller@v1.4.3": "helm.toolkit.fluxcd.io_helmreleases.yaml",
+    "github.com/fluxcd/kustomize-controller@v1.7.3": "kustomize.toolkit.fluxcd.io_kustomizations.yaml",
+}
+# Controllers a real cluster runs that these tests need. Left out: node-lifecycle (the process
+# kubelet does not heartbeat), attach/detach (no CSI attacher), node-ipam, and cloud/certificate
+# machinery; see ControlPlane._start_controller_manager.
+CONTROLLERS_OFF = (
+    "node-lifecycle-controller",
+    "persistentvolume-attach-detach-controller",
+    "node-ipam-controller",
+    "taint-eviction-controller",
+    "device-taint-eviction-controller",
+    "horizontal-pod-autoscaler-controller",
+    "service-cidr-controller",
+    "certificatesigningrequest-signing-controller",
+    "certificatesigningrequest-approving-controller",
+    "kube-apiserver-serving-clustertrustbundle-publisher-controller",
+)
 
 
 class ControlPlaneUnavailable(Exception):
@@ -77,11 +100,9 @@ def ensure_binaries(say: Callable[[str], None] = print) -> Path:
     Raises ControlPlaneUnavailable when there is no Go toolchain to build with.
     """
     bin_dir = cache_dir() / "bin"
-    if binaries_ready():
+    if binaries_ready() and all(path.is_file() for path in crd_paths()):
         return bin_dir
-    go = shutil.which("go") or (
-        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
-    )
+    go = _go()
     if go is None:
         raise ControlPlaneUnavailable(
             "no Go toolchain: install Go 1.26+ so the tests can build kube-apiserver and etcd "
@@ -92,7 +113,44 @@ def ensure_binaries(say: Callable[[str], None] = print) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building the same binaries
         if not binaries_ready():
             _build(go, bin_dir, say)
+        ensure_crds(say)
     return bin_dir
+
+
+def _go() -> str | None:
+    return shutil.which("go") or (
+        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+    )
+
+
+def crd_paths() -> list[Path]:
+    """Where the Flux CRD files are cached (see :func:`ensure_crds`)."""
+    return [
+        cache_dir() / "crds" / module.replace("/", "_") / name for module, name in FLUX_CRDS.items()
+    ]
+
+
+def ensure_crds(say: Callable[[str], None] = print) -> list[Path]:
+    """Fetch the Flux controllers' module zips through the Go module proxy (once) and return
+    their CRD files, cached beside the binaries."""
+    paths = crd_paths()
+    if all(path.is_file() for path in paths):
+        return paths
+    go = _go()
+    if go is None:
+        raise ControlPlaneUnavailable("no Go toolchain to fetch the Flux CRDs with")
+    say(f"fetching the Flux CRDs ({', '.join(FLUX_CRDS)}) through the Go module proxy")
+    for (module, name), path in zip(FLUX_CRDS.items(), paths, strict=True):
+        answer = subprocess.run(
+            [go, "mod", "download", "-json", module], cwd=cache_dir(),
+            env={**os.environ, "GOFLAGS": "-mod=mod"}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if answer.returncode != 0:
+            raise RuntimeError(f"go mod download {module} failed: {answer.stdout}{answer.stderr}")
+        source = Path(json.loads(answer.stdout)["Dir"]) / "config" / "crd" / "bases" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+    return paths
 
 
 def _build(go: str, bin_dir: Path, say: Callable[[str], None]) -> None:
@@ -163,9 +221,69 @@ class ControlPlane:
             etcd = self._start_etcd()
             self._start_apiserver(etcd)
             self._wait_ready()
+            self._start_controller_manager()
+            self._start_scheduler()
+            self._install_crds()
         except BaseException:
             self.stop()
             raise
+
+    def api_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` with the admin token."""
+        from kubernetes import config
+
+        return config.new_client_from_config(str(self.kubeconfig_path))
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every request the API server has answered so far (its audit log, stage
+        ResponseComplete): ``verb``, ``user.username``, ``objectRef`` and ``responseStatus``."""
+        events = []
+        with contextlib.suppress(FileNotFoundError), open(self.workdir / "audit.log") as log:
+            for line in log:
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events
+
+    def _start_controller_manager(self) -> None:
+        pki = self.workdir / "pki"
+        controllers = ",".join(["*", *(f"-{name}" for name in CONTROLLERS_OFF)])
+        self._spawn("kube-controller-manager", [
+            "--kubeconfig", str(self.kubeconfig_path),
+            "--leader-elect=false", "--secure-port=0",
+            "--controllers", controllers,
+            "--use-service-account-credentials",  # each controller as its own SA, under RBAC
+            "--service-account-private-key-file", str(pki / "sa.key"),
+            "--root-ca-file", str(pki / "ca.crt"),
+            "--concurrent-job-syncs", "5",
+            "--node-monitor-period", "1s",
+        ])  # fmt: skip
+
+    def _start_scheduler(self) -> None:
+        self._spawn("kube-scheduler", [
+            "--kubeconfig", str(self.kubeconfig_path), "--leader-elect=false", "--secure-port=0",
+        ])  # fmt: skip
+
+    def _install_crds(self, timeout: float = 60.0) -> None:
+        """Create the Flux CRDs from the controllers' own files and wait until they serve."""
+        from kubernetes import client
+
+        api = client.ApiextensionsV1Api(self.api_client())
+        names = []
+        for path in crd_paths():
+            for document in yaml.safe_load_all(path.read_text()):
+                if document:
+                    api.create_custom_resource_definition(document)
+                    names.append(document["metadata"]["name"])
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while True:
+                crd = api.read_custom_resource_definition(name)
+                conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+                if conditions.get("Established") == "True":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"CRD {name} not established after {timeout:.0f} s")
+                time.sleep(0.1)
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -221,8 +339,21 @@ class ControlPlane:
             "--service-account-key-file", str(pki / "sa.key"),
             "--service-account-signing-key-file", str(pki / "sa.key"),
             "--service-cluster-ip-range", "10.96.0.0/16",
+            "--audit-policy-file", str(self._audit_policy()),
+            "--audit-log-path", str(self.workdir / "audit.log"),
+            "--audit-log-format", "json", "--audit-log-mode", "blocking",
         ])  # fmt: skip
         self._write_kubeconfig(pki / "ca.crt", token)
+
+    def _audit_policy(self) -> Path:
+        """Record every request once, with its metadata (who, verb, what), never a body."""
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
+            "rules": [{"level": "Metadata"}],
+        }))  # fmt: skip
+        return path
 
     def _write_kubeconfig(self, ca: Path, token: str) -> None:
         config = {
