@@ -74,6 +74,11 @@ class Cluster:
                     "metadata": {"name": self.namespace, "labels": labels or {}}}])  # fmt: skip
         self.seed(rbac_objects(self.namespace))
         self.write_kubeconfig()
+        # Pods are refused until the service-account controller has made "default".
+        self.wait_for(
+            lambda: self.get_object("v1", "ServiceAccount", self.namespace, "default") is not None,
+            30, f"ServiceAccount {self.namespace}/default",
+        )  # fmt: skip
 
     def write_kubeconfig(self, hours: int = 6) -> None:
         request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -132,14 +137,26 @@ class Cluster:
                     continue
                 raise
             if "status" in obj and obj["kind"] not in ("Namespace", "Node"):
-                created["status"] = obj["status"]
-                status = self.dynamic.resources.get(
-                    api_version=obj["apiVersion"], kind=obj["kind"]
-                ).subresources.get("status")
-                if status is not None:
-                    created = status.replace(body=created, namespace=namespace).to_dict()
+                created = self._write_status(resource, namespace, created, obj["status"])
             stored.append(created)
         return stored
+
+    def _write_status(self, resource: Any, namespace: str | None, current: Obj, status: Obj) -> Obj:
+        """Replace ``current``'s status; a controller may have written it meanwhile (the PV
+        binder binds a claim within milliseconds), so a conflict re-reads and tries again."""
+        subresource = resource.subresources.get("status")
+        if subresource is None:
+            return current
+        name = current["metadata"]["name"]
+        for _ in range(20):
+            try:
+                return dict(subresource.replace(
+                    body={**current, "status": status}, namespace=namespace).to_dict())  # fmt: skip
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+            current = resource.get(name=name, namespace=namespace).to_dict()
+        raise RuntimeError(f"status of {resource.kind}/{name} kept conflicting")
 
     def get_object(
         self, api_version: str, kind: str, namespace: str | None, name: str
