@@ -21,6 +21,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from tests.kubelet.pods import running_pod_status
+
 from .admission import now, random_suffix
 from .errors import ApiError
 from .resources import ResourceType
@@ -216,31 +218,6 @@ def pick_node(store: ObjectStore, pod_name: str, spec: Obj | None = None) -> str
     return names[zlib.crc32(pod_name.encode()) % len(names)] if names else None
 
 
-def _ip(prefix: str, seed: str) -> str:
-    number = zlib.crc32(seed.encode())
-    return f"{prefix}.{number % 250}.{number // 250 % 250 + 2}"
-
-
-def running_pod_status(pod: Obj) -> Obj:
-    """The status of a pod whose containers all started and are ready."""
-    stamp, spec = now(), pod["spec"]
-    host_ip = _ip("10.0", spec.get("nodeName") or "node")
-    pod_ip = _ip("10.244", pod["metadata"]["uid"])
-    conditions = [{"type": kind, "status": "True", "lastTransitionTime": stamp} for kind in (
-        "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")]
-    containers = [{
-        "name": c["name"], "image": c.get("image", ""), "imageID": f"{c.get('image', '')}@sha256:"
-        + hashlib.sha256(str(c.get("image")).encode()).hexdigest(),
-        "containerID": "containerd://" + hashlib.sha256(
-            (pod["metadata"]["uid"] + c["name"]).encode()).hexdigest(),
-        "ready": True, "started": True, "restartCount": 0,
-        "state": {"running": {"startedAt": stamp}},
-    } for c in spec.get("containers", [])]
-    return {**pod.get("status", {}), "phase": "Running", "conditions": conditions,
-            "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": pod_ip,
-            "podIPs": [{"ip": pod_ip}], "startTime": stamp, "containerStatuses": containers}
-
-
 def is_ready(pod: Obj) -> bool:
     """Whether a pod is Running with condition Ready=True."""
     status = pod.get("status") or {}
@@ -268,7 +245,7 @@ def start_pod(store: ObjectStore, pod: Obj, owner: Obj | None = None) -> Obj | N
         why = error.message.split(" is forbidden: ", 1)[-1]  # pod names differ every time
         if _REFUSALS.get(owner["metadata"]["uid"]) != why:
             _REFUSALS[owner["metadata"]["uid"]] = why
-            from .kubelet import record_event  # kubelet imports this module
+            from .kubelet import record_event
 
             record_event(store, owner, "FailedCreate", message,
                          component=f"{owner['kind'].lower()}-controller", warning=True)

@@ -53,7 +53,7 @@ from typing import Any
 from .admission import now
 from .controllers import Controller, controlled_by, is_ready, owner_reference
 from .errors import ApiError
-from .kubelet import INDEX_KEY, KubeletConfig, PodRun, isolation_mode, record_event
+from .kubelet import INDEX_KEY, KubeletConfig, PodRun, StoreApi, isolation_mode, record_event
 from .resources import ResourceType
 from .selectors import label_selector_from_spec
 from .store import ObjectStore
@@ -408,7 +408,7 @@ class JobController(Controller):
 
     def _kubelet_config(self, store: ObjectStore) -> KubeletConfig:
         return KubeletConfig(
-            store=store,
+            api=StoreApi(store),
             claim_dir=self.claim_dir,
             path_prepend=self.path_prepend,
             isolation=self.isolation,
