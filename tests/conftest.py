@@ -19,6 +19,7 @@ from tests.controlplane import (
     say_to_terminal,
 )
 from tests.controlplane.cluster import Cluster, unique_namespace
+from tests.kubelet.process import ProcessKubelet
 
 _bucket_numbers = itertools.count(1)
 BASELINE = {
@@ -119,17 +120,33 @@ def control_plane(
         yield plane
 
 
+@pytest.fixture(scope="session")
+def kubelet(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessKubelet]:
+    """The process kubelet (tests/kubelet/process.py) on the shared control plane: Nodes
+    worker-1..3 (the tenant-media nodes), whose pods run as local processes."""
+    with ProcessKubelet(
+        control_plane.kubeconfig_path, workdir=tmp_path_factory.mktemp("kubelet")
+    ) as running:
+        yield running
+    assert not running.errors, f"the process kubelet failed: {running.errors!r}"
+
+
 @pytest.fixture
-def cluster(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(
+    control_plane: ControlPlane, kubelet: ProcessKubelet, tmp_path: Path
+) -> Iterator[Cluster]:
     """A fresh tenant namespace on the shared real control plane, enforcing Pod Security
     ``baseline`` as Talos does, with tenant-media's objects seeded (see tests/tenant_media.py) and
     a kubeconfig for the ServiceAccount of docs/rbac.yaml (``cluster.kubeconfig_path``)."""
     from tests import tenant_media
 
     namespace = unique_namespace()
-    tenant = Cluster(control_plane, namespace, tmp_path / "cluster")
+    tenant = Cluster(control_plane, namespace, tmp_path / "cluster", kubelet)
     tenant.create_namespace(BASELINE)
     tenant.seed(tenant_media.tenant_media(ns=namespace, with_nodes=False)[1:])
+    tenant.settle()  # the apps run (as idle processes), as on a live cluster
     try:
         yield tenant
     finally:

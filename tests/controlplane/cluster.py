@@ -19,6 +19,8 @@ import yaml
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
+from tests.kubelet.process import ProcessKubelet
+
 from . import ControlPlane
 
 Obj = dict[str, Any]
@@ -55,8 +57,11 @@ def rbac_objects(namespace: str) -> list[Obj]:
 class Cluster:
     """A tenant namespace on the shared control plane (see module docstring)."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, directory: Path) -> None:
+    def __init__(
+        self, plane: ControlPlane, namespace: str, directory: Path, kubelet: ProcessKubelet
+    ) -> None:
         self.plane, self.namespace, self.directory = plane, namespace, directory
+        self.kubelet = kubelet
         self.directory.mkdir(parents=True, exist_ok=True)
         self.admin = plane.api_client()
         self.dynamic = dynamic.DynamicClient(self.admin)

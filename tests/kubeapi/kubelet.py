@@ -31,7 +31,7 @@ class StoreApi:
     def pods(self, namespace: str) -> list[Obj]:
         return self.store.list_objects(self.store.registry.by_kind("v1", "Pod"), namespace)[0]
 
-    def write_status(self, namespace: str, name: str, status: Obj) -> bool:
+    def write_status(self, namespace: str, name: str, uid: str, status: Obj) -> bool:
         try:
             self.store.update(
                 self.store.registry.by_kind("v1", "Pod"), namespace, name,
@@ -49,6 +49,10 @@ class StoreApi:
 
     def append_log(self, namespace: str, name: str, container: str, text: str) -> None:
         self.store.append_log(namespace, name, text, container)
+
+
+    def service_account_token(self, pod: Obj, audience: str | None, seconds: int) -> str:
+        raise pods.VolumeError("the API double issues no ServiceAccount tokens")
 
 
 def record_event(store: ObjectStore, obj: Obj, reason: str, message: str, **how: Any) -> None:

@@ -70,14 +70,18 @@ class PodApi(Protocol):
     def pods(self, namespace: str) -> list[Obj]:
         """Every pod of ``namespace``."""
 
-    def write_status(self, namespace: str, name: str, status: Obj) -> bool:
-        """Replace a pod's status; False when the pod is gone."""
+    def write_status(self, namespace: str, name: str, uid: str, status: Obj) -> bool:
+        """Replace a pod's status; False when the pod is gone (or replaced by one with another
+        uid, as a StatefulSet's pod is)."""
 
     def record_event(self, event: Obj) -> None:
         """Create a core/v1 Event (best effort: its namespace may be gone)."""
 
     def append_log(self, namespace: str, name: str, container: str, text: str) -> None:
         """Append ``text`` to the container's log."""
+
+    def service_account_token(self, pod: Obj, audience: str | None, seconds: int) -> str:
+        """A TokenRequest for the pod's ServiceAccount, bound to the pod."""
 
 
 def now() -> str:
@@ -325,6 +329,42 @@ def _claim_volume(claim_dir: ClaimResolver, namespace: str, source: Obj) -> Volu
     return Volume(Path(path), read_only=bool(source.get("readOnly")))
 
 
+def _projected_volume(api: PodApi, pod: Obj, spec: Obj, directory: Path) -> Volume:
+    """A ``projected`` volume (what the ServiceAccount admission adds as ``kube-api-access-*``):
+    a bound token, ConfigMap and Secret keys, downward-API fields."""
+    namespace = pod["metadata"]["namespace"]
+    files: dict[str, bytes] = {}
+    for source in spec.get("sources") or []:
+        if "serviceAccountToken" in source:
+            token = source["serviceAccountToken"]
+            files[token["path"]] = api.service_account_token(
+                pod, token.get("audience"), int(token.get("expirationSeconds", 3600))
+            ).encode()
+        elif "configMap" in source or "secret" in source:
+            kind, ref = (("ConfigMap", source["configMap"]) if "configMap" in source
+                         else ("Secret", source["secret"]))  # fmt: skip
+            data = _object_data(api, kind, namespace, ref.get("name", ""))
+            if data is None:
+                if ref.get("optional"):
+                    continue
+                raise VolumeError(f'{kind.lower()} "{ref.get("name", "")}" not found')
+            for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
+                if item["key"] in data:
+                    files[item["path"]] = data[item["key"]]
+                elif not ref.get("optional"):
+                    raise VolumeError(f"references non-existent key {item['key']}")
+        elif "downwardAPI" in source:
+            for item in source["downwardAPI"].get("items") or []:
+                if "fieldRef" not in item:
+                    raise VolumeError("only fieldRef items are supported by the test kubelet")
+                try:
+                    files[item["path"]] = field_value(pod, item["fieldRef"]["fieldPath"]).encode()
+                except ContainerConfigError as error:
+                    raise VolumeError(str(error)) from error
+    _write_keys(files, {"defaultMode": spec.get("defaultMode", 0o644)}, directory)
+    return Volume(directory, read_only=True)
+
+
 def _one_volume(
     api: PodApi, pod: Obj, volume: Obj, claim_dir: ClaimResolver, pod_dir: Path
 ) -> Volume:
@@ -338,6 +378,8 @@ def _one_volume(
         return Volume(directory)
     if "secret" in volume or "configMap" in volume:
         return _key_volume(api, pod, volume, directory)
+    if "projected" in volume:
+        return _projected_volume(api, pod, volume["projected"], directory)
     if "hostPath" in volume:
         path = Path(volume["hostPath"]["path"])
         if not path.exists():
@@ -665,6 +707,8 @@ class KubeletConfig:
     stopping: threading.Event
     on_exit: Callable[[], None]
     image_pullable: Callable[[str], bool] = lambda image: True
+    # The image's entrypoint, for a container that gives no command (None: it must give one).
+    entrypoint: Callable[[str], list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -888,10 +932,10 @@ class PodRun:
                 "the test kubelet runs pods with exactly one container and no initContainers"
             )
         env = container_env(self.kubelet.api, {**self.pod, "status": running}, self.container)
-        argv = [
-            expand(str(part), env)
-            for part in (self.container.get("command") or []) + (self.container.get("args") or [])
-        ]
+        command = self.container.get("command") or []
+        if not command and self.kubelet.entrypoint is not None:
+            command = self.kubelet.entrypoint(str(self.container.get("image") or ""))
+        argv = [expand(str(part), env) for part in command + (self.container.get("args") or [])]
         hostname = (spec.get("hostname") or self.name)[:63]
         base = {
             "PATH": ":".join(self.kubelet.path_prepend + DEFAULT_PATH),
@@ -1001,5 +1045,5 @@ class PodRun:
         """Write the pod's status, unless the run is stopping; a deleted pod ends reporting."""
         if self._stopped():
             return
-        if not self.kubelet.api.write_status(self.namespace, self.name, status):
+        if not self.kubelet.api.write_status(self.namespace, self.name, self.uid, status):
             self.deleted = True

@@ -1,0 +1,532 @@
+"""A process kubelet for the real control plane: it registers Nodes, runs the pods the scheduler
+binds to them as local processes (tests/kubelet/pods.py: env and envFrom resolved through the API,
+PVCs as host directories, read-only where mounted so), reports their phase, conditions and exit
+codes, and serves container logs to the API server's ``pods/log`` proxy, so ``kubectl logs`` and
+migrator's log following work unchanged.
+
+Like a real kubelet it finishes a graceful deletion itself: when a pod it runs gets a
+``deletionTimestamp`` it sends SIGTERM, SIGKILL after the grace period (capped by
+``max_grace_seconds``), then deletes the pod with grace period 0.
+
+Deliberate differences from a real kubelet:
+
+- Images are not pulled: the host's tools stand in for every image (``path_prepend`` first on the
+  PATH: the venv, so ``migrator`` and ``rclone`` resolve). ``images``, when given, is the set a
+  registry has; another image leaves the pod in ErrImagePull/ImagePullBackOff. A container with
+  no ``command`` runs ``entrypoint(image)`` (default: an idle process, standing for an app
+  that serves until it is stopped). Probes are not run: a started container is Ready.
+- A claim needs no CSI driver: it is a host directory, ``add_claim``'s or else one made on first
+  use under the kubelet's work directory. A new claim of a StorageClass gets a PersistentVolume
+  from :meth:`ProcessKubelet.provision`, standing in for the CSI external-provisioner.
+- It reads with the admin credentials it is given (a real kubelet is ``system:node:<name>``
+  under the Node authorizer) and does not heartbeat: the control plane runs without the node
+  lifecycle controller, so Nodes stay Ready until the kubelet stops.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import urllib3
+import yaml
+
+from .logs import LogServer, LogStore
+from .pods import KubeletConfig, PodRun, isolation_mode, now
+
+Obj = dict[str, Any]
+PLURALS = {
+    "Secret": "secrets",
+    "ConfigMap": "configmaps",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Pod": "pods",
+    "Event": "events",
+}
+SYNC_SECONDS = 0.1
+IDLE = [sys.executable, "-c", "import signal; signal.pause()"]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status}: {text}")
+        self.status = status
+
+
+class Api:
+    """JSON over HTTPS with a bearer token, from a kubeconfig (thread-safe, pooled)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = yaml.safe_load(Path(kubeconfig).read_text())
+        context = next(
+            c["context"] for c in config["contexts"] if c["name"] == config["current-context"]
+        )
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+        self.server = cluster["server"].rstrip("/")
+        ssl_context = ssl.create_default_context(
+            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+        )
+        self.http = urllib3.PoolManager(maxsize=16, ssl_context=ssl_context)
+        self.headers = {"Authorization": f"Bearer {user['token']}", "Accept": "application/json"}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Obj | None = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        url = self.server + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            data, headers["Content-Type"] = json.dumps(body).encode(), content_type
+        answer = self.http.request(
+            method, url, body=data, headers=headers, timeout=30.0, retries=False
+        )
+        if answer.status >= 300:
+            raise ApiError(answer.status, answer.data.decode("utf-8", "replace"))
+        return json.loads(answer.data) if answer.data else None
+
+    def get(self, path: str) -> Obj | None:
+        try:
+            found: Obj = self.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+
+class RealApi:
+    """:class:`tests.kubelet.pods.PodApi` over the real API server."""
+
+    def __init__(self, api: Api, logs: LogStore) -> None:
+        self.api, self.logs = api, logs
+
+    def read(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self.api.get(f"/api/v1/namespaces/{namespace}/{PLURALS[kind]}/{name}")
+
+    def pods(self, namespace: str) -> list[Obj]:
+        found = self.api.request("GET", f"/api/v1/namespaces/{namespace}/pods")
+        return list(found["items"])
+
+    def write_status(self, namespace: str, name: str, uid: str, status: Obj) -> bool:
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        for _ in range(50):
+            current = self.api.get(path)
+            if current is None or current["metadata"]["uid"] != uid:
+                return False
+            try:
+                self.api.request("PUT", path + "/status", {**current, "status": status})
+                return True
+            except ApiError as error:
+                if error.status == 404:
+                    return False
+                if error.status != 409:
+                    raise
+        raise RuntimeError(f"status of pod {namespace}/{name} kept conflicting")
+
+    def record_event(self, event: Obj) -> None:
+        namespace = event["metadata"]["namespace"]
+        with contextlib.suppress(ApiError):  # best effort: the namespace may be terminating
+            self.api.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+
+    def append_log(self, namespace: str, name: str, container: str, text: str) -> None:
+        self.logs.append(namespace, name, container, text)
+
+    def service_account_token(self, pod: Obj, audience: str | None, seconds: int) -> str:
+        meta = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        spec: Obj = {
+            "expirationSeconds": seconds,
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        }
+        if audience:
+            spec["audiences"] = [audience]
+        answer = self.api.request(
+            "POST",
+            f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+        )
+        return str(answer["status"]["token"])
+
+
+@dataclass(frozen=True)
+class Node:
+    """A Node this kubelet registers."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: tuple[Obj, ...] = ()
+    unschedulable: bool = False
+
+
+@dataclass
+class _Run:
+    run: PodRun
+    killing: bool = False
+    finished: bool = False  # its logs are complete
+    removed: bool = False
+
+
+class ProcessKubelet:
+    """Runs the pods bound to ``nodes`` (names or :class:`Node`) as local processes; see the
+    module docstring. Use as a context manager, or call :meth:`start` and :meth:`stop`."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        nodes: Iterable[str | Node] = ("worker-1", "worker-2", "worker-3"),
+        *,
+        workdir: Path | None = None,
+        path_prepend: list[str] | None = None,
+        images: Collection[str] | None = None,
+        entrypoint: Callable[[str], list[str]] = lambda image: IDLE,
+        isolation: str | None = None,
+        max_grace_seconds: float = 5.0,
+    ) -> None:
+        self.nodes = [n if isinstance(n, Node) else Node(n) for n in nodes]
+        self.node_names = {n.name for n in self.nodes}
+        self.api = Api(kubeconfig)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="process-kubelet-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs = LogStore()
+        self.log_server = LogServer(self.logs)
+        self.claims: dict[tuple[str, str], Path] = {}
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._runs: dict[str, _Run] = {}
+        self._removed: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.errors: list[BaseException] = []
+        known = frozenset(images) if images is not None else None
+        self.config = KubeletConfig(
+            api=RealApi(self.api, self.logs),
+            claim_dir=self.claim_dir,
+            path_prepend=(
+                path_prepend if path_prepend is not None else [str(Path(sys.executable).parent)]
+            ),
+            isolation=isolation or isolation_mode(),
+            workdir=self.workdir / "pods",
+            max_grace=max_grace_seconds,
+            spawn=self._spawn,
+            stopping=self.stopping,
+            on_exit=self._wake.set,
+            image_pullable=(lambda image: True) if known is None else known.__contains__,
+            entrypoint=entrypoint,
+        )
+        self.config.workdir.mkdir(exist_ok=True)
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> ProcessKubelet:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.log_server.start()
+        for node in self.nodes:
+            self.register(node)
+        self._thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every container (SIGTERM, SIGKILL after the grace period), then serving."""
+        self.stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            runs = [entry.run for entry in self._runs.values()]
+        for run in runs:
+            if run.terminate():
+                run.finish_killing(time.monotonic() + run.grace)
+        for run in runs:
+            run.exited.wait(timeout)
+        self.log_server.stop()
+
+    def register(self, node: Node) -> None:
+        """Create (or update) the Node, Ready, with this kubelet's log endpoint."""
+        labels = {
+            "kubernetes.io/hostname": node.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            **node.labels,
+        }
+        spec: Obj = {"unschedulable": node.unschedulable, "taints": list(node.taints)}
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node.name, "labels": labels},
+            "spec": spec,
+        }
+        path = f"/api/v1/nodes/{node.name}"
+        current = self.api.get(path)
+        if current is None:
+            current = self.api.request("POST", "/api/v1/nodes", body)
+        else:
+            current = self.api.request(
+                "PUT",
+                path,
+                {
+                    **current,
+                    "metadata": {**current["metadata"], "labels": labels},
+                    "spec": {**current["spec"], **spec},
+                },
+            )
+        current = self.api.request(
+            "PUT", path + "/status", {**current, "status": self._node_status()}
+        )
+        # Admission taints a new Node not-ready; the node lifecycle controller (not run here:
+        # nothing heartbeats) would lift that once the Node reports Ready.
+        self.api.request("PUT", path, {**current, "spec": {**current["spec"], **spec}})
+
+    def _node_status(self) -> Obj:
+        stamp = now()
+        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+        conditions = [
+            {
+                "type": kind,
+                "status": "False",
+                "reason": f"KubeletHas{reason}",
+                "lastHeartbeatTime": stamp,
+                "lastTransitionTime": stamp,
+            }
+            for kind, reason in (
+                ("MemoryPressure", "SufficientMemory"),
+                ("DiskPressure", "NoDiskPressure"),
+                ("PIDPressure", "SufficientPID"),
+            )
+        ]
+        conditions.append(
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "process kubelet is posting ready status",
+                "lastHeartbeatTime": stamp,
+                "lastTransitionTime": stamp,
+            }
+        )
+        return {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": conditions,
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_server.port}},
+            "nodeInfo": {
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": "",
+                "osImage": "process kubelet",
+                "containerRuntimeVersion": "process://1",
+                "kubeletVersion": "v1.37.2",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        }
+
+    # --- claims ------------------------------------------------------------------------------
+
+    def add_claim(self, namespace: str, claim: str, directory: Path) -> None:
+        """Back a claim by ``directory`` (pods waiting for it mount it at once)."""
+        self.claims[(namespace, claim)] = Path(directory)
+
+    def claim_dir(self, namespace: str, claim: str) -> Path:
+        """The host directory of a claim: the one given by :meth:`add_claim`, else a fresh one."""
+        found = self.claims.get((namespace, claim))
+        if found is None:
+            found = self.workdir / "claims" / namespace / claim
+            found.mkdir(parents=True, exist_ok=True)
+            self.claims[(namespace, claim)] = found
+        return found
+
+    def processes(self) -> list[int]:
+        """PIDs of the container processes still running."""
+        with self._lock:
+            return [pid for entry in self._runs.values() if (pid := entry.run.pid()) is not None]
+
+    # --- the sync loop -----------------------------------------------------------------------
+
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as error:  # kept for the fixture to report, never lost
+                self.errors.append(error)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.sync()
+            except Exception as error:  # an API hiccup: try again on the next round
+                if not self.stopping.is_set():
+                    self.errors.append(error)
+            self._wake.wait(SYNC_SECONDS)
+            self._wake.clear()
+
+    def provision(self) -> None:
+        """Give every Pending claim of a StorageClass a PersistentVolume, as a CSI
+        external-provisioner does: at once for ``Immediate`` classes, once the scheduler picked a
+        node for ``WaitForFirstConsumer`` ones. The PV controller then binds the two."""
+        claims = self.api.request("GET", "/api/v1/persistentvolumeclaims")["items"]
+        pending = [
+            c
+            for c in claims
+            if (c.get("status") or {}).get("phase") == "Pending"
+            and c["spec"].get("storageClassName")
+            and not c["spec"].get("volumeName")
+            and not c["metadata"].get("deletionTimestamp")
+        ]
+        for claim in pending:
+            meta, spec = claim["metadata"], claim["spec"]
+            klass = self.api.get(
+                f"/apis/storage.k8s.io/v1/storageclasses/{spec['storageClassName']}"
+            )
+            if klass is None:
+                continue
+            annotations = meta.get("annotations") or {}
+            if (
+                klass.get("volumeBindingMode") == "WaitForFirstConsumer"
+                and "volume.kubernetes.io/selected-node" not in annotations
+            ):
+                continue
+            name = f"pvc-{meta['uid']}"
+            volume = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"pv.kubernetes.io/provisioned-by": klass["provisioner"]},
+                },
+                "spec": {
+                    "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+                    "accessModes": spec["accessModes"],
+                    "persistentVolumeReclaimPolicy": klass.get("reclaimPolicy", "Delete"),
+                    "storageClassName": spec["storageClassName"],
+                    "volumeMode": spec.get("volumeMode", "Filesystem"),
+                    "csi": {"driver": klass["provisioner"], "volumeHandle": name},
+                    "claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                },
+            }
+            with contextlib.suppress(ApiError):  # 409: provisioned on an earlier round
+                self.api.request("POST", "/api/v1/persistentvolumes", volume)
+
+    def sync(self) -> None:
+        """One round: start the pods bound here, finish the deleted ones."""
+        self.provision()
+        found = self.api.request("GET", "/api/v1/pods")["items"]
+        mine = {
+            p["metadata"]["uid"]: p
+            for p in found
+            if (p.get("spec") or {}).get("nodeName") in self.node_names
+        }
+        with self._lock:
+            for uid, pod in mine.items():
+                entry = self._runs.get(uid)
+                if entry is None:
+                    self._admit(pod)
+                elif pod["metadata"].get("deletionTimestamp") and not entry.killing:
+                    entry.killing = True
+                    entry.run.kill()
+            for uid, entry in list(self._runs.items()):
+                if uid not in mine:
+                    entry.run.terminate()  # deleted outright (grace 0): stop, nothing to report
+                    if entry.run.exited.is_set():
+                        del self._runs[uid]
+                elif entry.run.exited.is_set() and not entry.finished:
+                    entry.finished = True
+                    self.logs.finish(entry.run.namespace, entry.run.name)
+                if (
+                    uid in mine
+                    and entry.killing
+                    and entry.run.exited.is_set()
+                    and not entry.removed
+                ):
+                    entry.removed = True
+                    self._remove(mine[uid])
+            # Pods this kubelet never ran (finished before it started), deleted: finish them.
+            stale = [
+                p
+                for uid, p in mine.items()
+                if uid not in self._runs
+                and p["metadata"].get("deletionTimestamp")
+                and uid not in self._removed
+            ]
+            self._removed.update(p["metadata"]["uid"] for p in stale)
+        for pod in stale:
+            self._remove(pod)
+
+    def _admit(self, pod: Obj) -> None:
+        if pod["metadata"].get("deletionTimestamp"):
+            return
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return  # finished before this kubelet started
+        pod = {**pod, "apiVersion": "v1", "kind": "Pod"}  # list items come without them
+        owners = pod["metadata"].get("ownerReferences") or [{}]
+        run = PodRun(self.config, pod, owners[0].get("uid", ""))
+        self.logs.reset(pod["metadata"]["namespace"], pod["metadata"]["name"])
+        self._runs[pod["metadata"]["uid"]] = _Run(run)
+        run.start()
+
+    def _remove(self, pod: Obj) -> None:
+        """Delete a pod whose containers are gone, with grace period 0, as the kubelet does."""
+        meta = pod["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": meta["uid"]},
+        }
+        with contextlib.suppress(ApiError):  # gone already, or replaced
+            self.api.request(
+                "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body
+            )
+
+    def pod_dirs(self) -> list[Path]:
+        """Per-pod scratch directories still present (each is removed when its pod ends)."""
+        return sorted(p for p in self.config.workdir.iterdir() if p.is_dir())
+
+    def clean(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
