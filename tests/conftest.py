@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import boto3
@@ -134,20 +134,49 @@ def kubelet(
 
 
 @pytest.fixture
-def cluster(
+def make_cluster(
     control_plane: ControlPlane, kubelet: ProcessKubelet, tmp_path: Path
-) -> Iterator[Cluster]:
-    """A fresh tenant namespace on the shared real control plane, enforcing Pod Security
-    ``baseline`` as Talos does, with tenant-media's objects seeded (see tests/tenant_media.py) and
-    a kubeconfig for the ServiceAccount of docs/rbac.yaml (``cluster.kubeconfig_path``)."""
+) -> Iterator[Callable[..., Cluster]]:
+    """Make tenant namespaces on the shared real control plane, each seeded with tenant-media's
+    objects (tests/tenant_media.py) as admin, with the ServiceAccount of docs/rbac.yaml
+    (``cluster.kubeconfig_path`` is its kubeconfig), and its apps running on the process kubelet.
+
+    ``claims`` backs claims by host directories; ``secret`` gives the credentials Secret's keys
+    (``tenant_media.credentials_secret`` arguments); ``labels`` default to Pod Security
+    ``baseline`` enforced, as Talos does. Every namespace is deleted at the end of the test.
+    """
     from tests import tenant_media
 
-    namespace = unique_namespace()
-    tenant = Cluster(control_plane, namespace, tmp_path / "cluster", kubelet)
-    tenant.create_namespace(BASELINE)
-    tenant.seed(tenant_media.tenant_media(ns=namespace, with_nodes=False)[1:])
-    tenant.settle()  # the apps run (as idle processes), as on a live cluster
+    made: list[Cluster] = []
+
+    def make(
+        *,
+        claims: Mapping[str, Path] | None = None,
+        secret: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] = BASELINE,
+    ) -> Cluster:
+        namespace = unique_namespace()
+        tenant = Cluster(control_plane, namespace, tmp_path / namespace, kubelet)
+        made.append(tenant)
+        for claim, directory in (claims or {}).items():
+            kubelet.add_claim(namespace, claim, directory)
+        tenant.create_namespace(dict(labels))
+        objects = tenant_media.tenant_media(ns=namespace, with_nodes=False)[1:]
+        if secret is not None:
+            given = tenant_media.credentials_secret(namespace=namespace, **secret)
+            objects = [given if o["kind"] == "Secret" else o for o in objects]
+        tenant.seed(objects)
+        tenant.settle()  # the apps run (as idle processes), as on a live cluster
+        return tenant
+
     try:
-        yield tenant
+        yield make
     finally:
-        tenant.delete()
+        for tenant in made:
+            tenant.delete()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    """A fresh tenant namespace, as :func:`make_cluster` makes it with its defaults."""
+    return make_cluster()

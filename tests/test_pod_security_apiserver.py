@@ -1,7 +1,7 @@
 """Every pod migrator renders, submitted to a real kube-apiserver that enforces Pod Security.
 
 The plan and the manifests come from the product as a user makes them (``migrator plan`` against
-the API double's tenant-media, ``migrator backup install --out``, and the library's verify and
+tenant-media on the real control plane, ``migrator backup install --out``, and the library's verify and
 restore Job builders); admission is the real one: the pod templates are created as Pods with a
 server-side dry run in a namespace labelled ``pod-security.kubernetes.io/enforce``, as Talos labels
 every namespace by default.
@@ -19,9 +19,11 @@ from kubernetes.client.exceptions import ApiException
 
 from migrator.manifests import build_restore_job, build_verify_job
 from tests import tenant_media
+from tests.conftest import BASELINE
 from tests.controlplane import ControlPlane
+from tests.controlplane.cluster import Cluster, unique_namespace
 from tests.helpers import load_yaml, run_cli
-from tests.kubeapi import KubeAPIServer
+from tests.kubelet.process import ProcessKubelet
 
 NS = tenant_media.NAMESPACE
 
@@ -58,28 +60,41 @@ def restricted_namespace(control_plane: ControlPlane) -> Iterator[str]:
     yield from _namespace(control_plane, "tenant-hardened", "restricted")
 
 
-def rendered_manifests(root: Path, target: list[str]) -> dict[str, dict[str, Any]]:
-    return rendered(root, target)[1]
+@pytest.fixture(scope="module")
+def tenant(
+    control_plane: ControlPlane, kubelet: ProcessKubelet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """tenant-media on the real control plane (its apps running), that plans are made against."""
+    cluster = Cluster(control_plane, unique_namespace(), tmp_path_factory.mktemp("tenant"), kubelet)
+    cluster.create_namespace(BASELINE)
+    cluster.seed(tenant_media.tenant_media(ns=cluster.namespace, with_nodes=False)[1:])
+    cluster.settle()
+    yield cluster
+    cluster.delete()
 
 
-def rendered(root: Path, target: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def rendered_manifests(tenant: Cluster, root: Path, target: list[str]) -> dict[str, dict[str, Any]]:
+    return rendered(tenant, root, target)[1]
+
+
+def rendered(
+    tenant: Cluster, root: Path, target: list[str]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every Job and CronJob a plan leads to, by name, made through the CLI where it writes them."""
-    with KubeAPIServer(root / "kubeapi") as api:
-        api.seed(tenant_media.tenant_media())
-        api.settle()
-        result = run_cli(
-            "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path), *target,
-            "--backup-target", "s3://media/backups", cwd=root,
-        )  # fmt: skip
+    ns = tenant.namespace
+    result = run_cli(
+        "plan", "-n", ns, "--kubeconfig", str(tenant.kubeconfig_path), *target,
+        "--backup-target", "s3://media/backups", cwd=root,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
-    plan_path = root / "plans" / f"{NS}.yaml"
+    plan_path = root / "plans" / f"{ns}.yaml"
     out = root / "backups"
     result = run_cli(
         "backup", "install", "--plan", str(plan_path), "--drill", "weekly", "--out", str(out)
     )
     assert result.exit_code == 0, result.output
     manifests: dict[str, dict[str, Any]] = {}
-    for path in sorted([*(root / "jobs" / NS).glob("*.yaml"), *out.glob("migrator-*.yaml")]):
+    for path in sorted([*(root / "jobs" / ns).glob("*.yaml"), *out.glob("migrator-*.yaml")]):
         document = load_yaml(path)
         if document["kind"] in ("Job", "CronJob"):
             manifests[path.name] = document
@@ -122,9 +137,10 @@ TARGETS = {
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_every_rendered_pod_passes_baseline_admission(
-    control_plane: ControlPlane, baseline_namespace: str, tmp_path: Path, target: str
+    control_plane: ControlPlane, tenant: Cluster, baseline_namespace: str, tmp_path: Path,
+    target: str,
 ) -> None:
-    manifests = rendered_manifests(tmp_path, TARGETS[target])
+    manifests = rendered_manifests(tenant, tmp_path, TARGETS[target])
     assert len(manifests) >= 10, sorted(manifests)  # copy, cutover, verify, backup, drill, restore
     core = _api(control_plane)
     refused = {}
@@ -136,10 +152,10 @@ def test_every_rendered_pod_passes_baseline_admission(
 
 
 def test_the_api_server_enforces_baseline_on_what_was_rendered(
-    control_plane: ControlPlane, baseline_namespace: str, tmp_path: Path
+    control_plane: ControlPlane, tenant: Cluster, baseline_namespace: str, tmp_path: Path
 ) -> None:
     """The control: the same pods with a capability baseline forbids are refused, by name."""
-    manifests = rendered_manifests(tmp_path, TARGETS["s3"])
+    manifests = rendered_manifests(tenant, tmp_path, TARGETS["s3"])
     name, manifest = sorted(manifests.items())[0]
     pod = pod_of(manifest, "forbidden")
     pod["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = ["DAC_READ_SEARCH"]
@@ -150,12 +166,16 @@ def test_the_api_server_enforces_baseline_on_what_was_rendered(
 
 
 def test_restricted_mode_pods_pass_restricted_admission_but_for_those_the_plan_names(
-    control_plane: ControlPlane, restricted_namespace: str, baseline_namespace: str, tmp_path: Path
+    control_plane: ControlPlane,
+    tenant: Cluster,
+    restricted_namespace: str,
+    baseline_namespace: str,
+    tmp_path: Path,
 ) -> None:
     """--pod-security restricted: agents run as the apps' users and a restricted namespace admits
     them; a volume read by apps of different users (media) keeps a root agent, which the plan
     names, and which only baseline admits."""
-    plan, manifests = rendered(tmp_path, [*TARGETS["s3"], "--pod-security", "restricted"])
+    plan, manifests = rendered(tenant, tmp_path, [*TARGETS["s3"], "--pod-security", "restricted"])
     named = {w["volume"] for w in plan["spec"]["warnings"] if w["code"] == "restricted-root-agent"}
     core = _api(control_plane)
     admitted, refused = set(), {}

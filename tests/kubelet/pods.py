@@ -324,7 +324,7 @@ def _claim_volume(claim_dir: ClaimResolver, namespace: str, source: Obj) -> Volu
     if path is None or not Path(path).is_dir():
         where = "no host directory is mapped" if path is None else f"{path} is not a directory"
         raise VolumeError(
-            f"{where} for PersistentVolumeClaim {namespace}/{claim} (JobController claim_dirs)"
+            f"{where} for PersistentVolumeClaim {namespace}/{claim}"
         )
     return Volume(Path(path), read_only=bool(source.get("readOnly")))
 

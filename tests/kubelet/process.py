@@ -12,7 +12,8 @@ Deliberate differences from a real kubelet:
 
 - Images are not pulled: the host's tools stand in for every image (``path_prepend`` first on the
   PATH: the venv, so ``migrator`` and ``rclone`` resolve). ``images``, when given, is the set a
-  registry has; another image leaves the pod in ErrImagePull/ImagePullBackOff. A container with
+  registry has, and ``unpublished`` the images it has not; another image leaves the pod in
+  ErrImagePull/ImagePullBackOff. A container with
   no ``command`` runs ``entrypoint(image)`` (default: an idle process, standing for an app
   that serves until it is stopped). Probes are not run: a started container is Ready.
 - A claim needs no CSI driver: it is a host directory, ``add_claim``'s or else one made on first
@@ -213,6 +214,7 @@ class ProcessKubelet:
         self.logs = LogStore()
         self.log_server = LogServer(self.logs)
         self.claims: dict[tuple[str, str], Path] = {}
+        self.unmountable: set[tuple[str, str]] = set()
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._runs: dict[str, _Run] = {}
@@ -220,7 +222,8 @@ class ProcessKubelet:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.errors: list[BaseException] = []
-        known = frozenset(images) if images is not None else None
+        self.images = frozenset(images) if images is not None else None
+        self.unpublished: set[str] = set()  # images the registry does not have (tests add some)
         self.config = KubeletConfig(
             api=RealApi(self.api, self.logs),
             claim_dir=self.claim_dir,
@@ -233,7 +236,7 @@ class ProcessKubelet:
             spawn=self._spawn,
             stopping=self.stopping,
             on_exit=self._wake.set,
-            image_pullable=(lambda image: True) if known is None else known.__contains__,
+            image_pullable=self._pullable,
             entrypoint=entrypoint,
         )
         self.config.workdir.mkdir(exist_ok=True)
@@ -357,14 +360,20 @@ class ProcessKubelet:
             },
         }
 
+    def _pullable(self, image: str) -> bool:
+        return image not in self.unpublished and (self.images is None or image in self.images)
+
     # --- claims ------------------------------------------------------------------------------
 
     def add_claim(self, namespace: str, claim: str, directory: Path) -> None:
         """Back a claim by ``directory`` (pods waiting for it mount it at once)."""
         self.claims[(namespace, claim)] = Path(directory)
 
-    def claim_dir(self, namespace: str, claim: str) -> Path:
-        """The host directory of a claim: the one given by :meth:`add_claim`, else a fresh one."""
+    def claim_dir(self, namespace: str, claim: str) -> Path | None:
+        """The host directory of a claim: the one given by :meth:`add_claim`, else a fresh one;
+        None for a claim in ``unmountable`` (its pods stay ContainerCreating, FailedMount)."""
+        if (namespace, claim) in self.unmountable:
+            return None
         found = self.claims.get((namespace, claim))
         if found is None:
             found = self.workdir / "claims" / namespace / claim
