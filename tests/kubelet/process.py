@@ -293,25 +293,27 @@ class ProcessKubelet:
             "spec": spec,
         }
         path = f"/api/v1/nodes/{node.name}"
-        current = self.api.get(path)
-        if current is None:
-            current = self.api.request("POST", "/api/v1/nodes", body)
-        else:
-            current = self.api.request(
-                "PUT",
-                path,
-                {
-                    **current,
-                    "metadata": {**current["metadata"], "labels": labels},
-                    "spec": {**current["spec"], **spec},
-                },
-            )
-        current = self.api.request(
-            "PUT", path + "/status", {**current, "status": self._node_status()}
-        )
+        if self.api.get(path) is None:
+            self.api.request("POST", "/api/v1/nodes", body)
+        self._update(path, lambda n: {**n, "metadata": {**n["metadata"], "labels": labels}})
+        self._update(path + "/status", lambda n: {**n, "status": self._node_status()})
         # Admission taints a new Node not-ready; the node lifecycle controller (not run here:
         # nothing heartbeats) would lift that once the Node reports Ready.
-        self.api.request("PUT", path, {**current, "spec": {**current["spec"], **spec}})
+        self._update(path, lambda n: {**n, "spec": {**n["spec"], **spec}})
+
+    def _update(self, path: str, change: Callable[[Obj], Obj]) -> None:
+        """Read-modify-write ``path`` (a Node or its status), again on a conflict: controllers
+        annotate a new Node meanwhile."""
+        for _ in range(50):
+            current = self.api.get(path.removesuffix("/status"))
+            assert current is not None, path
+            try:
+                self.api.request("PUT", path, change(current))
+                return
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+        raise RuntimeError(f"{path} kept conflicting")
 
     def _node_status(self) -> Obj:
         stamp = now()
