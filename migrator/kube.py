@@ -136,16 +136,61 @@ class KubeClient:
         except ApiException as exc:
             if missing_ok and exc.status == 404:
                 return None
-            if exc.status in (401, 403):
-                raise OperationFailedError(
-                    f"{what}: permission denied ({exc.status} {exc.reason}); "
-                    "check your kubeconfig user's RBAC rights"
-                ) from None
-            if exc.status == 409:
-                raise ConflictError(f"{what}: {exc.reason}; it changed since it was read") from None
-            raise OperationFailedError(f"{what}: API error {exc.status} {exc.reason}") from None
+            raise self._refused(what, exc) from None
         except (Urllib3Error, OSError) as exc:
             raise ClusterUnreachableError(f"{what}: {self._unreachable(exc)}") from None
+
+    def send(
+        self, what: str, method: str, path: str, body: dict[str, Any] | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        """One request whose JSON body goes out exactly as given; its answer as a dict.
+
+        The typed client turns a body into its model first, and the model writes a MicroTime
+        (a Lease's ``renewTime``) with ``isoformat()``: without the fraction when it is zero,
+        which the API server refuses (400). ``path`` is the API path, such as
+        ``/apis/coordination.k8s.io/v1/namespaces/NS/leases/NAME``. Errors as :meth:`call`;
+        with ``missing_ok`` a 404 returns None.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        client = self.api_client
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+
+        def request() -> dict[str, Any]:
+            serialized = client.param_serialize(
+                method=method, resource_path=path, header_params=headers, body=body,
+                auth_settings=["BearerToken"],
+            )  # fmt: skip
+            answer = client.call_api(*serialized)
+            answer.read()
+            text = (answer.data or b"").decode("utf-8", "replace")
+            if not 200 <= answer.status <= 299:
+                raise ApiException.from_response(http_resp=answer, body=text, data=None)
+            loaded: dict[str, Any] = json.loads(text) if text.strip() else {}
+            return loaded
+
+        return self.call(what, request, missing_ok=missing_ok)
+
+    def _refused(self, what: str, exc: Any) -> OperationFailedError:
+        """The error for an answer other than 2xx, with the API server's own words."""
+        said = _status_message(exc.body)
+        if exc.status == 401:
+            server = self.api_client.configuration.host
+            return OperationFailedError(
+                f"{what}: the Kubernetes API server {server} did not accept the credentials "
+                "(401 Unauthorized); the token may have expired or been revoked: get a new one "
+                "(kubectl -n NAMESPACE create token SERVICEACCOUNT) and put it in the kubeconfig"
+            )
+        if exc.status == 403:
+            return OperationFailedError(
+                f"{what}: permission denied ({said or '403 Forbidden'}); grant it to the "
+                "kubeconfig's user with RBAC (docs/rbac.yaml lists what migrator needs)"
+            )
+        if exc.status == 409:
+            return ConflictError(f"{what}: {exc.reason}; it changed since it was read")
+        detail = f": {said}" if said else ""
+        return OperationFailedError(f"{what}: API error {exc.status} {exc.reason}{detail}")
 
     def _unreachable(self, exc: BaseException) -> str:
         """Why the API server could not be used, naming it (never its credentials)."""
@@ -159,6 +204,12 @@ class KubeClient:
         server = self.api_client.configuration.host
         reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
         hint = "check --kubeconfig/--context and the network"
+        if _untrusted_certificate(reason):
+            return (
+                f"the TLS certificate of the Kubernetes API server {server} is not trusted "
+                f"({_certificate_problem(reason)}); give its CA in the kubeconfig "
+                "(certificate-authority-data, or certificate-authority: FILE)"
+            )
         if isinstance(reason, ReadTimeoutError):
             return (
                 f"the Kubernetes API server {server} did not answer within {READ_TIMEOUT}s; {hint}"
@@ -300,3 +351,47 @@ def _bucket_info_public_fields(raw: bytes) -> dict[str, str]:
     if s3.get("region"):
         fields["region"] = s3["region"]
     return {k: str(v) for k, v in fields.items() if v}
+
+
+def _status_message(body: Any) -> str:
+    """The ``message`` of the Status an API server answers an error with, on one line; empty
+    when the body is not one."""
+    try:
+        status = json.loads(body) if isinstance(body, (str, bytes)) else None
+    except ValueError:
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return " ".join(str(message).split()) if message else ""
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and what it wraps (urllib3 nests the ssl error in its own, in args)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        nested = current.args[0] if current.args else None
+        if isinstance(nested, BaseException):
+            current = nested
+        else:
+            current = current.__cause__ or current.__context__
+    return chain
+
+
+def _untrusted_certificate(error: BaseException) -> bool:
+    import ssl
+
+    return any(
+        isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cause)
+        for cause in _causes(error)
+    )
+
+
+def _certificate_problem(error: BaseException) -> str:
+    """What the TLS library said about the certificate, e.g. 'self-signed certificate'."""
+    import ssl
+
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+            return str(cause.verify_message)
+    return "certificate verify failed"

@@ -1,21 +1,30 @@
-"""The Kubernetes client's own guarantees (migrator/kube.py): bounded requests, one-line errors."""
+"""The Kubernetes client's own guarantees (migrator/kube.py): bounded requests, one-line errors
+that say what to do, here against a hung server and a real kube-apiserver (the ServiceAccount of
+docs/rbac.yaml, its token revoked or unknown, its CA missing)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+import trustme
 import yaml
 
 from migrator.kube import CONNECT_TIMEOUT, READ_TIMEOUT, request_timeout
 from tests import tenant_media
+from tests.controlplane.cluster import Cluster
 
 NS = tenant_media.NAMESPACE
 
@@ -94,3 +103,126 @@ def test_streams_are_bounded_by_what_they_asked_for() -> None:
     assert request_timeout(f"{base}?watch=true&timeoutSeconds=300") == (CONNECT_TIMEOUT, 330)
     assert request_timeout(f"{base}/app-0/log?follow=true") == (CONNECT_TIMEOUT, None)
     assert request_timeout(f"{base}?watch=false&limit=500") == (CONNECT_TIMEOUT, READ_TIMEOUT)
+
+
+# --- one-line errors of the CLI against a real kube-apiserver ---------------------------------
+
+
+def kubeconfig_like(cluster: Cluster, path: Path, token: str | None = None,
+                    ca: bytes | None = b"keep") -> Path:  # fmt: skip
+    """The ServiceAccount's kubeconfig with another token and/or CA (``ca=None``: none, so
+    only the system's trust store counts)."""
+    config = yaml.safe_load(cluster.kubeconfig_path.read_text())
+    if token is not None:
+        config["users"][0]["user"]["token"] = token
+    server = config["clusters"][0]["cluster"]
+    if ca is None:
+        del server["certificate-authority-data"]
+    elif ca != b"keep":
+        server["certificate-authority-data"] = base64.b64encode(ca).decode()
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def s3_plan_args(namespace: str, kubeconfig: Path) -> list[str]:
+    return ["plan", "-n", namespace, "--kubeconfig", str(kubeconfig), "--target", "s3://media/m",
+            "--s3-credentials-secret", tenant_media.SECRET_NAME, "--no-probe"]  # fmt: skip
+
+
+def test_an_unknown_namespace_is_exit_2(cluster: Cluster, tmp_path: Path) -> None:
+    result, _ = migrator(
+        *s3_plan_args("tenant-nope", cluster.kubeconfig_path), cwd=tmp_path, ceiling=60
+    )
+    assert one_line_error(result, 2) == (
+        "Error: namespace 'tenant-nope' does not exist; "
+        "check the name with 'kubectl get namespaces'"
+    )
+
+
+def test_an_rbac_refusal_is_exit_3_and_names_what_was_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # A namespace the account has no RoleBinding in: a plain user mistake.
+    args = s3_plan_args("default", cluster.kubeconfig_path)
+    result, _ = migrator(*args, cwd=tmp_path, ceiling=60)
+    line = one_line_error(result, 3)
+    assert line.startswith("Error: listing PVCs: permission denied (persistentvolumeclaims is ")
+    assert f'User "{cluster.user}" cannot list resource "persistentvolumeclaims"' in line
+    assert 'in the namespace "default"' in line
+    assert "grant it to the kubeconfig's user with RBAC (docs/rbac.yaml" in line
+    assert cluster.forbidden() == ["list core/persistentvolumeclaims"]
+
+
+def revoked_token(cluster: Cluster) -> str:
+    """A token of the ServiceAccount bound to a Secret that is then deleted: the API server no
+    longer accepts it, as it does not accept an expired one (which takes 10 minutes to get)."""
+    holder = cluster.seed([{"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": "token-holder", "namespace": cluster.namespace}}])
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+        "expirationSeconds": 3600, "boundObjectRef": {
+            "apiVersion": "v1", "kind": "Secret", "name": "token-holder",
+            "uid": holder[0]["metadata"]["uid"]}}}  # fmt: skip
+    token = str(cluster.core.create_namespaced_service_account_token(
+        "migrator", cluster.namespace, request).status.token)  # fmt: skip
+    cluster.core.delete_namespaced_secret("token-holder", cluster.namespace)
+    return token
+
+
+@pytest.mark.parametrize("token", ["unknown", "revoked"])
+def test_credentials_the_api_server_does_not_accept_are_exit_3_and_say_so(
+    cluster: Cluster, tmp_path: Path, token: str
+) -> None:
+    value = "not-a-token-of-this-cluster" if token == "unknown" else revoked_token(cluster)
+    kubeconfig = kubeconfig_like(cluster, tmp_path / "kubeconfig", token=value)
+
+    def refused() -> bool:
+        context = ssl.create_default_context(cafile=str(cluster.plane.ca_path))
+        request = urllib.request.Request(
+            f"{cluster.plane.server}/api", headers={"Authorization": f"Bearer {value}"}
+        )
+        try:
+            urllib.request.urlopen(request, context=context, timeout=10).close()
+        except urllib.error.HTTPError as error:
+            return error.code == 401
+        return False
+
+    cluster.wait_for(refused, 30, "the token refused")
+    result, _ = migrator(*s3_plan_args(cluster.namespace, kubeconfig), cwd=tmp_path, ceiling=60)
+    line = one_line_error(result, 3)
+    assert line == (
+        f"Error: reading namespace {cluster.namespace}: the Kubernetes API server "
+        f"{cluster.plane.server} did not accept the credentials (401 Unauthorized); the token "
+        "may have expired or been revoked: get a new one (kubectl -n NAMESPACE create token "
+        "SERVICEACCOUNT) and put it in the kubeconfig"
+    )
+    assert value not in result.stderr
+
+
+@pytest.mark.parametrize("ca", ["none", "another"])
+def test_an_untrusted_api_server_certificate_is_exit_3_and_says_how_to_trust_it(
+    cluster: Cluster, tmp_path: Path, ca: str
+) -> None:
+    other = trustme.CA().cert_pem.bytes() if ca == "another" else None
+    kubeconfig = kubeconfig_like(cluster, tmp_path / "kubeconfig", ca=other)
+    result, elapsed = migrator(
+        *s3_plan_args(cluster.namespace, kubeconfig), cwd=tmp_path, ceiling=60
+    )
+    line = one_line_error(result, 3)
+    assert line.startswith(
+        f"Error: reading namespace {cluster.namespace}: the TLS certificate of the Kubernetes "
+        f"API server {cluster.plane.server} is not trusted ("
+    )
+    assert line.endswith(
+        "); give its CA in the kubeconfig (certificate-authority-data, or "
+        "certificate-authority: FILE)"
+    )
+    assert "unreachable" not in line
+    assert elapsed < 30  # no retries: they cannot help

@@ -5,6 +5,7 @@ Lease that stops two runs of one plan, and the cutover's quiesce (suspend Flux, 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ SPEC_HASH = "migrator.cozystack.io/spec-hash"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 LEASE_SECONDS = 60
 RENEW_RETRY_SECONDS = 2  # after a failed renewal, try again this soon
+LEASES_API = "/apis/coordination.k8s.io/v1"
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -459,13 +461,14 @@ class LeaseLock:
     def where(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def _api(self) -> Any:
-        from kubernetes import client
-
-        return client.CoordinationV1Api(self.kube.api_client)
+    @property
+    def path(self) -> str:
+        """The Lease's API path (written with raw JSON: see :meth:`KubeClient.send`)."""
+        return f"{LEASES_API}/namespaces/{self.namespace}/leases/{self.name}"
 
     def _now(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        # A MicroTime, in the one form the API server parses: microseconds and a Z.
+        return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def _body(self, resource_version: str | None = None) -> dict[str, Any]:
         metadata: dict[str, Any] = {
@@ -487,34 +490,33 @@ class LeaseLock:
         }
 
     def _read(self) -> dict[str, Any] | None:
-        api = self._api()
-        found = self.kube.call(
-            "reading the run Lease",
-            lambda: api.read_namespaced_lease(self.name, self.namespace),
-            missing_ok=True,
-        )
-        return None if found is None else dict(self.kube._dict(found))
+        return self.kube.send("reading the run Lease", "GET", self.path, missing_ok=True)
 
-    def _held(self, written: Any) -> None:
-        self.resource_version = str(self.kube._dict(written)["metadata"]["resourceVersion"])
+    def _held(self, written: dict[str, Any] | None) -> None:
+        self.resource_version = str((written or {})["metadata"]["resourceVersion"])
         self.renewed_at = time.time()
 
     def __enter__(self) -> LeaseLock:
-        api = self._api()
         current = self._read()
-        if current is None:
-            created = self.kube.call(
-                "taking the run Lease",
-                lambda: api.create_namespaced_lease(self.namespace, self._body()),
-            )
-        else:
-            created = self._take_over(api, current)
+        try:
+            if current is None:
+                created = self.kube.send(
+                    "taking the run Lease", "POST",
+                    f"{LEASES_API}/namespaces/{self.namespace}/leases", self._body(),
+                )  # fmt: skip
+            else:
+                created = self._take_over(current)
+        except ConflictError:
+            # Another run wrote it between our read and our write: it won the race.
+            self._refuse(self._read() or {})
+            raise
         self._held(created)
         self.thread = threading.Thread(target=self._renew, daemon=True, name="lease-renewer")
         self.thread.start()
         return self
 
-    def _take_over(self, api: Any, lease: dict[str, Any]) -> Any:
+    def _refuse(self, lease: dict[str, Any]) -> None:
+        """Raise when another run holds ``lease`` and it has not expired."""
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
         if holder and holder != self.identity and not self._expired(spec):
@@ -522,11 +524,11 @@ class LeaseLock:
                 f"another migrator run of this plan is in progress ({holder}, Lease {self.where}); "
                 "wait for it, or stop it, then re-run"
             )
+
+    def _take_over(self, lease: dict[str, Any]) -> dict[str, Any] | None:
+        self._refuse(lease)
         body = self._body(lease["metadata"]["resourceVersion"])
-        return self.kube.call(
-            "taking the run Lease",
-            lambda: api.replace_namespaced_lease(self.name, self.namespace, body),
-        )
+        return self.kube.send("taking the run Lease", "PUT", self.path, body)
 
     @staticmethod
     def _expired(spec: dict[str, Any]) -> bool:
@@ -555,7 +557,6 @@ class LeaseLock:
             raise LeaseLostError(self.lost_reason)
         if not self.resource_version:
             raise LeaseLostError(f"this run does not hold the run Lease {self.where}")
-        api = self._api()
         for _ in range(3):
             current = self._read()
             holder = ((current or {}).get("spec") or {}).get("holderIdentity")
@@ -566,19 +567,16 @@ class LeaseLock:
                     "see 'migrator status', and re-run once that run is over"
                 )
             try:
-                self._held(self._replace(api, current["metadata"]["resourceVersion"]))
+                self._held(self._replace(current["metadata"]["resourceVersion"]))
                 return
             except ConflictError:
                 continue  # written in between: read again to see by whom
         raise OperationFailedError(f"renewing the run Lease {self.where}: it keeps changing")
 
-    def _replace(self, api: Any, resource_version: str) -> Any:
+    def _replace(self, resource_version: str) -> dict[str, Any] | None:
         """Write ourselves in as the holder, renewed now, if the Lease is still that version."""
-        body = self._body(resource_version)
-        return self.kube.call(
-            "renewing the run Lease",
-            lambda: api.replace_namespaced_lease(self.name, self.namespace, body),
-        )
+        return self.kube.send("renewing the run Lease", "PUT", self.path,
+                              self._body(resource_version))  # fmt: skip
 
     def _renew(self) -> None:
         delay = self.renew_every
@@ -619,17 +617,12 @@ class LeaseLock:
             spec = (current or {}).get("spec") or {}
             if current is None or spec.get("holderIdentity") != self.identity:
                 return
-            api = self._api()
             version = current["metadata"]["resourceVersion"]
-            precondition = {"preconditions": {"resourceVersion": version}}
+            precondition = {"apiVersion": "v1", "kind": "DeleteOptions",
+                            "preconditions": {"resourceVersion": version}}  # fmt: skip
             try:
-                self.kube.call(
-                    "releasing the run Lease",
-                    lambda: api.delete_namespaced_lease(
-                        self.name, self.namespace, body=precondition
-                    ),
-                    missing_ok=True,
-                )
+                self.kube.send("releasing the run Lease", "DELETE", self.path, precondition,
+                               missing_ok=True)  # fmt: skip
             except ConflictError:
                 return  # taken over since the read: it is the other run's now
 
