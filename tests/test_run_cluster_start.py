@@ -1,84 +1,80 @@
 """`migrator run` fails fast, in one line naming the cause, when its Jobs' pods cannot start:
 refused at admission (FailedCreate), an image that does not pull, a missing Secret key, no node
-that fits. A cutover that fails that way brings the apps back unless --keep-down.
+that fits. A cutover that fails that way brings the apps back unless --keep-down. All on the real
+control plane: its Pod Security admission, Job controller and scheduler, and the process kubelet.
 
-Jobs that never start need no SeaweedFS (plans made with --no-probe); the last test copies.
+Jobs that never start need no SeaweedFS (plans made with --no-probe); the restricted test copies.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import trustme
 import yaml
 
-from migrator.planner import DEFAULT_IMAGE
 from migrator.seaweedfs import SeaweedFS
 from tests import tenant_media
+from tests.controlplane.cluster import Cluster
 from tests.helpers import run_cli
-from tests.kubeapi import JobController, KubeAPIServer
 
-NS = tenant_media.NAMESPACE
 VOLUME = "prowlarr-config"
 # --timeout: far above the fail-fast bound, so a pass proves nobody waited it out.
 TIMEOUT = "600"
 UNPUBLISHED = "ghcr.io/nobody/migrator-agent:0.0.0"
 
 
-class Cluster:
-    def __init__(
-        self, api: KubeAPIServer, root: Path, published: set[str], claims: dict[Any, Path]
-    ) -> None:
-        self.api, self.root, self.published, self.claims = api, root, published, claims
+class Tenant:
+    def __init__(self, cluster: Cluster, root: Path) -> None:
+        self.cluster, self.root, self.ns = cluster, root, cluster.namespace
 
     def plan(self, *extra: str) -> Path:
         result = run_cli(
-            "plan", "-n", NS, "--kubeconfig", str(self.api.kubeconfig_path),
+            "plan", "-n", self.ns, "--kubeconfig", str(self.cluster.kubeconfig_path),
             "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
             "--s3-endpoint", "https://s3.example:8333", "--no-probe", "--volume", VOLUME, *extra,
             cwd=self.root,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        return self.root / "plans" / f"{NS}.yaml"
+        return self.root / "plans" / f"{self.ns}.yaml"
 
-    def run(self, plan_path: Path, *args: str) -> tuple[int, str, float]:
+    def run(self, plan_path: Path, *args: str, kubeconfig: Path | None = None) -> tuple[int, str, float]:
         started = time.monotonic()
         result = run_cli(
-            "run", "--plan", str(plan_path), "--kubeconfig", str(self.api.kubeconfig_path),
+            "run", "--plan", str(plan_path),
+            "--kubeconfig", str(kubeconfig or self.cluster.kubeconfig_path),
             "--phase", "config", "--timeout", TIMEOUT, *args,
         )  # fmt: skip
         return result.exit_code, result.output, time.monotonic() - started
 
-    def label_namespace(self, level: str) -> None:
-        namespace = self.api.get_object("v1", "Namespace", None, NS)
-        assert namespace is not None
-        namespace["metadata"].setdefault("labels", {})["pod-security.kubernetes.io/enforce"] = level
-        self.api.store.replace(self.api.store.registry.by_kind("v1", "Namespace"), namespace)
-
     def jobs(self) -> list[str]:
-        return [j["metadata"]["name"] for j in self.api.list_objects("batch/v1", "Job", NS)]
+        return [j["metadata"]["name"] for j in self.cluster.list_objects("batch/v1", "Job", self.ns)]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    claims = {(NS, VOLUME): tmp_path / "prowlarr"}
-    claims[(NS, VOLUME)].mkdir()
-    (claims[(NS, VOLUME)] / "config.xml").write_text("<Config/>")
-    published = {DEFAULT_IMAGE}  # what the registry has
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.add_controller(JobController(claims, images=lambda image: image in published))
-        api.seed(tenant_media.tenant_media())
-        api.settle()
-        yield Cluster(api, tmp_path, published, claims)
+def tenant(make_cluster: Callable[..., Cluster], tmp_path: Path) -> Iterator[Tenant]:
+    source = tmp_path / "prowlarr"
+    source.mkdir()
+    (source / "config.xml").write_text("<Config/>")
+    cluster = make_cluster(claims={VOLUME: source})
+    cluster.kubelet.unpublished.add(UNPUBLISHED)  # what the registry lacks
+    try:
+        yield Tenant(cluster, tmp_path)
+    finally:
+        cluster.kubelet.unpublished.discard(UNPUBLISHED)
 
 
 def error_line(output: str) -> str:
@@ -86,41 +82,41 @@ def error_line(output: str) -> str:
     return line
 
 
-def test_pods_refused_by_pod_security_fail_the_run_at_once(cluster: Cluster) -> None:
-    plan_path = cluster.plan()
-    cluster.label_namespace("restricted")  # agents run as root: restricted refuses them
-    code, output, seconds = cluster.run(plan_path)
+def test_pods_refused_by_pod_security_fail_the_run_at_once(tenant: Tenant) -> None:
+    plan_path = tenant.plan()
+    tenant.cluster.label_namespace({"pod-security.kubernetes.io/enforce": "restricted"})  # agents run as root
+    code, output, seconds = tenant.run(plan_path)
     assert code == 3, output
     line = error_line(output)
-    assert line.startswith(
+    # The job controller names the pod it tried (generateName plus a suffix), as it reports it.
+    assert re.match(
         f"Error: copy failed for {VOLUME}: Job migrator-copy-{VOLUME} cannot create its "
-        f'pods: Error creating: pods "migrator-copy-{VOLUME}-" is forbidden: violates PodSecurity '
-        '"restricted:latest": '
+        f'pods: Error creating: pods "migrator-copy-{VOLUME}-[a-z0-9]*" is forbidden: violates '
+        'PodSecurity "restricted:latest": ',
+        line,
     ), line
     assert "runAsNonRoot != true" in line
-    assert cluster.jobs() == []  # deleted: it must not start by itself later
+    assert tenant.jobs() == []  # deleted: it must not start by itself later
     print(f"refused at admission: failed after {seconds:.1f}s")
 
 
-def test_an_image_that_does_not_pull_fails_the_run(cluster: Cluster) -> None:
-    plan_path = cluster.plan("--image", UNPUBLISHED)
-    code, output, seconds = cluster.run(plan_path)
+def test_an_image_that_does_not_pull_fails_the_run(tenant: Tenant) -> None:
+    plan_path = tenant.plan("--image", UNPUBLISHED)
+    code, output, seconds = tenant.run(plan_path)
     assert code == 3, output
     line = error_line(output)
     assert f"pod migrator-copy-{VOLUME}-" in line
     assert "cannot start: ErrImagePull: " in line or "cannot start: ImagePullBackOff: " in line
     assert UNPUBLISHED in line
-    assert cluster.jobs() == []
+    assert tenant.jobs() == []
     print(f"image pull: failed after {seconds:.1f}s")
 
 
-def test_a_missing_secret_key_fails_the_run(cluster: Cluster) -> None:
-    plan_path = cluster.plan()
-    secret = cluster.api.get_object("v1", "Secret", NS, tenant_media.SECRET_NAME)
-    assert secret is not None
-    del secret["data"]["accessKey"]
-    cluster.api.store.replace(cluster.api.store.registry.by_kind("v1", "Secret"), secret)
-    code, output, seconds = cluster.run(plan_path)
+def test_a_missing_secret_key_fails_the_run(tenant: Tenant) -> None:
+    plan_path = tenant.plan()
+    tenant.cluster.patch_object("v1", "Secret", tenant.ns, tenant_media.SECRET_NAME,
+                                {"data": {"accessKey": None}})  # fmt: skip
+    code, output, seconds = tenant.run(plan_path)
     assert code == 3, output
     line = error_line(output)
     assert "cannot start: CreateContainerConfigError: " in line
@@ -128,52 +124,55 @@ def test_a_missing_secret_key_fails_the_run(cluster: Cluster) -> None:
     print(f"missing Secret key: failed after {seconds:.1f}s")
 
 
-def test_an_unschedulable_pod_fails_the_run(cluster: Cluster) -> None:
-    plan_path = cluster.plan()
-    nodes = cluster.api.store.registry.by_kind("v1", "Node")
-    for node in cluster.api.list_objects("v1", "Node"):
-        node["spec"] = {"unschedulable": True}
-        cluster.api.store.replace(nodes, node)
-    code, output, seconds = cluster.run(plan_path)
+def test_an_unschedulable_pod_fails_the_run(tenant: Tenant) -> None:
+    plan_path = tenant.plan()
+    nodes = [n["metadata"]["name"] for n in tenant.cluster.list_objects("v1", "Node")]
+    try:  # the Nodes are shared by the whole session: cordoned for this test only
+        for node in nodes:
+            tenant.cluster.patch_object("v1", "Node", None, node, {"spec": {"unschedulable": True}})
+        code, output, seconds = tenant.run(plan_path)
+    finally:
+        for node in nodes:
+            tenant.cluster.patch_object("v1", "Node", None, node, {"spec": {"unschedulable": None}})
     assert code == 3, output
     line = error_line(output)
     assert f"pod migrator-copy-{VOLUME}-" in line and "cannot be scheduled: 0/3 nodes" in line
     print(f"unschedulable: failed after {seconds:.1f}s")
 
 
-def journal(cluster: Cluster) -> dict[str, Any]:
-    found = cluster.api.get_object("v1", "ConfigMap", NS, f"migrator-{NS}")
+def journal(tenant: Tenant) -> dict[str, Any]:
+    found = tenant.cluster.get_object("v1", "ConfigMap", tenant.ns, f"migrator-{tenant.ns}")
     assert found is not None
     document: dict[str, Any] = json.loads(found["data"]["journal.json"])
     return document
 
 
-def test_a_failed_cutover_brings_the_apps_back(cluster: Cluster) -> None:
-    plan_path = cluster.plan("--image", UNPUBLISHED)  # the apps' own images pull fine
-    code, output, _ = cluster.run(plan_path, "--cutover")
+def test_a_failed_cutover_brings_the_apps_back(tenant: Tenant) -> None:
+    plan_path = tenant.plan("--image", UNPUBLISHED)  # the apps' own images pull fine
+    code, output, _ = tenant.run(plan_path, "--cutover")
     assert code == 3, output
     assert "cutover failed: bringing the apps back" in output
-    release = cluster.api.get_object("helm.toolkit.fluxcd.io/v2", "HelmRelease", NS, "prowlarr")
+    release = tenant.cluster.get_object("helm.toolkit.fluxcd.io/v2", "HelmRelease", tenant.ns, "prowlarr")
     assert release is not None and not release["spec"].get("suspend")
-    deployment = cluster.api.get_object("apps/v1", "Deployment", NS, "prowlarr")
+    deployment = tenant.cluster.get_object("apps/v1", "Deployment", tenant.ns, "prowlarr")
     assert deployment is not None and deployment["spec"]["replicas"] == 1
     assert "Deployment/prowlarr: scaled, 1 replicas, Ready" in output
-    assert journal(cluster)["volumes"][VOLUME]["cutover"]["status"] == "failed"
+    assert journal(tenant)["volumes"][VOLUME]["cutover"]["status"] == "failed"
 
 
-def test_keep_down_leaves_the_apps_stopped_after_a_failed_cutover(cluster: Cluster) -> None:
-    plan_path = cluster.plan("--image", UNPUBLISHED)
-    code, output, _ = cluster.run(plan_path, "--cutover", "--keep-down")
+def test_keep_down_leaves_the_apps_stopped_after_a_failed_cutover(tenant: Tenant) -> None:
+    plan_path = tenant.plan("--image", UNPUBLISHED)
+    code, output, _ = tenant.run(plan_path, "--cutover", "--keep-down")
     assert code == 3, output
     assert "the apps stay stopped and their releases suspended (--keep-down)" in output
-    release = cluster.api.get_object("helm.toolkit.fluxcd.io/v2", "HelmRelease", NS, "prowlarr")
+    release = tenant.cluster.get_object("helm.toolkit.fluxcd.io/v2", "HelmRelease", tenant.ns, "prowlarr")
     assert release is not None and release["spec"]["suspend"] is True
-    deployment = cluster.api.get_object("apps/v1", "Deployment", NS, "prowlarr")
+    deployment = tenant.cluster.get_object("apps/v1", "Deployment", tenant.ns, "prowlarr")
     assert deployment is not None and deployment["spec"]["replicas"] == 0
 
 
 def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
-    tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
+    make_cluster: Callable[..., Cluster], tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
 ) -> None:
     """End to end through Pod Security admission: the namespace enforces restricted (labelled
     once the apps run), plan picks restricted mode, and the copy Job's pods are admitted."""
@@ -182,27 +181,25 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
     (source / "config.xml").write_text("<Config><ApiKey>x</ApiKey></Config>")
     (source / "Backups").mkdir()
     (source / "Backups" / "note.txt").write_text("hello")
-    secret = tenant_media.credentials_secret(
-        access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, bucket=bucket
-    )
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.add_controller(JobController({(NS, VOLUME): source}))
-        api.seed(tenant_media.tenant_media(secret=secret))
-        api.settle()
-        cluster = Cluster(api, tmp_path, {DEFAULT_IMAGE}, {})
-        cluster.label_namespace("restricted")
-        result = run_cli(
-            "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path),
-            "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-            "--s3-endpoint", seaweedfs.s3_endpoint, "--volume", VOLUME, cwd=tmp_path,
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
-        plan_path = tmp_path / "plans" / f"{NS}.yaml"
-        job = yaml.safe_load((tmp_path / "jobs" / NS / f"copy-{VOLUME}.yaml").read_text())
-        context = job["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-        assert (context["runAsUser"], context["runAsNonRoot"]) == (1000, True)
-        code, output, _ = cluster.run(plan_path)
-        assert code == 0, output
+    cluster = make_cluster(
+        claims={VOLUME: source},
+        secret={"access_key": seaweedfs.access_key, "secret_key": seaweedfs.secret_key,
+                "bucket": bucket},
+    )  # fmt: skip
+    ns = cluster.namespace
+    cluster.label_namespace({"pod-security.kubernetes.io/enforce": "restricted"})
+    result = run_cli(
+        "plan", "-n", ns, "--kubeconfig", str(cluster.kubeconfig_path),
+        "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
+        "--s3-endpoint", seaweedfs.s3_endpoint, "--volume", VOLUME, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan_path = tmp_path / "plans" / f"{ns}.yaml"
+    job = yaml.safe_load((tmp_path / "jobs" / ns / f"copy-{VOLUME}.yaml").read_text())
+    context = job["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert (context["runAsUser"], context["runAsNonRoot"]) == (1000, True)
+    code, output, _ = Tenant(cluster, tmp_path).run(plan_path)
+    assert code == 0, output
     s3 = boto3.client(
         "s3", endpoint_url=seaweedfs.s3_endpoint, aws_access_key_id=seaweedfs.access_key,
         aws_secret_access_key=seaweedfs.secret_key, region_name="us-east-1",
@@ -215,12 +212,16 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
 
 
 class StallingProxy:
-    """A TCP proxy to the API server that answers every watch request with silence: the
-    connection stays open and nothing ever arrives (a half-open connection, as after a NAT
-    or load balancer drops it)."""
+    """A TLS-terminating proxy to the API server that answers every watch request with silence:
+    the connection stays open and nothing ever arrives (a half-open connection, as after a NAT
+    or load balancer drops it). Clients trust ``ca`` (its own); it trusts the API server's."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], upstream_ca: Path) -> None:
         self.upstream = upstream
+        self.ca = trustme.CA()
+        self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert("127.0.0.1").configure_cert(self.server_context)
+        self.client_context = ssl.create_default_context(cafile=str(upstream_ca))
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
@@ -229,13 +230,20 @@ class StallingProxy:
     def _accept(self) -> None:
         while True:
             try:
-                client_side, _ = self.listener.accept()
+                raw, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client_side,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
 
-    def _serve(self, client_side: socket.socket) -> None:
-        upstream = socket.create_connection(self.upstream)
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            client_side = self.server_context.wrap_socket(raw, server_side=True)
+            upstream = self.client_context.wrap_socket(
+                socket.create_connection(self.upstream), server_hostname=self.upstream[0]
+            )
+        except OSError:
+            raw.close()
+            return
         threading.Thread(target=self._pump, args=(upstream, client_side), daemon=True).start()
         try:  # requests on a kept-alive connection come one at a time, each in its own send
             while data := client_side.recv(65536):
@@ -265,17 +273,23 @@ class StallingProxy:
             held.close()
 
 
-def test_timeout_holds_when_the_job_watch_goes_silent(cluster: Cluster) -> None:
+def test_timeout_holds_when_the_job_watch_goes_silent(tenant: Tenant) -> None:
     """The executor's watch has a client-side read deadline: --timeout ends the wait even when
     the watch connection is open but silent (the Job's pod waits for its claim forever)."""
-    plan_path = cluster.plan()
-    cluster.claims.clear()  # the copy pod waits for its volume: Pending, nothing to report
-    url = urllib.parse.urlsplit(cluster.api.url)
-    proxy = StallingProxy((url.hostname or "127.0.0.1", url.port or 80))
+    plan_path = tenant.plan()
+    # The copy pod waits for its volume: ContainerCreating, nothing to report.
+    tenant.cluster.kubelet.unmountable.add((tenant.ns, VOLUME))
+    plane = tenant.cluster.plane
+    url = urllib.parse.urlsplit(plane.server)
+    proxy = StallingProxy((url.hostname or "127.0.0.1", url.port or 443), plane.ca_path)
     try:
-        config = yaml.safe_load(cluster.api.kubeconfig_path.read_text())
-        config["clusters"][0]["cluster"]["server"] = f"{url.scheme}://127.0.0.1:{proxy.port}"
-        stalled = cluster.root / "stalled-kubeconfig.yaml"
+        config = yaml.safe_load(tenant.cluster.kubeconfig_path.read_text())
+        cluster_entry = config["clusters"][0]["cluster"]
+        cluster_entry["server"] = f"https://127.0.0.1:{proxy.port}"
+        cluster_entry["certificate-authority-data"] = base64.b64encode(
+            proxy.ca.cert_pem.bytes()
+        ).decode()
+        stalled = tenant.root / "stalled-kubeconfig.yaml"
         stalled.write_text(yaml.safe_dump(config))
         started = time.monotonic()
         result = run_cli(
@@ -285,6 +299,7 @@ def test_timeout_holds_when_the_job_watch_goes_silent(cluster: Cluster) -> None:
         seconds = time.monotonic() - started
     finally:
         proxy.close()
+        tenant.cluster.kubelet.unmountable.discard((tenant.ns, VOLUME))
     assert result.exit_code == 3, result.output
     assert f"Job migrator-copy-{VOLUME} did not finish within 8s" in result.output
     assert seconds < 45  # generous (measured ~10 s): urllib3 retries alone made it 60 s
