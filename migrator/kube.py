@@ -77,6 +77,17 @@ def _api_client(configuration: Any) -> Any:
     return _BoundedApiClient(configuration=configuration)
 
 
+def _status_message(body: Any, limit: int = 300) -> str:
+    """The API server's own explanation from a ``Status`` answer (': message'), or ''."""
+    try:
+        message = json.loads(body).get("message") if body else None
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(message, str) or not message:
+        return ""
+    return f": {message[:limit]}{'...' if len(message) > limit else ''}"
+
+
 class KubeClient:
     """A thin, error-translating wrapper over the official client for one kubeconfig/context."""
 
@@ -143,7 +154,9 @@ class KubeClient:
                 ) from None
             if exc.status == 409:
                 raise ConflictError(f"{what}: {exc.reason}; it changed since it was read") from None
-            raise OperationFailedError(f"{what}: API error {exc.status} {exc.reason}") from None
+            raise OperationFailedError(
+                f"{what}: API error {exc.status} {exc.reason}{_status_message(exc.body)}"
+            ) from None
         except (Urllib3Error, OSError) as exc:
             raise ClusterUnreachableError(f"{what}: {self._unreachable(exc)}") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import yaml
 
 from migrator.kube import CONNECT_TIMEOUT, READ_TIMEOUT, request_timeout
@@ -94,3 +96,31 @@ def test_streams_are_bounded_by_what_they_asked_for() -> None:
     assert request_timeout(f"{base}?watch=true&timeoutSeconds=300") == (CONNECT_TIMEOUT, 330)
     assert request_timeout(f"{base}/app-0/log?follow=true") == (CONNECT_TIMEOUT, None)
     assert request_timeout(f"{base}?watch=false&limit=500") == (CONNECT_TIMEOUT, READ_TIMEOUT)
+
+
+def test_an_api_error_carries_the_api_servers_own_message() -> None:
+    """A 400/422 names what the server objected to, not only the status line."""
+    from kubernetes.client.exceptions import ApiException
+
+    from migrator.errors import OperationFailedError
+    from migrator.kube import KubeClient
+
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest",
+              "code": 400, "message": 'Lease in version "v1" cannot be handled as a Lease'}  # fmt: skip
+    error = ApiException(status=400, reason="Bad Request")
+    error.body = json.dumps(status)
+
+    def fail() -> None:
+        raise error
+
+    kube = KubeClient.__new__(KubeClient)  # no API server is asked
+    with pytest.raises(OperationFailedError) as raised:
+        kube.call("taking the run Lease", fail)
+    assert str(raised.value) == (
+        'taking the run Lease: API error 400 Bad Request: Lease in version "v1" cannot be '
+        "handled as a Lease"
+    )
+    error.body = "<html>bad gateway</html>"  # not a Status: the status line alone
+    with pytest.raises(OperationFailedError) as raised:
+        kube.call("taking the run Lease", fail)
+    assert str(raised.value) == "taking the run Lease: API error 400 Bad Request"

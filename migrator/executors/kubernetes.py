@@ -423,6 +423,41 @@ class ConfigMapStore:
         )  # fmt: skip
 
 
+class _Leases:
+    """Lease calls through the client's untyped custom-object path, bodies as plain dicts.
+
+    The typed CoordinationV1Api turns a dict body into a V1Lease and writes ``renewTime`` back
+    with ``datetime.isoformat()``, which drops a zero fraction ("...T06:09:00+00:00"); the API
+    server parses a MicroTime with exactly six fractional digits and answers 400 Bad Request, so
+    no Lease could be taken on a real cluster. Here the body goes out exactly as built.
+    """
+
+    GROUP, VERSION, PLURAL = "coordination.k8s.io", "v1", "leases"
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.custom = kube.custom
+
+    def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+        return self.custom.get_namespaced_custom_object(
+            self.GROUP, self.VERSION, namespace, self.PLURAL, name
+        )
+
+    def create_namespaced_lease(self, namespace: str, body: dict[str, Any]) -> Any:
+        return self.custom.create_namespaced_custom_object(
+            self.GROUP, self.VERSION, namespace, self.PLURAL, body
+        )
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any]) -> Any:
+        return self.custom.replace_namespaced_custom_object(
+            self.GROUP, self.VERSION, namespace, self.PLURAL, name, body
+        )
+
+    def delete_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any]) -> Any:
+        return self.custom.delete_namespaced_custom_object(
+            self.GROUP, self.VERSION, namespace, self.PLURAL, name, body=body
+        )
+
+
 class LeaseLock:
     """A coordination.k8s.io Lease ``migrator-<plan>``: one run of a plan at a time.
 
@@ -459,10 +494,8 @@ class LeaseLock:
     def where(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def _api(self) -> Any:
-        from kubernetes import client
-
-        return client.CoordinationV1Api(self.kube.api_client)
+    def _api(self) -> _Leases:
+        return _Leases(self.kube)
 
     def _now(self) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
