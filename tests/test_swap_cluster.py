@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 
 from migrator.executors.kubernetes import ConfigMapStore, Quiescer
 from migrator.journal import Journal
@@ -152,7 +153,7 @@ def csi_driver(cluster: Cluster) -> Iterator[None]:
     made = cluster.seed([CSI_DRIVER])
     yield
     if made:
-        cluster._delete_quietly("storage.k8s.io/v1", "CSIDriver", None, "seaweedfs-csi-driver")
+        client.StorageV1Api(cluster.admin).delete_csi_driver(CSI_DRIVER["metadata"]["name"])
 
 
 @pytest.fixture
@@ -162,7 +163,7 @@ def without_csi_driver(cluster: Cluster) -> Iterator[None]:
     name = CSI_DRIVER["metadata"]["name"]
     found = cluster.get_object("storage.k8s.io/v1", "CSIDriver", None, name)
     if found is not None:
-        cluster._delete_quietly("storage.k8s.io/v1", "CSIDriver", None, name)
+        client.StorageV1Api(cluster.admin).delete_csi_driver(name)
     yield
     if found is not None:
         cluster.seed([{**CSI_DRIVER, "spec": found["spec"]}])
