@@ -17,13 +17,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from migrator.errors import LeaseLostError, OperationFailedError
 from migrator.executors.kubernetes import ConfigMapStore, LeaseLock
@@ -33,10 +31,8 @@ from migrator.plan import load_plan
 from tests import tenant_media, test_run_cluster
 from tests.controlplane.cluster import Cluster, rbac_objects
 from tests.helpers import run_cli
-from tests.kubeapi import KubeAPIServer
 from tests.test_rbac import allowed
 
-NS = tenant_media.NAMESPACE
 LEASE = "coordination.k8s.io/v1"
 OTHER = "other-laptop/4242"
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
@@ -355,18 +351,21 @@ def test_status_only_reads_the_journal(cluster: Cluster, tmp_path: Path) -> None
 # --- on the API test server until pods run (#13) ----------------------------------------------
 
 
-def holder(api: KubeAPIServer, name: str) -> str:
-    lease = api.get_object(LEASE, "Lease", NS, name) or {}
+def holder(cluster: Cluster, name: str) -> str:
+    lease = cluster.get_object(LEASE, "Lease", cluster.namespace, name) or {}
     return str((lease.get("spec") or {}).get("holderIdentity") or "")
 
 
-def take_over(api: KubeAPIServer, name: str) -> None:
-    """What another run does once the Lease looks expired to it: a second client writes itself in."""
-    leases = client.CoordinationV1Api(api.api_client())
-    lease = leases.read_namespaced_lease(name, NS)
-    lease.spec.holder_identity = OTHER
-    lease.spec.renew_time = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-    leases.replace_namespaced_lease(name, NS, lease)
+def take_over(cluster: Cluster, name: str) -> None:
+    """What another run does once the Lease looks expired to it: a second client writes itself in
+    (raw JSON: a typed client would mangle the MicroTime)."""
+    lease = cluster.get_object(LEASE, "Lease", cluster.namespace, name)
+    assert lease is not None
+    lease["spec"].update(holderIdentity=OTHER, renewTime=now())
+    admin(cluster).send(
+        "taking the Lease over", "PUT",
+        f"/apis/coordination.k8s.io/v1/namespaces/{cluster.namespace}/leases/{name}", lease,
+    )  # fmt: skip
 
 
 def migrator_process(*args: str) -> subprocess.Popen[str]:
@@ -378,19 +377,19 @@ def migrator_process(*args: str) -> subprocess.Popen[str]:
 
 
 def test_a_run_whose_lease_was_taken_while_it_slept_stops_and_says_so(
-    cozy: tuple[KubeAPIServer, Any],
+    cozy: test_run_cluster.Cozy,
 ) -> None:
-    api, env = cozy
-    plan_path = test_run_cluster.plan(api, env, "--volume", "prowlarr-config")
+    cluster = cozy.cluster
+    plan_path = cozy.plan("--volume", "prowlarr-config")
     name = f"migrator-{load_plan(plan_path).name}"
     run = migrator_process(
-        "run", "--plan", str(plan_path), "--kubeconfig", str(api.kubeconfig_path),
+        "run", "--plan", str(plan_path), "--kubeconfig", str(cluster.kubeconfig_path),
         "--phase", "config", "--json",
     )  # fmt: skip
     try:
-        api.wait_for(lambda: holder(api, name).endswith(f"/{run.pid}"), timeout=60)
+        cluster.wait_for(lambda: holder(cluster, name).endswith(f"/{run.pid}"), timeout=60)
         os.kill(run.pid, signal.SIGSTOP)  # the laptop goes to sleep...
-        take_over(api, name)  # ...its Lease expires and another run takes it
+        take_over(cluster, name)  # ...its Lease expires and another run takes it
         os.kill(run.pid, signal.SIGCONT)
         stdout, stderr = run.communicate(timeout=180)
     finally:
@@ -400,10 +399,10 @@ def test_a_run_whose_lease_was_taken_while_it_slept_stops_and_says_so(
     assert run.returncode == 3, stderr
     lines = stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
-    assert f"lost the run Lease {NS}/{name} to {OTHER}" in lines[0]
+    assert f"lost the run Lease {cluster.namespace}/{name} to {OTHER}" in lines[0]
     assert stdout == ""
-    assert holder(api, name) == OTHER  # the new holder's Lease survives
-    configmap = api.get_object("v1", "ConfigMap", NS, name) or {}
+    assert holder(cluster, name) == OTHER  # the new holder's Lease survives
+    configmap = cluster.get_object("v1", "ConfigMap", cluster.namespace, name) or {}
     journal = json.loads((configmap.get("data") or {}).get("journal.json") or "{}")
     step = journal.get("volumes", {}).get("prowlarr-config", {}).get("preseed", {})
     assert step.get("status") != "done"  # the loser did not record its result

@@ -214,10 +214,7 @@ class Cluster:
         lines = []
         for kind, name in subjects:
             events = self.events_of(kind, name)
-            lines += [
-                f"{kind} {name}: {e.get('type', '')} {e.get('reason', '')}: {e.get('message', '')}".strip()
-                for e in events
-            ]
+            lines += _event_lines(kind, name, events)
             if not events:
                 lines.append(f"{kind} {name}: no events")
         return lines
@@ -228,6 +225,27 @@ class Cluster:
             f"listing the events of {kind} {name}",
             lambda: self.kube.core.list_namespaced_event(self.namespace, field_selector=selector),
         )
+
+
+def _event_lines(kind: str, name: str, events: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct event, oldest first.
+
+    On a real cluster a recurring event is stored as more than one object: kube-scheduler and the
+    kubelet (events.k8s.io recorders) write its first occurrence, then its repeats as another
+    object carrying ``series``. Listed as they came, the same line was printed twice or more."""
+    lines: dict[str, None] = {}
+    for event in sorted(events, key=_event_time):
+        reason = f"{event.get('type', '')} {event.get('reason', '')}"
+        lines[f"{kind} {name}: {reason}: {event.get('message', '')}".strip()] = None
+    return list(lines)
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    """When an event first happened, as an RFC 3339 string ('' when it does not say)."""
+    for key in ("eventTime", "firstTimestamp", "lastTimestamp"):
+        if event.get(key):
+            return str(event[key])
+    return str((event.get("metadata") or {}).get("creationTimestamp") or "")
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
