@@ -406,6 +406,29 @@ def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) 
     assert cozy.cluster.forbidden() == []
 
 
+def test_restore_job_into_the_apps_own_claim_once_the_app_is_stopped(cozy: Cozy) -> None:
+    """The documented way back: scale the app to 0, then restore over its claim (--force)."""
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    config = cozy.claims["sonarr-config"] / "config.xml"
+    good = config.read_bytes()
+    result = cozy.cli("backup", "run", "--plan", str(plan_path), "--json")
+    assert result.exit_code == 0, result.output
+    config.write_text("<Config>damaged</Config>\n")
+    cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", {"spec": {"replicas": 0}})
+    cozy.cluster.wait_for(  # gone, not only terminating: until then it still mounts the claim
+        lambda: not cozy.cluster.list_objects("v1", "Pod", cozy.ns, "app.kubernetes.io/name=sonarr"),
+        60, "sonarr's pod gone",
+    )  # fmt: skip
+    result = cozy.cli(
+        "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
+        "--to-pvc", "sonarr-config", "--force", "--timeout", "120", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"]
+    assert config.read_bytes() == good
+    assert cozy.cluster.forbidden() == []
+
+
 def test_listing_from_a_workstation_uses_its_own_endpoint_and_keys(cozy: Cozy) -> None:
     plan_path = cozy.plan("--volume", "sonarr-config")
     s3 = boto3.client(
