@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 
 from migrator import manifests
-from migrator.plan import load_plan
+from migrator.plan import dump_yaml, load_plan
 from migrator.samples import DatabaseWriter, SampleSizes, make_config_dir
 from migrator.seaweedfs import SeaweedFS
 from tests import tenant_media
@@ -510,6 +510,33 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
     # Scaled to 0 (e.g. during a cutover): nothing to follow, the backup runs on any node.
     move({"spec": {"replicas": 0}}, None)
     assert backup_node() in {"worker-1", "worker-2", "worker-3"}
+    assert cozy.cluster.forbidden() == []
+
+
+def test_a_backup_pinned_to_a_node_the_app_left_says_what_its_pod_waits_for(
+    cozy: Cozy,
+) -> None:
+    """A plan without pod selectors pins the backup to the plan-time node; once the app runs
+    elsewhere the RWO claim is attached there and the pod waits on Multi-Attach: the timeout
+    names that, not only the time."""
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    document = load_yaml(plan_path)
+    for workload in document["spec"]["volumes"][0]["workloads"]:
+        del workload["podSelector"]
+    plan_path.write_text(dump_yaml(document))
+    cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", {"spec": {"template": {
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-3"}}}}})  # fmt: skip
+    cozy.cluster.wait_for(
+        lambda: [p["spec"].get("nodeName") for p in cozy.live_pods(**{"app.kubernetes.io/name": "sonarr"})]
+        == ["worker-3"], 60, "sonarr on worker-3",
+    )  # fmt: skip
+    result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "15")
+    assert result.exit_code == 3, result.output
+    error = result.output.splitlines()[-1]
+    assert error.startswith(f"Error: Job migrator-backup-{cozy.ns}-manual-"), error
+    assert "did not finish within 15s; its pod migrator-backup-" in error
+    assert "is still waiting: FailedAttachVolume: Multi-Attach error for volume" in error
+    assert "Volume is already used by pod(s) sonarr-" in error
     assert cozy.cluster.forbidden() == []
 
 
