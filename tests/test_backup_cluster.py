@@ -102,8 +102,8 @@ def cozy(
         access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, bucket=bucket,
         namespace=namespace,
     )  # fmt: skip
-    cluster.create_namespace(BASELINE)
     try:
+        cluster.create_namespace(BASELINE)
         cluster.seed(tenant_media.tenant_media(secret=secret, ns=namespace, with_nodes=False)[1:])
         cluster.settle()  # the apps run (idle processes on their nodes), as on a live cluster
         yield Cozy(cluster, tmp_path, bucket, seaweedfs, claims)
