@@ -1,10 +1,12 @@
 """Backups on a cluster: the CronJobs `backup install` renders (validated strictly), `--out` and
-`--apply`, and the rendered commands run for real by the API test server's Job controller: a
-backup of a PVC mounted read-only while the app writes, a restore Job into a PVC, a drill."""
+`--apply`, and the rendered commands run for real on the real control plane (tests/controlplane:
+kube-apiserver, the Job, CronJob and scheduler controllers) with the process kubelet
+(tests/kubelet/process.py) running the pods: a backup of a PVC mounted read-only while the app
+writes, a restore Job into a PVC, a drill, off-site backups, and the backup pod following the app
+from node to node. The CLI only ever gets the kubeconfig of docs/rbac.yaml's ServiceAccount."""
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import sqlite3
@@ -14,60 +16,131 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import kubernetes
 import pytest
+from kubernetes import client
 
 from migrator import manifests
-from migrator.plan import load_plan
+from migrator.plan import dump_yaml, load_plan
 from migrator.samples import DatabaseWriter, SampleSizes, make_config_dir
 from migrator.seaweedfs import SeaweedFS
 from tests import tenant_media
+from tests.conftest import BASELINE
+from tests.controlplane import ControlPlane
+from tests.controlplane.cluster import Cluster, unique_namespace
 from tests.helpers import load_yaml, run_cli, validate_manifest
-from tests.kubeapi import JobController, KubeAPIServer
+from tests.kubelet.process import ProcessKubelet
 
-NS = tenant_media.NAMESPACE
 SIZES = SampleSizes(covers=40, db_rows=300, cover_bytes=(512, 4096))
 
 
 @dataclass
 class Cozy:
-    api: KubeAPIServer
+    cluster: Cluster
     root: Path
     bucket: str
     server: SeaweedFS
-    claims: dict[tuple[str, str], Path]
+    claims: dict[str, Path]  # claim name -> the host directory behind it
+
+    @property
+    def ns(self) -> str:
+        return self.cluster.namespace
 
     def cli(self, *args: str) -> Any:
-        return run_cli(*args, "--kubeconfig", str(self.api.kubeconfig_path), cwd=self.root)
+        """``migrator ARGS`` as docs/rbac.yaml's ServiceAccount."""
+        return run_cli(*args, "--kubeconfig", str(self.cluster.kubeconfig_path), cwd=self.root)
 
     def plan(self, *extra: str) -> Path:
         result = self.cli(
-            "plan", "-n", NS, "--target", "s3://media/migrated",
+            "plan", "-n", self.ns, "--target", "s3://media/migrated",
             "--s3-credentials-secret", tenant_media.SECRET_NAME,
             "--s3-endpoint", self.server.s3_endpoint,
             "--backup-target", f"s3://{self.bucket}/backups", *extra,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        return self.root / "plans" / f"{NS}.yaml"
+        return self.root / "plans" / f"{self.ns}.yaml"
+
+    def new_claim(self, name: str) -> Path:
+        """A new, empty RWO claim of the ``replicated`` class (its PV is provisioned once a pod
+        using it is scheduled), backed by a host directory the test can read."""
+        directory = self.root / "volumes" / name
+        directory.mkdir(parents=True)
+        self.cluster.kubelet.add_claim(self.ns, name, directory)
+        self.claims[name] = directory
+        self.cluster.seed([{
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "replicated",
+                     "resources": {"requests": {"storage": "2Gi"}}},
+        }])  # fmt: skip
+        return directory
+
+    def live_pods(self, **labels: str) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items()) or None
+        return [
+            p for p in self.cluster.list_objects("v1", "Pod", self.ns, selector)
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and not p["metadata"].get("deletionTimestamp")
+        ]  # fmt: skip
 
 
 @pytest.fixture
-def cozy(tmp_path: Path, seaweedfs: SeaweedFS, bucket: str) -> Iterator[Cozy]:
-    """tenant-media with the config PVCs backed by directories and the Secret's keys real."""
-    claims: dict[tuple[str, str], Path] = {}
+def cozy(
+    control_plane: ControlPlane, kubelet: ProcessKubelet, tmp_path: Path, seaweedfs: SeaweedFS,
+    bucket: str,
+) -> Iterator[Cozy]:  # fmt: skip
+    """A fresh tenant namespace (Pod Security baseline) seeded with tenant-media's objects, the
+    config claims backed by sample config directories and the credentials Secret's keys real."""
+    namespace = unique_namespace()
+    cluster = Cluster(control_plane, namespace, tmp_path / "cluster", kubelet)
+    claims: dict[str, Path] = {}
     for app in tenant_media.APPS:
-        claims[(NS, f"{app}-config")] = make_config_dir(
+        claims[f"{app}-config"] = make_config_dir(
             tmp_path / "volumes" / app, app, SIZES, random.Random(app)
         )
+        kubelet.add_claim(namespace, f"{app}-config", claims[f"{app}-config"])
     secret = tenant_media.credentials_secret(
-        access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key
-    )
-    secret["data"]["bucketName"] = base64.b64encode(bucket.encode()).decode()
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.add_controller(JobController(claims))
-        api.seed(tenant_media.tenant_media(secret=secret))
-        api.settle()  # the workloads' pods are scheduled, as on a live cluster
-        yield Cozy(api, tmp_path, bucket, seaweedfs, claims)
+        access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, bucket=bucket,
+        namespace=namespace,
+    )  # fmt: skip
+    try:
+        cluster.create_namespace(BASELINE)
+        cluster.seed(tenant_media.tenant_media(secret=secret, ns=namespace, with_nodes=False)[1:])
+        cluster.settle()  # the apps run (idle processes on their nodes), as on a live cluster
+        yield Cozy(cluster, tmp_path, bucket, seaweedfs, claims)
+    finally:
+        cluster.delete()
+
+
+def trigger(cozy: Cozy, cronjob: str, job: str) -> dict[str, Any]:
+    """Run an applied CronJob now, as ``kubectl create job --from=cronjob/NAME`` does (as admin),
+    and wait until the Job finished; returns it."""
+    stored = cozy.cluster.get_object("batch/v1", "CronJob", cozy.ns, cronjob)
+    assert stored is not None
+    template = stored["spec"]["jobTemplate"]
+    body = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": job, "namespace": cozy.ns,
+            "labels": template["metadata"].get("labels") or {},
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+            "ownerReferences": [{
+                "apiVersion": "batch/v1", "kind": "CronJob", "name": cronjob,
+                "uid": stored["metadata"]["uid"], "controller": True,
+            }],
+        },
+        "spec": template["spec"],
+    }  # fmt: skip
+    cozy.cluster.seed([body])
+
+    def finished() -> bool:
+        found = cozy.cluster.get_object("batch/v1", "Job", cozy.ns, job) or {}
+        conditions = (found.get("status") or {}).get("conditions") or []
+        return any(
+            c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions
+        )
+
+    cozy.cluster.wait_for(finished, 120, f"Job {job} finished")
+    return cozy.cluster.get_object("batch/v1", "Job", cozy.ns, job) or {}
 
 
 def container(cronjob: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +158,7 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     rendered = {m["metadata"]["name"]: m for m in json.loads(result.stdout)}
     # Each app's RWO config PVC is attached on that app's node: one pod cannot mount them all.
     assert sorted(rendered) == [
-        "migrator-backup-drill-tenant-media", "migrator-backup-prowlarr-config",
+        f"migrator-backup-drill-{cozy.ns}", "migrator-backup-prowlarr-config",
         "migrator-backup-radarr-config", "migrator-backup-sonarr-config",
     ]  # fmt: skip
     for manifest in rendered.values():
@@ -132,7 +205,7 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     assert main["resources"]["limits"]["memory"] == "1Gi"
     assert main["command"] == [
         "migrator", "agent", "backup", "--to", f"s3://{cozy.bucket}/backups",
-        "--plan-name", NS, "--tmp-dir", "/tmp",
+        "--plan-name", cozy.ns, "--tmp-dir", "/tmp",
         "--volume", "sonarr-config", "/mnt/source/sonarr-config", "--app", "sonarr-config=sonarr",
         "--keep-last", "0", "--keep-daily", "10", "--keep-weekly", "4", "--keep-monthly", "6",
     ]  # fmt: skip
@@ -143,7 +216,7 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     }
     assert cozy.server.secret_key not in result.stdout  # by reference only, never by value
 
-    drill = rendered["migrator-backup-drill-tenant-media"]
+    drill = rendered[f"migrator-backup-drill-{cozy.ns}"]
     assert drill["spec"]["schedule"] == "30 4 * * 0"
     assert container(drill)["command"] == [
         "migrator", "agent", "backup-drill", "--from", f"s3://{cozy.bucket}/backups",
@@ -160,7 +233,7 @@ def test_one_cronjob_per_plan_when_one_pod_can_mount_every_volume(cozy: Cozy) ->
         volume["source"]["accessModes"] = ["ReadWriteMany"]  # any node may mount them together
     files = manifests.render_backups(document)
     [(name, cronjob)] = files.items()
-    assert name == "migrator-backup-tenant-media.yaml"
+    assert name == f"migrator-backup-{cozy.ns}.yaml"
     validate_manifest(cronjob)
     mounts = container(cronjob)["volumeMounts"]
     assert [m["mountPath"] for m in mounts] == [
@@ -212,13 +285,10 @@ def test_install_out_writes_files_for_the_flux_repository(cozy: Cozy) -> None:
     out = cozy.root / "flux" / "backups"
     result = run_cli("backup", "install", "--plan", str(plan_path), "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == [
-        "kustomization.yaml", "migrator-backup-tenant-media.yaml",
-    ]  # fmt: skip
-    assert load_yaml(out / "kustomization.yaml")["resources"] == [
-        "migrator-backup-tenant-media.yaml"
-    ]
-    validate_manifest(load_yaml(out / "migrator-backup-tenant-media.yaml"))
+    file = f"migrator-backup-{cozy.ns}.yaml"
+    assert sorted(p.name for p in out.iterdir()) == ["kustomization.yaml", file]
+    assert load_yaml(out / "kustomization.yaml")["resources"] == [file]
+    validate_manifest(load_yaml(out / file))
     (out / "kustomization.yaml").write_text("resources: [mine.yaml]\n")
     result = run_cli("backup", "install", "--plan", str(plan_path), "--out", str(out))
     assert result.exit_code == 0
@@ -232,12 +302,28 @@ def test_install_apply_creates_the_cronjob_server_side(cozy: Cozy) -> None:
             "backup", "install", "--plan", str(plan_path), "--apply", "--drill", "daily"
         )
         assert result.exit_code == 0, result.output
-    stored = cozy.api.get_object("batch/v1", "CronJob", NS, "migrator-backup-tenant-media")
+    name, drill_name = f"migrator-backup-{cozy.ns}", f"migrator-backup-drill-{cozy.ns}"
+    stored = cozy.cluster.get_object("batch/v1", "CronJob", cozy.ns, name)
     assert stored is not None and stored["spec"]["concurrencyPolicy"] == "Forbid"
     managers = {m["manager"] for m in stored["metadata"].get("managedFields", [])}
     assert managers == {"migrator"}
-    drill = cozy.api.get_object("batch/v1", "CronJob", NS, "migrator-backup-drill-tenant-media")
+    drill = cozy.cluster.get_object("batch/v1", "CronJob", cozy.ns, drill_name)
     assert drill is not None and drill["spec"]["schedule"] == "30 4 * * *"
+    assert cozy.cluster.forbidden() == []
+
+    # What the applied CronJobs run, triggered now: a snapshot lands in S3, the drill restores it.
+    backup = trigger(cozy, name, "nightly-now")
+    assert backup["status"].get("succeeded") == 1, backup["status"]
+    listed = run_cli(
+        "backup", "list", "--plan", str(plan_path), "--json",
+        env={"AWS_ACCESS_KEY_ID": cozy.server.access_key,
+             "AWS_SECRET_ACCESS_KEY": cozy.server.secret_key},
+    )  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    [snapshot] = json.loads(listed.stdout)["snapshots"]
+    assert snapshot["volume"] == "sonarr-config"
+    drilled = trigger(cozy, drill_name, "drill-now")
+    assert drilled["status"].get("succeeded") == 1, drilled["status"]
 
 
 def test_bad_install_requests_are_bad_input(cozy: Cozy, tmp_path: Path) -> None:
@@ -262,7 +348,7 @@ def rows(path: Path) -> int:
 
 def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) -> None:
     plan_path = cozy.plan("--volume", "sonarr-config")
-    source = cozy.claims[(NS, "sonarr-config")]
+    source = cozy.claims["sonarr-config"]
     database = source / "sonarr.db"
     with DatabaseWriter(database) as writer:
         while writer.rows_written < 20:
@@ -275,10 +361,14 @@ def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) 
     [volume] = outcome["volumes"]
     assert volume["status"] == "done" and volume["databases"] == ["logs.db", "sonarr.db"]
     [job_name] = outcome["jobs"]
-    job = cozy.api.get_object("batch/v1", "Job", NS, job_name)
-    assert job is not None
+    job = cozy.cluster.get_object("batch/v1", "Job", cozy.ns, job_name)
+    assert job is not None and job["status"].get("succeeded") == 1
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["volumes"][0]["persistentVolumeClaim"]["readOnly"] is True
+    # It ran beside the app (the RWO claim is attached there) and the log was followed.
+    [pod] = cozy.cluster.list_objects("v1", "Pod", cozy.ns, f"job-name={job_name}")
+    [app] = cozy.live_pods(**{"app.kubernetes.io/name": "sonarr"})
+    assert pod["spec"]["nodeName"] == app["spec"]["nodeName"]
 
     # Restoring into the live claim is refused while the app's pod mounts it.
     live = cozy.cli(
@@ -291,12 +381,7 @@ def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) 
         and "stop the app first" in live.output
     )
 
-    restored = cozy.root / "volumes" / "sonarr-restored"
-    restored.mkdir()
-    cozy.claims[(NS, "sonarr-restored")] = restored
-    cozy.api.seed(
-        [tenant_media.pvc("sonarr-restored", "2Gi", "replicated", ["ReadWriteOnce"], None)]
-    )
+    restored = cozy.new_claim("sonarr-restored")
     result = cozy.cli(
         "backup", "restore", volume["snapshot"], "--plan", str(plan_path), "--volume",
         "sonarr-config", "--to-pvc", "sonarr-restored", "--json",
@@ -312,12 +397,36 @@ def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) 
     from migrator.executors.kubernetes import KubernetesExecutor
     from migrator.kube import KubeClient
 
-    kube = KubeClient.from_kubeconfig(str(cozy.api.kubeconfig_path))
+    kube = KubeClient.from_kubeconfig(str(cozy.cluster.kubeconfig_path))
     events: list[dict[str, Any]] = []
     drilled = KubernetesExecutor(kube, 120).run_job(drill_job, lambda _i, e: events.append(e))
     assert drilled.succeeded, drilled.message
     done = [e for e in events if e.get("event") == "done"]
     assert done and done[-1]["ok"] and done[-1]["volumes"][0]["snapshot"] == volume["snapshot"]
+    assert cozy.cluster.forbidden() == []
+
+
+def test_restore_job_into_the_apps_own_claim_once_the_app_is_stopped(cozy: Cozy) -> None:
+    """The documented way back: scale the app to 0, then restore over its claim (--force)."""
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    config = cozy.claims["sonarr-config"] / "config.xml"
+    good = config.read_bytes()
+    result = cozy.cli("backup", "run", "--plan", str(plan_path), "--json")
+    assert result.exit_code == 0, result.output
+    config.write_text("<Config>damaged</Config>\n")
+    cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", {"spec": {"replicas": 0}})
+    cozy.cluster.wait_for(  # gone, not only terminating: until then it still mounts the claim
+        lambda: not cozy.cluster.list_objects("v1", "Pod", cozy.ns, "app.kubernetes.io/name=sonarr"),
+        60, "sonarr's pod gone",
+    )  # fmt: skip
+    result = cozy.cli(
+        "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
+        "--to-pvc", "sonarr-config", "--force", "--timeout", "120", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ok"]
+    assert config.read_bytes() == good
+    assert cozy.cluster.forbidden() == []
 
 
 def test_listing_from_a_workstation_uses_its_own_endpoint_and_keys(cozy: Cozy) -> None:
@@ -337,17 +446,14 @@ def test_listing_from_a_workstation_uses_its_own_endpoint_and_keys(cozy: Cozy) -
 
 def test_restore_job_brings_back_setuid_bits_only_when_asked(cozy: Cozy) -> None:
     plan_path = cozy.plan("--volume", "sonarr-config")
-    source = cozy.claims[(NS, "sonarr-config")]
+    source = cozy.claims["sonarr-config"]
     (source / "tool").write_bytes(b"#!/bin/sh\n")
     (source / "tool").chmod(0o4755)
     result = cozy.cli("backup", "run", "--plan", str(plan_path), "--json")
     assert result.exit_code == 0, result.output
     modes = {}
     for claim, extra in (("sonarr-plain", ()), ("sonarr-kept", ("--keep-setid",))):
-        restored = cozy.root / "volumes" / claim
-        restored.mkdir()
-        cozy.claims[(NS, claim)] = restored
-        cozy.api.seed([tenant_media.pvc(claim, "2Gi", "replicated", ["ReadWriteOnce"], None)])
+        restored = cozy.new_claim(claim)
         result = cozy.cli(
             "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
             "--to-pvc", claim, "--json", *extra,
@@ -355,6 +461,7 @@ def test_restore_job_brings_back_setuid_bits_only_when_asked(cozy: Cozy) -> None
         assert result.exit_code == 0, result.output
         modes[claim] = (restored / "tool").stat().st_mode & 0o7777
     assert modes == {"sonarr-plain": 0o755, "sonarr-kept": 0o4755}
+    assert cozy.cluster.forbidden() == []
     job = manifests.build_restore_job(
         load_plan(plan_path).document, {"name": "sonarr-config", "source": {}}, "latest",
         "sonarr-kept", keep_setid=True,
@@ -363,21 +470,12 @@ def test_restore_job_brings_back_setuid_bits_only_when_asked(cozy: Cozy) -> None
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--keep-setid"
 
 
-def _live_pods(cozy: Cozy, **labels: str) -> list[dict[str, Any]]:
-    return [
-        p for p in cozy.api.list_objects("v1", "Pod", NS)
-        if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    ]  # fmt: skip
-
-
 def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_down(
     cozy: Cozy,
 ) -> None:
     """After a drain the app runs elsewhere: the backup pod must go there (RWO Multi-Attach)."""
     plan_path = cozy.plan("--volume", "sonarr-config")
-    apps = kubernetes.client.AppsV1Api(cozy.api.api_client())
-    batch = kubernetes.client.BatchV1Api(cozy.api.api_client())
+    batch = client.BatchV1Api(cozy.cluster.admin)
     sonarr = {"app.kubernetes.io/name": "sonarr"}
 
     def backup_node() -> str:
@@ -385,24 +483,22 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
         result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "90", "--json")
         assert result.exit_code == 0, result.output
         [job] = json.loads(result.stdout)["jobs"]
-        [pod] = [
-            p for p in cozy.api.list_objects("v1", "Pod", NS)
-            if p["metadata"]["labels"].get("job-name") == job
-        ]  # fmt: skip
+        [pod] = cozy.cluster.list_objects("v1", "Pod", cozy.ns, f"job-name={job}")
         # Manual Jobs are named by the second: two runs within one would share the first Job.
-        batch.delete_namespaced_job(job, NS, propagation_policy="Background")
+        batch.delete_namespaced_job(job, cozy.ns, propagation_policy="Background")
         return str(pod["spec"]["nodeName"])
 
     def move(patch: dict[str, Any], node: str | None) -> None:
-        apps.patch_namespaced_deployment("sonarr", NS, patch)
-        cozy.api.settle()
-        cozy.api.wait_for(
-            lambda: [p["spec"].get("nodeName") for p in _live_pods(cozy, **sonarr)]
+        cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", patch)
+        cozy.cluster.wait_for(
+            lambda: [p["spec"].get("nodeName") for p in cozy.live_pods(**sonarr)]
             == ([node] if node else []),
-            timeout=30,
-        )
+            60, f"sonarr on {node or 'no node'}",
+        )  # fmt: skip
+        if node:
+            cozy.cluster.settle()
 
-    [app_pod] = _live_pods(cozy, **sonarr)
+    [app_pod] = cozy.live_pods(**sonarr)
     assert app_pod["spec"]["nodeName"] == "worker-1"
     assert backup_node() == "worker-1"
 
@@ -414,6 +510,34 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
     # Scaled to 0 (e.g. during a cutover): nothing to follow, the backup runs on any node.
     move({"spec": {"replicas": 0}}, None)
     assert backup_node() in {"worker-1", "worker-2", "worker-3"}
+    assert cozy.cluster.forbidden() == []
+
+
+def test_a_backup_pinned_to_a_node_the_app_left_says_what_its_pod_waits_for(
+    cozy: Cozy,
+) -> None:
+    """A plan without pod selectors pins the backup to the plan-time node; once the app runs
+    elsewhere the RWO claim is attached there and the pod waits on Multi-Attach: the timeout
+    names that, not only the time."""
+    plan_path = cozy.plan("--volume", "sonarr-config")
+    document = load_yaml(plan_path)
+    for workload in document["spec"]["volumes"][0]["workloads"]:
+        del workload["podSelector"]
+    plan_path.write_text(dump_yaml(document))
+    cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", {"spec": {"template": {
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-3"}}}}})  # fmt: skip
+    cozy.cluster.wait_for(
+        lambda: [p["spec"].get("nodeName") for p in cozy.live_pods(**{"app.kubernetes.io/name": "sonarr"})]
+        == ["worker-3"], 60, "sonarr on worker-3",
+    )  # fmt: skip
+    result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "15")
+    assert result.exit_code == 3, result.output
+    error = result.output.splitlines()[-1]
+    assert error.startswith(f"Error: Job migrator-backup-{cozy.ns}-manual-"), error
+    assert "did not finish within 15s; its pod migrator-backup-" in error
+    assert "is still waiting: FailedAttachVolume: Multi-Attach error for volume" in error
+    assert "Volume is already used by pod(s) sonarr-" in error
+    assert cozy.cluster.forbidden() == []
 
 
 def test_offsite_backups_use_their_own_secret_and_endpoint(
@@ -429,16 +553,17 @@ def test_offsite_backups_use_their_own_secret_and_endpoint(
         access_key=offsite_seaweedfs.access_key, secret_key=offsite_seaweedfs.secret_key,
     )  # fmt: skip
     secret["metadata"]["name"] = "bucket-arr-offsite-backup-credentials"
-    cozy.api.seed([secret])
+    secret["metadata"]["namespace"] = cozy.ns
+    cozy.cluster.seed([secret])
     result = cozy.cli(
-        "plan", "-n", NS, "--target", "s3://media/migrated", "--volume", "sonarr-config",
+        "plan", "-n", cozy.ns, "--target", "s3://media/migrated", "--volume", "sonarr-config",
         "--s3-credentials-secret", tenant_media.SECRET_NAME,
         "--s3-endpoint", cozy.server.s3_endpoint, "--backup-target", "s3://arr-offsite/nightly",
         "--backup-credentials-secret", "bucket-arr-offsite-backup-credentials",
         "--backup-endpoint", offsite_seaweedfs.s3_endpoint,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    plan_path = cozy.root / "plans" / f"{NS}.yaml"
+    plan_path = cozy.root / "plans" / f"{cozy.ns}.yaml"
     backup = load_plan(plan_path).spec["backup"]
     assert backup == {
         "url": "s3://arr-offsite/nightly", "bucket": offsite_bucket, "prefix": "nightly",
@@ -473,3 +598,4 @@ def test_offsite_backups_use_their_own_secret_and_endpoint(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert [s["id"] for s in json.loads(result.stdout)["snapshots"]] == [volume["snapshot"]]
+    assert cozy.cluster.forbidden() == []

@@ -42,6 +42,7 @@ def test_every_object_of_the_doc_validates_strictly() -> None:
         ("delete", "statefulsets", "apps", ""),
         ("delete", "helmreleases", "helm.toolkit.fluxcd.io", ""),
         ("delete", "configmaps", "", ""),
+        ("delete", "cronjobs", "batch", ""),  # the nightly backups stay scheduled
         ("list", "secrets", "", ""),
         ("update", "secrets", "", ""),
         ("create", "pods", "", ""),
@@ -67,6 +68,7 @@ def test_what_the_commands_need_is_granted(cluster: Cluster) -> None:
     for verb, resource, group, subresource in [
         ("create", "jobs", "batch", ""),
         ("patch", "cronjobs", "batch", ""),
+        ("create", "cronjobs", "batch", ""),  # a server-side apply that creates needs it too
         ("get", "pods", "", "log"),
         ("patch", "deployments", "apps", "scale"),
         ("patch", "helmreleases", "helm.toolkit.fluxcd.io", ""),

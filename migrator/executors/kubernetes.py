@@ -154,8 +154,10 @@ class KubernetesExecutor:
                 return job, blocked
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                waiting = f"; {blockers.waiting}" if blockers.waiting else ""
                 raise OperationFailedError(
-                    f"Job {name} did not finish within {self.timeout:.0f}s; re-run to keep waiting"
+                    f"Job {name} did not finish within {self.timeout:.0f}s{waiting}; "
+                    "re-run to keep waiting"
                 )
             seconds = max(1, int(min(remaining, WATCH_SLICE)))
             self._watch_slice(namespace, name, job["metadata"]["resourceVersion"], seconds)
@@ -234,11 +236,16 @@ def _one_line(text: str) -> str:
 class StartWatch:
     """Why a Job's pods cannot start, if they cannot: the Job controller could not create them
     (a FailedCreate event: Pod Security admission, quota), a container is stuck waiting
-    (``STUCK_REASONS``), or a pod has been unschedulable for ``UNSCHEDULABLE_GRACE`` s."""
+    (``STUCK_REASONS``), or a pod has been unschedulable for ``UNSCHEDULABLE_GRACE`` s.
+
+    Causes that may pass by themselves do not fail the Job, but :attr:`waiting` keeps the newest
+    warning of a pod still Pending (a Multi-Attach error while the claim's other user runs on
+    another node, a FailedMount), so a timeout can say what the pod waited for."""
 
     def __init__(self, kube: KubeClient, namespace: str, job: str) -> None:
         self.kube, self.namespace, self.job = kube, namespace, job
         self.unschedulable_since: dict[str, float] = {}
+        self.waiting = ""
 
     def check(self, job: dict[str, Any]) -> str | None:
         return self._failed_create(job) or self._stuck_pod()
@@ -273,7 +280,28 @@ class StartWatch:
             why = self._unschedulable(name, status.conditions or [])
             if why:
                 return why
+            if status.phase == "Pending":
+                self._note_warning(name)
         return None
+
+    def _note_warning(self, pod: str) -> None:
+        """Remember the newest Warning event of ``pod`` in :attr:`waiting` (best effort: only
+        ever part of a message)."""
+        try:
+            events = self.kube.call(
+                f"reading the events of pod {pod}",
+                lambda: self.kube.core.list_namespaced_event(
+                    self.namespace, field_selector=f"involvedObject.name={pod}"
+                ),
+            )
+        except OperationFailedError:
+            return
+        warnings = [e for e in (events.items if events else []) if e.type == "Warning"]
+        if warnings:
+            newest = max(warnings, key=_event_time)
+            self.waiting = (
+                f"its pod {pod} is still waiting: {newest.reason}: {_one_line(newest.message or '')}"
+            )
 
     def _unschedulable(self, pod: str, conditions: list[Any]) -> str | None:
         for condition in conditions:
@@ -287,6 +315,14 @@ class StartWatch:
                         f"{_one_line(condition.message or 'Unschedulable')}"
                     )
         return None
+
+
+def _event_time(event: Any) -> str:
+    """When an event last happened, as a sortable string (events.k8s.io or core fields)."""
+    for stamp in (event.last_timestamp, event.event_time, event.first_timestamp):
+        if stamp:
+            return str(stamp.isoformat() if hasattr(stamp, "isoformat") else stamp)
+    return ""
 
 
 def _parse_indexes(text: str | None) -> list[int]:
