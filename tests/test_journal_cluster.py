@@ -3,8 +3,7 @@ given up honestly, and `migrator status` only reads the journal ConfigMap.
 
 The CLI and LeaseLock get the ServiceAccount kubeconfig of docs/rbac.yaml; the test plays the
 other runs (and reads what happened) as admin. What the account asked is read from the API
-server's audit log. One test needs a copy Job's pod to run and stays on the API test server
-(tests/kubeapi) until the process kubelet runs pods (#13)."""
+server's audit log; the copy Job of the slept-run test runs on the process kubelet."""
 
 from __future__ import annotations
 

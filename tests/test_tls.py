@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from migrator.seaweedfs import SeaweedFS
 from tests import tenant_media
 from tests.controlplane.cluster import Cluster
 from tests.helpers import load_yaml, run_cli, validate_manifest
-from tests.kubeapi import JobController, KubeAPIServer
 
 SIZES = SampleSizes(
     covers=40, db_rows=200, episodes=2, episode_bytes=1536 * 1024, movies=1, movie_bytes=300 * 1024
@@ -253,50 +252,48 @@ def test_a_ca_bundle_for_a_pvc_target_is_refused(tenant: tuple[Cluster, Any]) ->
     assert result.output.strip() == "Error: --s3-ca-bundle is for s3:// targets"
 
 
-# --- on the API test server until pods run (#13): the Jobs' copy and verify with the CA --------
+# --- the Jobs' copy and verify with the CA, run by the process kubelet ---------------------------
 
 
 @pytest.fixture
-def cozy(tmp_path: Path, tls: tuple[SeaweedFS, Path]) -> Iterator[tuple[KubeAPIServer, Any]]:
+def cozy(
+    make_cluster: Callable[..., Cluster], tmp_path: Path, tls: tuple[SeaweedFS, Path]
+) -> tuple[Cluster, dict[str, Any]]:
     server, ca = tls
     bucket = new_bucket(server, ca, "cozy")
     tree = make_sample_tree(tmp_path / "volumes", SIZES)
-    claims = {(NS, name): path for name, path in tree.source_dirs().items()}
     # As Cozystack's COSI Secret: the endpoint is https://HOST, from BucketInfo.
-    secret = tenant_media.credentials_secret(
-        host=server.s3_endpoint.removeprefix("https://"), access_key=server.access_key,
-        secret_key=server.secret_key, bucket=bucket,
-    )  # fmt: skip
+    secret = {"host": server.s3_endpoint.removeprefix("https://"), "access_key": server.access_key,
+              "secret_key": server.secret_key, "bucket": bucket}  # fmt: skip
+    cluster = make_cluster(claims=tree.source_dirs(), secret=secret)
     # As trust-manager distributes a CA bundle: a ConfigMap in the namespace.
-    bundle = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "private-ca",
-              "namespace": NS}, "data": {"ca-bundle.pem": ca.read_text()}}  # fmt: skip
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.add_controller(JobController(claims))
-        api.seed([*tenant_media.tenant_media(secret=secret), bundle])
-        api.settle()  # the workloads' pods are scheduled, as on a live cluster
-        yield api, {"tree": tree, "bucket": bucket, "tmp": tmp_path, "server": server, "ca": ca}
+    cluster.seed([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "private-ca", "namespace": cluster.namespace},
+        "data": {"ca-bundle.pem": ca.read_text()}}])  # fmt: skip
+    return cluster, {"tree": tree, "bucket": bucket, "tmp": tmp_path, "server": server, "ca": ca}
 
 
-def cluster_plan(api: KubeAPIServer, env: dict[str, Any], *extra: str) -> Any:
+def cluster_plan(cluster: Cluster, env: dict[str, Any], *extra: str) -> Any:
     return run_cli(
-        "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path), "--target",
+        "plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path), "--target",
         "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
         "--volume", "media", "--volume", "prowlarr-config", "--backup-target", "s3://media/backups",
         *extra, cwd=env["tmp"],
     )  # fmt: skip
 
 
-def test_cluster_jobs_mount_the_ca_from_a_configmap(cozy: tuple[KubeAPIServer, Any]) -> None:
-    api, env = cozy
-    result = cluster_plan(api, env, "--s3-ca-bundle", "private-ca/ca-bundle.pem")
+def test_cluster_jobs_mount_the_ca_from_a_configmap(cozy: tuple[Cluster, dict[str, Any]]) -> None:
+    cluster, env = cozy
+    ns = cluster.namespace
+    result = cluster_plan(cluster, env, "--s3-ca-bundle", "private-ca/ca-bundle.pem")
     assert result.exit_code == 0, result.output
-    plan_path = env["tmp"] / "plans" / f"{NS}.yaml"
+    plan_path = env["tmp"] / "plans" / f"{ns}.yaml"
     target = load_plan(plan_path).spec["target"]
     assert target["caBundle"] == {"configMap": "private-ca", "key": "ca-bundle.pem"}
     # The probe (unsigned: the keys stay in the cluster) got through TLS with the ConfigMap's CA.
     assert target["probe"] == "reachable; bucket not checked (no credentials here)"
     assert "BEGIN CERTIFICATE" not in plan_path.read_text()  # a reference, not the bundle
-    job = load_yaml(env["tmp"] / "jobs" / NS / "copy-media.yaml")
+    job = load_yaml(env["tmp"] / "jobs" / ns / "copy-media.yaml")
     validate_manifest(job)
     pod = job["spec"]["template"]["spec"]
     assert {"name": "s3-ca", "configMap": {"name": "private-ca", "items": [
@@ -315,19 +312,14 @@ def test_cluster_jobs_mount_the_ca_from_a_configmap(cozy: tuple[KubeAPIServer, A
         env_of = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env_of["AWS_CA_BUNDLE"] == "/etc/migrator/s3-ca/ca.crt"
 
-    kubeconfig = str(api.kubeconfig_path)
+    kubeconfig = str(cluster.kubeconfig_path)
     result = run_cli("run", "--plan", str(plan_path), "--kubeconfig", kubeconfig, "--phase", "all")
     assert result.exit_code == 0, result.output
     # (the config volume's live databases wait for a cutover)
     result = run_cli(
-        "verify",
-        "--plan",
-        str(plan_path),
-        "--kubeconfig",
-        kubeconfig,
-        "--volume",
-        "media",
+        "verify", "--plan", str(plan_path), "--kubeconfig", kubeconfig, "--volume", "media",
         "--json",
-    )
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ok"] is True
+    assert cluster.forbidden() == []
