@@ -8,12 +8,10 @@ Jobs that never start need no SeaweedFS (plans made with --no-probe); the restri
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import re
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
@@ -23,13 +21,13 @@ from typing import Any
 
 import boto3
 import pytest
-import trustme
 import yaml
 
 from migrator.seaweedfs import SeaweedFS
 from tests import tenant_media
 from tests.controlplane.cluster import Cluster
 from tests.helpers import run_cli
+from tests.kubeapi import JobController, KubeAPIServer
 
 VOLUME = "prowlarr-config"
 # --timeout: far above the fail-fast bound, so a pass proves nobody waited it out.
@@ -211,17 +209,13 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
     assert {f"migrated/{VOLUME}/config.xml", f"migrated/{VOLUME}/Backups/note.txt"} <= keys
 
 
-class StallingProxy:
-    """A TLS-terminating proxy to the API server that answers every watch request with silence:
-    the connection stays open and nothing ever arrives (a half-open connection, as after a NAT
-    or load balancer drops it). Clients trust ``ca`` (its own); it trusts the API server's."""
+class StallingProxy:  # on the API double (plain HTTP): see the test below
+    """A TCP proxy to the API server that answers every watch request with silence: the
+    connection stays open and nothing ever arrives (a half-open connection, as after a NAT
+    or load balancer drops it)."""
 
-    def __init__(self, upstream: tuple[str, int], upstream_ca: Path) -> None:
+    def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
-        self.ca = trustme.CA()
-        self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ca.issue_cert("127.0.0.1").configure_cert(self.server_context)
-        self.client_context = ssl.create_default_context(cafile=str(upstream_ca))
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
@@ -230,20 +224,13 @@ class StallingProxy:
     def _accept(self) -> None:
         while True:
             try:
-                raw, _ = self.listener.accept()
+                client_side, _ = self.listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client_side,), daemon=True).start()
 
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            client_side = self.server_context.wrap_socket(raw, server_side=True)
-            upstream = self.client_context.wrap_socket(
-                socket.create_connection(self.upstream), server_hostname=self.upstream[0]
-            )
-        except OSError:
-            raw.close()
-            return
+    def _serve(self, client_side: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
         threading.Thread(target=self._pump, args=(upstream, client_side), daemon=True).start()
         try:  # requests on a kept-alive connection come one at a time, each in its own send
             while data := client_side.recv(65536):
@@ -273,33 +260,41 @@ class StallingProxy:
             held.close()
 
 
-def test_timeout_holds_when_the_job_watch_goes_silent(tenant: Tenant) -> None:
+def test_timeout_holds_when_the_job_watch_goes_silent(tmp_path: Path) -> None:
     """The executor's watch has a client-side read deadline: --timeout ends the wait even when
-    the watch connection is open but silent (the Job's pod waits for its claim forever)."""
-    plan_path = tenant.plan()
-    # The copy pod waits for its volume: ContainerCreating, nothing to report.
-    tenant.cluster.kubelet.unmountable.add((tenant.ns, VOLUME))
-    plane = tenant.cluster.plane
-    url = urllib.parse.urlsplit(plane.server)
-    proxy = StallingProxy((url.hostname or "127.0.0.1", url.port or 443), plane.ca_path)
-    try:
-        config = yaml.safe_load(tenant.cluster.kubeconfig_path.read_text())
-        cluster_entry = config["clusters"][0]["cluster"]
-        cluster_entry["server"] = f"https://127.0.0.1:{proxy.port}"
-        cluster_entry["certificate-authority-data"] = base64.b64encode(
-            proxy.ca.cert_pem.bytes()
-        ).decode()
-        stalled = tenant.root / "stalled-kubeconfig.yaml"
-        stalled.write_text(yaml.safe_dump(config))
-        started = time.monotonic()
+    the watch connection is open but silent (the Job's pod waits for its claim forever).
+
+    Still on the API double (#13): it speaks plain HTTP, so this TCP proxy can see which request
+    is a watch; a TLS-terminating proxy in front of the real API server hung on ordinary requests
+    in a CI run (one SSL socket read and written from two threads)."""
+    ns = tenant_media.NAMESPACE
+    with KubeAPIServer(tmp_path / "kubeapi") as api:
+        api.add_controller(JobController({}))  # no claim mapped: the copy pod waits, silent
+        api.seed(tenant_media.tenant_media())
+        api.settle()
         result = run_cli(
-            "run", "--plan", str(plan_path), "--kubeconfig", str(stalled),
-            "--phase", "config", "--timeout", "8",
+            "plan", "-n", ns, "--kubeconfig", str(api.kubeconfig_path),
+            "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
+            "--s3-endpoint", "https://s3.example:8333", "--no-probe", "--volume", VOLUME,
+            cwd=tmp_path,
         )  # fmt: skip
-        seconds = time.monotonic() - started
-    finally:
-        proxy.close()
-        tenant.cluster.kubelet.unmountable.discard((tenant.ns, VOLUME))
+        assert result.exit_code == 0, result.output
+        plan_path = tmp_path / "plans" / f"{ns}.yaml"
+        url = urllib.parse.urlsplit(api.url)
+        proxy = StallingProxy((url.hostname or "127.0.0.1", url.port or 80))
+        try:
+            config = yaml.safe_load(api.kubeconfig_path.read_text())
+            config["clusters"][0]["cluster"]["server"] = f"{url.scheme}://127.0.0.1:{proxy.port}"
+            stalled = tmp_path / "stalled-kubeconfig.yaml"
+            stalled.write_text(yaml.safe_dump(config))
+            started = time.monotonic()
+            result = run_cli(
+                "run", "--plan", str(plan_path), "--kubeconfig", str(stalled),
+                "--phase", "config", "--timeout", "8",
+            )  # fmt: skip
+            seconds = time.monotonic() - started
+        finally:
+            proxy.close()
     assert result.exit_code == 3, result.output
     assert f"Job migrator-copy-{VOLUME} did not finish within 8s" in result.output
     assert seconds < 45  # generous (measured ~10 s): urllib3 retries alone made it 60 s
