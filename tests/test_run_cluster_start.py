@@ -8,12 +8,16 @@ Jobs that never start need no SeaweedFS (plans made with --no-probe); the restri
 
 from __future__ import annotations
 
-import contextlib
+import base64
+import http.client
+import http.server
 import json
 import re
 import socket
+import ssl
 import threading
 import time
+import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,13 +25,13 @@ from typing import Any
 
 import boto3
 import pytest
+import trustme
 import yaml
 
 from migrator.seaweedfs import SeaweedFS
 from tests import tenant_media
 from tests.controlplane.cluster import Cluster
 from tests.helpers import run_cli
-from tests.kubeapi import JobController, KubeAPIServer
 
 VOLUME = "prowlarr-config"
 # --timeout: far above the fail-fast bound, so a pass proves nobody waited it out.
@@ -209,93 +213,112 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
     assert {f"migrated/{VOLUME}/config.xml", f"migrated/{VOLUME}/Backups/note.txt"} <= keys
 
 
-class StallingProxy:  # on the API double (plain HTTP): see the test below
-    """A TCP proxy to the API server that answers every watch request with silence: the
-    connection stays open and nothing ever arrives (a half-open connection, as after a NAT
-    or load balancer drops it)."""
+class StallingProxy:
+    """A TLS-terminating HTTP proxy to the API server that answers every watch request with
+    silence: the connection stays open and nothing ever arrives (a half-open connection, as after
+    a NAT or load balancer drops it). Clients trust :attr:`ca` (its own); it trusts the API
+    server's. Each client connection is served by one thread, one request after another, over its
+    own upstream connection: no TLS socket is ever used from two threads."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+    def __init__(self, upstream: tuple[str, int], upstream_ca: Path) -> None:
+        self.ca = trustme.CA()
+        self.closing = threading.Event()
+        self.errors: list[str] = []
+        server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert("127.0.0.1").configure_cert(server_context)
+        client_context = ssl.create_default_context(cafile=str(upstream_ca))
+        proxy = self
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client_side, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client_side,), daemon=True).start()
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            upstream_connection: http.client.HTTPSConnection | None = None
 
-    def _serve(self, client_side: socket.socket) -> None:
-        upstream = socket.create_connection(self.upstream)
-        threading.Thread(target=self._pump, args=(upstream, client_side), daemon=True).start()
-        try:  # requests on a kept-alive connection come one at a time, each in its own send
-            while data := client_side.recv(65536):
-                if b"watch=true" in data.split(b"\r\n", 1)[0].lower():
-                    self.held += [client_side, upstream]  # never answer, never close
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                if "watch=true" in urllib.parse.urlsplit(self.path).query.lower():
+                    proxy.closing.wait()  # never answer
+                    self.close_connection = True
                     return
-                upstream.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            upstream.shutdown(socket.SHUT_WR)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.upstream_connection is None:
+                    self.upstream_connection = http.client.HTTPSConnection(
+                        *upstream, context=client_context, timeout=60
+                    )
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+                self.upstream_connection.request(self.command, self.path, body, headers)
+                answer = self.upstream_connection.getresponse()
+                self.send_response_only(answer.status, answer.reason)
+                for key, value in answer.getheaders():
+                    if key.lower() not in HOP and key.lower() != "content-length":
+                        self.send_header(key, value)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                while chunk := answer.read1(65536):  # streamed: a followed log arrives as it comes
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                answer.close()  # read to its end: the upstream connection serves the next one
+                if answer.will_close:
+                    self.upstream_connection.close()
+                    self.upstream_connection = None
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_WR)
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                proxy.errors.append(traceback.format_exc())
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                raw, address = super().get_request()
+                return server_context.wrap_socket(raw, server_side=True), address
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        self.listener.close()
-        for held in self.held:
-            held.close()
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
 
 
-def test_timeout_holds_when_the_job_watch_goes_silent(tmp_path: Path) -> None:
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+       "proxy-connection", "host"}  # fmt: skip
+
+
+def test_timeout_holds_when_the_job_watch_goes_silent(tenant: Tenant) -> None:
     """The executor's watch has a client-side read deadline: --timeout ends the wait even when
-    the watch connection is open but silent (the Job's pod waits for its claim forever).
-
-    Still on the API double (#13): it speaks plain HTTP, so this TCP proxy can see which request
-    is a watch; a TLS-terminating proxy in front of the real API server hung on ordinary requests
-    in a CI run (one SSL socket read and written from two threads)."""
-    ns = tenant_media.NAMESPACE
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.add_controller(JobController({}))  # no claim mapped: the copy pod waits, silent
-        api.seed(tenant_media.tenant_media())
-        api.settle()
+    the watch connection is open but silent (the Job's pod waits for its claim forever)."""
+    plan_path = tenant.plan()
+    # The copy pod waits for its volume: ContainerCreating, nothing to report.
+    tenant.cluster.kubelet.unmountable.add((tenant.ns, VOLUME))
+    plane = tenant.cluster.plane
+    url = urllib.parse.urlsplit(plane.server)
+    proxy = StallingProxy((url.hostname or "127.0.0.1", url.port or 443), plane.ca_path)
+    try:
+        config = yaml.safe_load(tenant.cluster.kubeconfig_path.read_text())
+        cluster_entry = config["clusters"][0]["cluster"]
+        cluster_entry["server"] = f"https://127.0.0.1:{proxy.port}"
+        cluster_entry["certificate-authority-data"] = base64.b64encode(
+            proxy.ca.cert_pem.bytes()
+        ).decode()
+        stalled = tenant.root / "stalled-kubeconfig.yaml"
+        stalled.write_text(yaml.safe_dump(config))
+        started = time.monotonic()
         result = run_cli(
-            "plan", "-n", ns, "--kubeconfig", str(api.kubeconfig_path),
-            "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-            "--s3-endpoint", "https://s3.example:8333", "--no-probe", "--volume", VOLUME,
-            cwd=tmp_path,
+            "run", "--plan", str(plan_path), "--kubeconfig", str(stalled),
+            "--phase", "config", "--timeout", "8",
         )  # fmt: skip
-        assert result.exit_code == 0, result.output
-        plan_path = tmp_path / "plans" / f"{ns}.yaml"
-        url = urllib.parse.urlsplit(api.url)
-        proxy = StallingProxy((url.hostname or "127.0.0.1", url.port or 80))
-        try:
-            config = yaml.safe_load(api.kubeconfig_path.read_text())
-            config["clusters"][0]["cluster"]["server"] = f"{url.scheme}://127.0.0.1:{proxy.port}"
-            stalled = tmp_path / "stalled-kubeconfig.yaml"
-            stalled.write_text(yaml.safe_dump(config))
-            started = time.monotonic()
-            result = run_cli(
-                "run", "--plan", str(plan_path), "--kubeconfig", str(stalled),
-                "--phase", "config", "--timeout", "8",
-            )  # fmt: skip
-            seconds = time.monotonic() - started
-        finally:
-            proxy.close()
-    assert result.exit_code == 3, result.output
-    assert f"Job migrator-copy-{VOLUME} did not finish within 8s" in result.output
+        seconds = time.monotonic() - started
+    finally:
+        proxy.close()
+        tenant.cluster.kubelet.unmountable.discard((tenant.ns, VOLUME))
+    assert result.exit_code == 3, (result.output, proxy.errors)
+    assert f"Job migrator-copy-{VOLUME} did not finish within 8s" in result.output, proxy.errors
     assert seconds < 45  # generous (measured ~10 s): urllib3 retries alone made it 60 s
     print(f"silent watch: gave up after {seconds:.1f}s with --timeout 8")

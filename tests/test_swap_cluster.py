@@ -1,19 +1,15 @@
-"""`migrator swap`, `rollback` and `status`.
+"""`migrator swap`, `rollback` and `status`, on the real control plane.
 
-On a real kube-apiserver (tests/controlplane, Flux's own CRDs, a fresh tenant namespace per test),
-the CLI with only docs/rbac.yaml's ServiceAccount: every step that does not wait for an app to
-become Ready. The cutover's quiesce is the real :class:`Quiescer` (suspend Flux, scale to 0) run as
-that account; the copy and verify steps are written to the journal through :class:`Journal`,
-their documented contract.
-
-The steps that bring apps back and wait until they are Ready still run on the Kubernetes API
-test server (tests/kubeapi, at the end of this file): this control plane has no kubelet yet, so
-no pod ever runs, and no helm-controller, which their stand-in plays there.
+A real kube-apiserver (tests/controlplane, Flux's own CRDs, a fresh tenant namespace per test) and
+the CLI with only docs/rbac.yaml's ServiceAccount. The cutover's quiesce is the real
+:class:`Quiescer` (suspend Flux, scale to 0) run as that account; the copy and verify steps are
+written to the journal through :class:`Journal`, their documented contract. The apps' pods run on
+the process kubelet; where a test needs Flux to re-render a release after swap changed its values,
+the helm-controller stand-in (tests/controlplane/helm.py) does what a Helm upgrade would.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Iterator
@@ -30,18 +26,9 @@ from migrator.kube import KubeClient
 from migrator.plan import Plan, load_plan
 from tests import tenant_media
 from tests.controlplane.cluster import Cluster
+from tests.controlplane.helm import HelmControllerStandIn
 from tests.helpers import run_cli, validate_manifest
-from tests.kubeapi import (
-    Controller,
-    DeploymentController,
-    KubeAPIServer,
-    ReplicaSetController,
-    StatefulSetController,
-)
-from tests.kubeapi.controllers import controlled_by, pod_from_template
-from tests.kubeapi.store import ObjectStore
 
-NS = tenant_media.NAMESPACE  # the double's namespace; on the real cluster: cluster.namespace
 HR = "helm.toolkit.fluxcd.io/v2"
 CSI_DRIVER = {
     "apiVersion": "storage.k8s.io/v1",
@@ -49,10 +36,9 @@ CSI_DRIVER = {
     "metadata": {"name": "seaweedfs-csi-driver"},
     "spec": {"attachRequired": False, "podInfoOnMount": True},
 }
-Api = KubeAPIServer | Cluster  # both answer get_object / list_objects as admin
 
 
-# --- helpers for both servers -----------------------------------------------------------------
+# --- helpers -----------------------------------------------------------------------------
 
 
 def journal_of(kube: KubeClient, namespace: str, plan: Plan) -> Journal:
@@ -78,7 +64,7 @@ def cut_over(
             )  # fmt: skip
 
 
-def snapshot(api: Api, namespace: str = NS) -> dict[str, Any]:
+def snapshot(api: Cluster, namespace: str) -> dict[str, Any]:
     """What swap and rollback may change: HelmRelease specs, Deployment specs, ConfigMap data."""
     return {
         **{f"hr/{o['metadata']['name']}": o["spec"] for o in api.list_objects(HR, "HelmRelease", namespace)},
@@ -88,7 +74,7 @@ def snapshot(api: Api, namespace: str = NS) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def cli(api: Api, command: str, plan: Plan, *args: str) -> tuple[int, Any, str]:
+def cli(api: Cluster, command: str, plan: Plan, *args: str) -> tuple[int, Any, str]:
     result = run_cli(
         command, "--plan", str(plan.path), "--kubeconfig", str(api.kubeconfig_path), *args
     )
@@ -96,13 +82,13 @@ def cli(api: Api, command: str, plan: Plan, *args: str) -> tuple[int, Any, str]:
     return result.exit_code, data, result.output
 
 
-def claims_of(api: Api, name: str, namespace: str = NS) -> set[str]:
+def claims_of(api: Cluster, name: str, namespace: str) -> set[str]:
     deployment = api.get_object("apps/v1", "Deployment", namespace, name) or {}
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     return {v["persistentVolumeClaim"]["claimName"] for v in volumes}
 
 
-# --- on the real control plane ------------------------------------------------------------------
+# --- the tenant and the account ------------------------------------------------------------------
 
 
 def plan_of(cluster: Cluster, cwd: Path, *extra: str) -> Plan:
@@ -484,140 +470,19 @@ def test_without_helm_controller_the_apps_stay_stopped_and_the_rest_say_why(
     assert cluster.forbidden() == []
 
 
-# --- still on the Kubernetes API test server: these wait for apps to become Ready ---------------
-# They need a kubelet to run the apps' pods (and the helm-controller stand-in below); they move
-# to the real control plane once tests/kubelet/ lands.
-
-
-def kube_of(api: KubeAPIServer) -> KubeClient:
-    return KubeClient(api.api_client())
-
-
-def _merged_values(store: ObjectStore, release: dict[str, Any]) -> dict[str, Any]:
-    """valuesFrom ConfigMaps first, spec.values on top (Flux's order)."""
-    values: dict[str, Any] = {}
-    configmaps = store.registry.by_kind("v1", "ConfigMap")
-    for ref in release["spec"].get("valuesFrom") or []:
-        found = store.get(configmaps, release["metadata"]["namespace"], ref["name"])
-        text = ((found or {}).get("data") or {}).get(ref.get("valuesKey") or "values.yaml")
-        if text:
-            _deep_merge(values, yaml.safe_load(text) or {})
-    _deep_merge(values, copy.deepcopy(release["spec"].get("values") or {}))
-    return values
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-
-
-class FakeHelmController(Controller):
-    """Renders each non-suspended release's claims into its Deployment (same name), like a helm
-    upgrade of app-template would: volume NAME mounts persistence.NAME.existingClaim."""
-
-    name = "fake-helm-controller"
-
-    def reconcile(self, store: ObjectStore) -> None:
-        releases = store.registry.by_kind(HR, "HelmRelease")
-        deployments = store.registry.by_kind("apps/v1", "Deployment")
-        for release in store.list_objects(releases)[0]:
-            if release["spec"].get("suspend"):
-                continue
-            persistence = _merged_values(store, release).get("persistence") or {}
-            meta = release["metadata"]
-            deployment = store.get(deployments, meta["namespace"], meta["name"])
-            if deployment is None:
-                continue
-            wanted = copy.deepcopy(deployment)
-            for volume in wanted["spec"]["template"]["spec"].get("volumes", []):
-                claim = (persistence.get(volume["name"]) or {}).get("existingClaim")
-                if claim and "persistentVolumeClaim" in volume:
-                    volume["persistentVolumeClaim"]["claimName"] = claim
-            if wanted["spec"]["template"] != deployment["spec"]["template"]:
-                store.update(
-                    deployments, meta["namespace"], meta["name"],
-                    lambda current, w=wanted: {**(current or w), "spec": {**(current or w)["spec"], "template": w["spec"]["template"]}},
-                )  # fmt: skip
-
-
-class StuckReplicaSetController(ReplicaSetController):
-    """Pods of the ``stuck`` app stay Pending (a FUSE mount that fails), with the kubelet's event."""
-
-    def __init__(self, stuck: str) -> None:
-        super().__init__()
-        self.stuck = stuck
-
-    def _sync(self, store: ObjectStore, resource: Any, replica_set: dict[str, Any]) -> None:
-        if not replica_set["metadata"]["name"].startswith(f"{self.stuck}-"):
-            super()._sync(store, resource, replica_set)
-            return
-        pods, events = store.registry.by_kind("v1", "Pod"), store.registry.by_kind("v1", "Event")
-        owned = controlled_by(store, replica_set, pods)
-        wanted = replica_set["spec"].get("replicas", 1)
-        name = f"{replica_set['metadata']['name']}-stuck"
-        if len(owned) < wanted:
-            template = replica_set["spec"]["template"]
-            pod = store.create(
-                pods, pod_from_template(replica_set, resource, template, name, store)
-            )
-            if store.get(events, NS, f"{name}.mount") is None:
-                store.create(events, {
-                    "apiVersion": "v1", "kind": "Event",
-                    "metadata": {"name": f"{name}.mount", "namespace": NS},
-                    "involvedObject": {"kind": "Pod", "name": name, "namespace": NS, "uid": pod["metadata"]["uid"]},
-                    "reason": "FailedMount", "type": "Warning",
-                    "message": 'MountVolume.SetUp failed for volume "media": driver name seaweedfs-csi-driver not found',
-                })  # fmt: skip
-        for pod in owned[wanted:]:
-            store.delete(pods, NS, pod["metadata"]["name"])
-
-
-@pytest.fixture(scope="module")
-def plan_texts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, ...], str]]:
-    """Plans of tenant-media by 'migrator plan' options, made once per module (planning is the
-    slow part and its result depends only on the namespace)."""
-    cache: dict[tuple[str, ...], str] = {}
-    base = tmp_path_factory.mktemp("plans")
-    with KubeAPIServer(base / "kubeapi") as api:
-        api.seed(tenant_media.tenant_media())
-        api.settle()  # the workloads' pods are scheduled, as on a live cluster
-        for extra in ((), ("--move-config",), ("--target", "pvc:seaweedfs-storage")):
-            cwd = base / str(len(cache))
-            cwd.mkdir()
-            args = ("--target", "s3://media/migrated", *extra)
-            if "--target" not in extra:
-                args += ("--filer-grpc", "seaweedfs-filer.tenant-root.svc:18888")
-            result = run_cli(
-                "plan", "-n", NS, "--kubeconfig", str(api.kubeconfig_path),
-                "--s3-credentials-secret", tenant_media.SECRET_NAME, "--no-probe", *args, cwd=cwd,
-            )  # fmt: skip
-            assert result.exit_code == 0, result.output
-            cache[extra] = (cwd / "plans" / f"{NS}.yaml").read_text()
-        yield cache
+# --- bringing the apps back: a helm-controller stand-in re-renders, the process kubelet runs -------
 
 
 @pytest.fixture
-def cozy(tmp_path: Path) -> Iterator[KubeAPIServer]:
-    """tenant-media with the CSI driver installed and a helm-controller stand-in."""
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.add_controller(FakeHelmController())
-        api.seed([*tenant_media.tenant_media(), CSI_DRIVER])
-        api.settle()
-        yield api
+def helm_controller(cluster: Cluster) -> Iterator[HelmControllerStandIn]:
+    """The helm-controller stand-in (tests/controlplane/helm.py) on the test's namespace."""
+    with HelmControllerStandIn(cluster) as running:
+        yield running
+    assert not running.errors, running.errors
 
 
-def make_plan(texts: dict[tuple[str, ...], str], cwd: Path, *extra: str) -> Plan:
-    path = cwd / "plans" / f"{NS}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(texts[extra])
-    return load_plan(path)
-
-
-def ready(api: KubeAPIServer, name: str) -> bool:
-    deployment = api.get_object("apps/v1", "Deployment", NS, name) or {}
+def ready(cluster: Cluster, name: str) -> bool:
+    deployment = cluster.get_object("apps/v1", "Deployment", cluster.namespace, name) or {}
     return (
         (deployment.get("status") or {}).get("readyReplicas", 0)
         >= deployment["spec"]["replicas"]
@@ -625,342 +490,330 @@ def ready(api: KubeAPIServer, name: str) -> bool:
     )
 
 
-def apply_from_git(api: KubeAPIServer, text: str) -> None:
+def apply_from_git(cluster: Cluster, text: str) -> None:
     """What Flux's kustomize-controller does after a push: the releases' values as in Git."""
-    custom = KubeClient(api.api_client()).custom
     for document in yaml.safe_load_all(text):
         persistence = document["spec"]["values"]["persistence"]
-        body = {"spec": {"values": {"persistence": persistence}}}
-        custom.patch_namespaced_custom_object(
-            "helm.toolkit.fluxcd.io", "v2", NS, "helmreleases", document["metadata"]["name"], body
-        )
+        cluster.patch_object(
+            HR, "HelmRelease", cluster.namespace, document["metadata"]["name"],
+            {"spec": {"values": {"persistence": persistence}}},
+        )  # fmt: skip
 
 
 def test_swap_in_cluster_then_rollback_restores_everything(
-    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    api = cozy
-    plan = make_plan(plan_texts, tmp_path)
-    before = snapshot(api)
-    cut_over(kube_of(api), NS, plan)
-    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    ns = cluster.namespace
+    plan = plan_of(cluster, tmp_path)
+    before = snapshot(cluster, ns)
+    cut_over(as_account(cluster), ns, plan)
+    code, summary, output = cli(cluster, "swap", plan, "--in-cluster", "--timeout", "60", "--json")
     assert code == 0, output
     assert [(v["volume"], v["status"], v["newClaim"]) for v in summary["volumes"]] == [
         ("media", "swapped", "media-seaweedfs")
     ]
-    pv = api.get_object("v1", "PersistentVolume", None, "tenant-media-media-seaweedfs")
-    pvc = api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs")
+    pv = cluster.get_object("v1", "PersistentVolume", None, f"{ns}-media-seaweedfs")
+    pvc = cluster.get_object("v1", "PersistentVolumeClaim", ns, "media-seaweedfs")
     assert pv is not None and pvc is not None
     assert (
         pv["spec"]["csi"]["volumeAttributes"]["path"]
         == f"/buckets/{tenant_media.BUCKET_NAME}/migrated/media"
     )
     for app in ("sonarr", "radarr"):
-        release = api.get_object(HR, "HelmRelease", NS, app)
+        release = cluster.get_object(HR, "HelmRelease", ns, app)
+        assert release is not None
         assert (
             release["spec"]["values"]["persistence"]["media"]["existingClaim"] == "media-seaweedfs"
         )
         assert "suspend" not in release["spec"]
-        assert ready(api, app)
-    assert ready(api, "prowlarr")
+        assert claims_of(cluster, app, ns) == {f"{app}-config", "media-seaweedfs"}
+        assert ready(cluster, app)
+    assert ready(cluster, "prowlarr")
 
-    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
+    code, summary, output = cli(
+        cluster, "rollback", plan, "--in-cluster", "--timeout", "60", "--json"
+    )
     assert code == 0, output
-    assert snapshot(api) == before
-    assert api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs") is not None  # kept
-    code, report, _ = cli(api, "status", plan, "--json")
+    assert snapshot(cluster, ns) == before
+    assert all(ready(cluster, app) for app in tenant_media.APPS)
+    assert cluster.get_object("v1", "PersistentVolumeClaim", ns, "media-seaweedfs") is not None
+    code, report, _ = cli(cluster, "status", plan, "--json")
     assert code == 0
     states = {v["volume"]: v["state"] for v in report["volumes"]}
     assert states == {
         "media": "rolled back", "prowlarr-config": "verified", "radarr-config": "verified",
         "sonarr-config": "verified",
     }  # fmt: skip
+    assert cluster.forbidden() == []
 
 
 def test_gitops_swap_then_rollback_of_a_flux_repo(
-    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    api = cozy
-    plan = make_plan(plan_texts, tmp_path)
-    repo = tmp_path / "flux" / "apps" / "media"
-    repo.mkdir(parents=True)
-    releases = repo / "helmreleases.yaml"
+    """The whole GitOps round trip: the file is rewritten, the user pushes, Flux applies it, then
+    --in-cluster starts the apps on the new claim; rollback restores file and cluster."""
+    ns = cluster.namespace
+    plan = plan_of(cluster, tmp_path)
+    releases = tmp_path / "flux" / "apps" / "media" / "helmreleases.yaml"
+    releases.parent.mkdir(parents=True)
     releases.write_text(FLUX_HELMRELEASES)
-    before = snapshot(api)
-    cut_over(kube_of(api), NS, plan)
-    stopped = snapshot(api)
+    before = snapshot(cluster, ns)
+    cut_over(as_account(cluster), ns, plan)
 
-    code, summary, output = cli(
-        api, "swap", plan, "--values-file", str(releases), "--dry-run", "--json"
-    )
+    code, summary, output = cli(cluster, "swap", plan, "--values-file", str(releases), "--json")
     assert code == 0, output
-    assert releases.read_text() == FLUX_HELMRELEASES
-    assert summary["files"][0]["written"] is False and summary["files"][0]["diff"]
-    assert api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs") is None
-
-    code, summary, output = cli(api, "swap", plan, "--values-file", str(releases), "--json")
-    assert code == 0, output
-    assert releases.read_text() == FLUX_HELMRELEASES.replace(
-        'existingClaim: "media"', 'existingClaim: "media-seaweedfs"'
-    ).replace("existingClaim: 'media'", "existingClaim: 'media-seaweedfs'")
-    diff = summary["files"][0]["diff"]
-    assert [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")] == [
-        '-        existingClaim: "media"', '+        existingClaim: "media-seaweedfs"',
-        "-      media: {existingClaim: 'media', globalMounts: [{path: /media}]}",
-        "+      media: {existingClaim: 'media-seaweedfs', globalMounts: [{path: /media}]}",
-    ]  # fmt: skip
-    assert api.get_object("v1", "PersistentVolumeClaim", NS, "media-seaweedfs") is not None
-    assert snapshot(api) == stopped  # the cluster's releases and apps are Git's business now
-    assert any(s.startswith(f"commit and push: git add {releases}") for s in summary["next"])
-    assert "flux reconcile kustomization apps -n flux-system --with-source" in summary["next"]
+    assert releases.read_text() == SWAPPED_HELMRELEASES
     assert (
         f"start the apps on the new claims: migrator swap --plan {plan.path} --in-cluster"
         in summary["next"]
     )
-
-    apply_from_git(api, releases.read_text())  # the user pushed; Flux applied it
-    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    apply_from_git(cluster, releases.read_text())  # the user pushed; Flux applied it
+    code, summary, output = cli(cluster, "swap", plan, "--in-cluster", "--timeout", "60", "--json")
     assert code == 0, output
     assert summary["volumes"][0]["status"] == "swapped"
     assert summary["volumes"][0]["patches"] == []  # Git had already changed the values
-    assert claims_of(api, "sonarr") == {"sonarr-config", "media-seaweedfs"}
-    assert ready(api, "sonarr") and ready(api, "radarr") and ready(api, "prowlarr")
+    assert claims_of(cluster, "sonarr", ns) == {"sonarr-config", "media-seaweedfs"}
+    assert all(ready(cluster, app) for app in tenant_media.APPS)
 
     code, summary, output = cli(
-        api,
-        "rollback",
-        plan,
-        "--values-file",
-        str(releases),
-        "--in-cluster",
-        "--timeout",
-        "20",
-        "--json",
-    )
+        cluster, "rollback", plan, "--values-file", str(releases), "--in-cluster",
+        "--timeout", "60", "--json",
+    )  # fmt: skip
     assert code == 0, output
     assert releases.read_bytes() == FLUX_HELMRELEASES.encode()
-    assert snapshot(api) == before
+    assert snapshot(cluster, ns) == before
     assert summary["volumes"][0]["status"] == "rolled back"
+    assert all(ready(cluster, app) for app in tenant_media.APPS)
+    assert cluster.forbidden() == []
 
 
 def test_values_from_a_configmap_are_rewritten_in_place(
-    plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
+    ns = cluster.namespace
     values = "# radarr values (configMapGenerator)\npersistence:\n  media:\n    enabled: true\n    existingClaim: media  # NFS\n"
-    objects = tenant_media.tenant_media()
-    radarr = next(
-        o for o in objects if o["kind"] == "HelmRelease" and o["metadata"]["name"] == "radarr"
+    cluster.seed([{"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "radarr-values", "namespace": ns},
+                   "data": {"values.yaml": values}}])  # fmt: skip
+    cluster.patch_object(HR, "HelmRelease", ns, "radarr", {"spec": {
+        "values": {"persistence": {"media": None}},
+        "valuesFrom": [{"kind": "ConfigMap", "name": "radarr-values"}],
+    }})  # fmt: skip
+    plan = plan_of(cluster, tmp_path)
+    before = snapshot(cluster, ns)
+    cut_over(as_account(cluster), ns, plan)
+    code, summary, output = cli(cluster, "swap", plan, "--in-cluster", "--timeout", "60", "--json")
+    assert code == 0, output
+    data = cluster.get_object("v1", "ConfigMap", ns, "radarr-values")["data"]  # type: ignore[index]
+    assert data["values.yaml"] == values.replace(
+        "existingClaim: media ", "existingClaim: media-seaweedfs "
     )
-    del radarr["spec"]["values"]["persistence"]["media"]
-    radarr["spec"]["valuesFrom"] = [{"kind": "ConfigMap", "name": "radarr-values"}]
-    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "radarr-values", "namespace": NS},
-                 "data": {"values.yaml": values}}  # fmt: skip
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.add_controller(FakeHelmController())
-        api.seed([*objects, configmap, CSI_DRIVER])
-        api.settle()
-        plan = make_plan(plan_texts, tmp_path)
-        before = snapshot(api)
-        cut_over(kube_of(api), NS, plan)
-        code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
-        assert code == 0, output
-        data = api.get_object("v1", "ConfigMap", NS, "radarr-values")["data"]  # type: ignore[index]
-        assert data["values.yaml"] == values.replace(
-            "existingClaim: media ", "existingClaim: media-seaweedfs "
-        )
-        assert claims_of(api, "radarr") == {"radarr-config", "media-seaweedfs"}
-        assert {(p["target"], p["name"]) for p in summary["volumes"][0]["patches"]} == {
-            ("HelmRelease", "sonarr"), ("ConfigMap", "radarr-values"),
-        }  # fmt: skip
-        code, _, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20")
-        assert code == 0, output
-        assert snapshot(api) == before
+    assert claims_of(cluster, "radarr", ns) == {"radarr-config", "media-seaweedfs"}
+    assert ready(cluster, "radarr")
+    assert {(p["target"], p["name"]) for p in summary["volumes"][0]["patches"]} == {
+        ("HelmRelease", "sonarr"), ("ConfigMap", "radarr-values"),
+    }  # fmt: skip
+    code, _, output = cli(cluster, "rollback", plan, "--in-cluster", "--timeout", "60")
+    assert code == 0, output
+    assert snapshot(cluster, ns) == before
+    assert cluster.forbidden() == []
 
 
 def test_force_swaps_with_a_warning(
-    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    api = cozy
-    plan = make_plan(plan_texts, tmp_path)
-    cut_over(kube_of(api), NS, plan, verified=False)
+    plan = plan_of(cluster, tmp_path)
+    cut_over(as_account(cluster), cluster.namespace, plan, verified=False)
+    code, summary, output = cli(cluster, "swap", plan, "--in-cluster", "--timeout", "60", "--json")
+    assert code != 0 and "found differences" in output, output  # refused without --force
     code, summary, output = cli(
-        api, "swap", plan, "--in-cluster", "--force", "--timeout", "20", "--json"
+        cluster, "swap", plan, "--in-cluster", "--force", "--timeout", "60", "--json"
     )
     assert code == 0, output
     assert (
         summary["warnings"][0]
         == "--force: swapping although the last verify of media found differences (2)"
     )
+    assert ready(cluster, "sonarr") and ready(cluster, "radarr")
 
 
 def test_partial_swap_keeps_the_failed_app_stopped_and_rollback_undoes_the_rest(
-    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    api = cozy
-    plan = make_plan(plan_texts, tmp_path, "--move-config")
+    ns = cluster.namespace
+    plan = plan_of(cluster, tmp_path, "--move-config")
     squatter = {
         "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": "tenant-media-sonarr-config-seaweedfs"},
+        "metadata": {"name": f"{ns}-sonarr-config-seaweedfs"},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
                  "csi": {"driver": "seaweedfs-csi-driver", "volumeHandle": "x",
                          "volumeAttributes": {"path": "/buckets/someone-else"}}},
     }  # fmt: skip
-    api.seed([squatter])
-    before = snapshot(api)
-    cut_over(kube_of(api), NS, plan)
-    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
-    assert code == 3
-    statuses = {v["volume"]: v["status"] for v in summary["volumes"]}
-    assert statuses == {
-        "media": "swapped", "prowlarr-config": "swapped", "radarr-config": "swapped",
-        "sonarr-config": "failed",
-    }  # fmt: skip
-    failed = next(v for v in summary["volumes"] if v["volume"] == "sonarr-config")
-    assert (
-        "already exists and serves seaweedfs-csi-driver:/buckets/someone-else" in failed["message"]
-    )
-    assert {r["name"]: r["action"] for r in summary["releases"]} == {
-        "prowlarr": "resumed",
-        "radarr": "resumed",
-        "sonarr": "left as is",
-    }
-    assert ready(api, "radarr") and ready(api, "prowlarr")
-    sonarr = api.get_object("apps/v1", "Deployment", NS, "sonarr")
-    assert sonarr["spec"]["replicas"] == 0  # type: ignore[index]
-    assert api.get_object(HR, "HelmRelease", NS, "sonarr")["spec"]["suspend"] is True  # type: ignore[index]
-    assert (
-        "Error: swap incomplete: sonarr-config: PersistentVolume tenant-media-sonarr-config-seaweedfs already exists"
-        in output
-    )
+    cluster.seed([squatter])
+    try:
+        before = snapshot(cluster, ns)
+        cut_over(as_account(cluster), ns, plan)
+        code, summary, output = cli(
+            cluster, "swap", plan, "--in-cluster", "--timeout", "60", "--json"
+        )
+        assert code == 3, output
+        statuses = {v["volume"]: v["status"] for v in summary["volumes"]}
+        assert statuses == {
+            "media": "swapped", "prowlarr-config": "swapped", "radarr-config": "swapped",
+            "sonarr-config": "failed",
+        }  # fmt: skip
+        failed = next(v for v in summary["volumes"] if v["volume"] == "sonarr-config")
+        assert (
+            "already exists and serves seaweedfs-csi-driver:/buckets/someone-else"
+            in failed["message"]
+        )
+        assert {r["name"]: r["action"] for r in summary["releases"]} == {
+            "prowlarr": "resumed", "radarr": "resumed", "sonarr": "left as is",
+        }  # fmt: skip
+        assert ready(cluster, "radarr") and ready(cluster, "prowlarr")
+        assert claims_of(cluster, "radarr", ns) == {"radarr-config-seaweedfs", "media-seaweedfs"}
+        sonarr = cluster.get_object("apps/v1", "Deployment", ns, "sonarr")
+        assert sonarr["spec"]["replicas"] == 0  # type: ignore[index]
+        assert cluster.get_object(HR, "HelmRelease", ns, "sonarr")["spec"]["suspend"] is True  # type: ignore[index]
+        assert (
+            f"Error: swap incomplete: sonarr-config: PersistentVolume {ns}-sonarr-config-seaweedfs already exists"
+            in output
+        )
+        code, report, _ = cli(cluster, "status", plan, "--json")
+        states = {v["volume"]: v["state"] for v in report["volumes"]}
+        assert states["sonarr-config"] == "swap failed"
 
-    code, report, _ = cli(api, "status", plan, "--json")
-    assert {v["volume"]: v["state"] for v in report["volumes"]}["sonarr-config"] == "swap failed"
-
-    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
-    assert code == 0, output
-    assert {v["volume"]: v["status"] for v in summary["volumes"]} == {
-        "media": "rolled back", "prowlarr-config": "rolled back", "radarr-config": "rolled back",
-        "sonarr-config": "rolled back",
-    }  # fmt: skip
-    assert snapshot(api) == before
-    assert all(ready(api, app) for app in ("sonarr", "radarr", "prowlarr"))
+        code, summary, output = cli(
+            cluster, "rollback", plan, "--in-cluster", "--timeout", "60", "--json"
+        )
+        assert code == 0, output
+        assert {v["volume"]: v["status"] for v in summary["volumes"]} == dict.fromkeys(
+            ("media", "prowlarr-config", "radarr-config", "sonarr-config"), "rolled back"
+        )
+        assert snapshot(cluster, ns) == before
+        assert all(ready(cluster, app) for app in tenant_media.APPS)
+        assert cluster.get_object("v1", "PersistentVolume", None, squatter["metadata"]["name"])
+        assert cluster.forbidden() == []
+    finally:  # cluster-scoped and bound to no claim: not removed with the namespace
+        client.CoreV1Api(cluster.admin).delete_persistent_volume(squatter["metadata"]["name"])
 
 
 def test_rollback_after_a_failed_cutover_starts_the_apps_again(
-    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    api = cozy
-    plan = make_plan(plan_texts, tmp_path)
-    before = snapshot(api)
-    cut_over(kube_of(api), NS, plan, verified=None)
-    journal_of(kube_of(api), NS, plan).record(
-        "media", "cutover", "failed", message="rclone exited 1"
+    ns, kube = cluster.namespace, as_account(cluster)
+    plan = plan_of(cluster, tmp_path)
+    before = snapshot(cluster, ns)
+    cut_over(kube, ns, plan, verified=None)
+    journal_of(kube, ns, plan).record("media", "cutover", "failed", message="rclone exited 1")
+    assert not any(ready(cluster, app) for app in tenant_media.APPS)
+    code, summary, output = cli(
+        cluster, "rollback", plan, "--in-cluster", "--timeout", "60", "--json"
     )
-    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
     assert code == 0, output
     assert summary["nothingToDo"] is False
     assert {r["name"]: r["action"] for r in summary["releases"]} == dict.fromkeys(
-        ("prowlarr", "radarr", "sonarr"), "resumed"
+        tenant_media.APPS, "resumed"
     )
-    assert {
-        w["workload"]: (w["action"], w["ready"]) for w in summary["workloads"]
-    } == dict.fromkeys(
-        ("Deployment/prowlarr", "Deployment/radarr", "Deployment/sonarr"), ("scaled", True)
-    )
-    assert snapshot(api) == before
+    assert {w["workload"]: (w["action"], w["ready"]) for w in summary["workloads"]} == {
+        f"Deployment/{app}": ("scaled", True) for app in tenant_media.APPS
+    }
+    assert snapshot(cluster, ns) == before
+    assert all(ready(cluster, app) for app in tenant_media.APPS)
 
-    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--json")
+    code, summary, output = cli(cluster, "rollback", plan, "--in-cluster", "--json")
     assert code == 0, output
     assert summary["nothingToDo"] is True
-    code, _, output = cli(api, "rollback", plan, "--in-cluster")
+    code, _, output = cli(cluster, "rollback", plan, "--in-cluster")
     assert "nothing to undo for phase all" in output
+    assert cluster.forbidden() == []
 
 
 def test_a_workload_that_does_not_become_ready_is_reported_with_its_events(
-    plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    controllers = [
-        DeploymentController(),
-        StuckReplicaSetController("sonarr"),
-        StatefulSetController(),
-    ]
-    with KubeAPIServer(tmp_path / "kubeapi", controllers=controllers) as api:
-        api.add_controller(FakeHelmController())
-        api.seed([*tenant_media.tenant_media(), CSI_DRIVER])
-        api.settle()
-        plan = make_plan(plan_texts, tmp_path)
-        cut_over(kube_of(api), NS, plan)
-        code, summary, _ = cli(api, "swap", plan, "--in-cluster", "--timeout", "1", "--json")
-        assert code == 3
+    """sonarr's new pod cannot mount its config claim (the kubelet reports FailedMount, as for a
+    CSI node plugin that is not running): swap names it, with the kubelet's event."""
+    ns = cluster.namespace
+    plan = plan_of(cluster, tmp_path)
+    cut_over(as_account(cluster), ns, plan)
+    cluster.kubelet.unmountable.add((ns, "sonarr-config"))
+    try:
+        code, summary, output = cli(
+            cluster, "swap", plan, "--in-cluster", "--timeout", "10", "--json"
+        )
+        assert code == 3, output
         sonarr = next(w for w in summary["workloads"] if w["workload"] == "Deployment/sonarr")
         assert sonarr["ready"] is False
         assert sonarr["message"] == "not Ready within the timeout (0/1 ready)"
-        assert any("Warning FailedMount: MountVolume.SetUp failed" in e for e in sonarr["events"])
-        assert ready(api, "radarr")
-        code, _, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "1")
+        assert any(
+            'Warning FailedMount: MountVolume.SetUp failed for volume "config"' in e
+            for e in sonarr["events"]
+        ), sonarr["events"]
+        assert ready(cluster, "radarr")
+        code, _, output = cli(cluster, "swap", plan, "--in-cluster", "--timeout", "3")
         assert code == 3
         assert "Error: swap incomplete: Deployment/sonarr: not Ready within the timeout" in output
         assert "FailedMount" in output
+    finally:
+        cluster.kubelet.unmountable.discard((ns, "sonarr-config"))
 
 
 def test_without_helm_controller_the_apps_are_not_started_on_the_old_claim(
-    plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, tmp_path: Path
 ) -> None:
-    with KubeAPIServer(tmp_path / "kubeapi") as api:
-        api.seed([*tenant_media.tenant_media(), CSI_DRIVER])
-        api.settle()  # the workloads' pods are scheduled, as on a live cluster
-        plan = make_plan(plan_texts, tmp_path)
-        cut_over(kube_of(api), NS, plan)
-        code, summary, _ = cli(api, "swap", plan, "--in-cluster", "--timeout", "1", "--json")
-        assert code == 3
-        outcome = {w["workload"]: w for w in summary["workloads"]}
-        assert outcome["Deployment/sonarr"]["action"] == "left stopped"
-        assert (
-            "still mounts media: helm-controller has not applied the values"
-            in outcome["Deployment/sonarr"]["message"]
-        )
-        assert api.get_object("apps/v1", "Deployment", NS, "sonarr")["spec"]["replicas"] == 0  # type: ignore[index]
-        assert outcome["Deployment/prowlarr"]["ready"] is True  # it mounts nothing that moved
+    """No helm-controller at all (the cordoned variant above says why Pending apps are not
+    Ready): the apps that mount the moved claim stay stopped, the other one is Ready again."""
+    ns = cluster.namespace
+    plan = plan_of(cluster, tmp_path)
+    cut_over(as_account(cluster), ns, plan)
+    code, summary, _ = cli(cluster, "swap", plan, "--in-cluster", "--timeout", "15", "--json")
+    assert code == 3
+    outcome = {w["workload"]: w for w in summary["workloads"]}
+    assert outcome["Deployment/sonarr"]["action"] == "left stopped"
+    assert (
+        "still mounts media: helm-controller has not applied the values"
+        in outcome["Deployment/sonarr"]["message"]
+    )
+    assert cluster.get_object("apps/v1", "Deployment", ns, "sonarr")["spec"]["replicas"] == 0  # type: ignore[index]
+    assert outcome["Deployment/prowlarr"]["ready"] is True  # it mounts nothing that moved
+    assert ready(cluster, "prowlarr")
 
 
 def test_pvc_target_swaps_onto_the_runs_claim(
-    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
     from migrator.manifests import build_target_claim
 
-    api = cozy
-    plan = make_plan(plan_texts, tmp_path, "--target", "pvc:seaweedfs-storage")
-    cut_over(kube_of(api), NS, plan)
-    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
-    assert code == 3
-    assert (
-        "PersistentVolumeClaim media-seaweedfs-storage (the run's target) does not exist"
-        in summary["volumes"][0]["message"]
-    )
-    assert {r["name"]: r["action"] for r in summary["releases"]}["sonarr"] == "left as is"
-
-    api.seed([build_target_claim(plan.document, plan.volume("media"))])  # what the run created
-    code, summary, output = cli(api, "swap", plan, "--in-cluster", "--timeout", "20", "--json")
+    ns = cluster.namespace
+    plan = plan_of(cluster, tmp_path, "--target", "pvc:seaweedfs-storage")
+    cut_over(as_account(cluster), ns, plan)
+    cluster.seed([build_target_claim(plan.document, plan.volume("media"))])  # what the run made
+    code, summary, output = cli(cluster, "swap", plan, "--in-cluster", "--timeout", "60", "--json")
     assert code == 0, output
     assert summary["volumes"][0]["newClaim"] == "media-seaweedfs-storage"
-    assert claims_of(api, "radarr") == {"radarr-config", "media-seaweedfs-storage"}
-    assert api.get_object("v1", "PersistentVolume", None, "tenant-media-media-seaweedfs") is None
+    assert claims_of(cluster, "radarr", ns) == {"radarr-config", "media-seaweedfs-storage"}
+    assert ready(cluster, "radarr") and ready(cluster, "sonarr")
+    assert cluster.get_object("v1", "PersistentVolume", None, f"{ns}-media-seaweedfs") is None
+    assert cluster.forbidden() == []
 
 
 def test_rollback_without_the_changed_files_is_partial_until_they_are_passed(
-    cozy: KubeAPIServer, plan_texts: dict[tuple[str, ...], str], tmp_path: Path
+    cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    api = cozy
-    plan = make_plan(plan_texts, tmp_path)
+    ns = cluster.namespace
+    plan = plan_of(cluster, tmp_path)
     releases = tmp_path / "helmreleases.yaml"
     releases.write_text(FLUX_HELMRELEASES)
-    cut_over(kube_of(api), NS, plan)
+    cut_over(as_account(cluster), ns, plan)
     code, _, output = cli(
-        api, "swap", plan, "--values-file", str(releases), "--in-cluster", "--timeout", "20"
+        cluster, "swap", plan, "--values-file", str(releases), "--in-cluster", "--timeout", "60"
     )
     assert code == 0, output
 
-    code, summary, output = cli(api, "rollback", plan, "--in-cluster", "--timeout", "20", "--json")
+    code, summary, output = cli(
+        cluster, "rollback", plan, "--in-cluster", "--timeout", "60", "--json"
+    )
     assert code == 3
     media = summary["volumes"][0]
     assert media["status"] == "partly rolled back"
@@ -968,15 +821,15 @@ def test_rollback_without_the_changed_files_is_partial_until_they_are_passed(
     assert {w["workload"]: w["action"] for w in summary["workloads"]}[
         "Deployment/sonarr"
     ] == "left as is"
-    assert api.get_object(HR, "HelmRelease", NS, "sonarr")["spec"]["values"]["persistence"]["media"] == {  # type: ignore[index]
+    assert cluster.get_object(HR, "HelmRelease", ns, "sonarr")["spec"]["values"]["persistence"]["media"] == {  # type: ignore[index]
         "existingClaim": "media", "globalMounts": [{"path": "/media"}]
     }  # fmt: skip
-    code, report, _ = cli(api, "status", plan, "--json")
+    code, report, _ = cli(cluster, "status", plan, "--json")
     assert report["volumes"][0]["state"] == "partly rolled back"
 
-    code, summary, output = cli(api, "rollback", plan, "--values-file", str(releases), "--json")
+    code, summary, output = cli(cluster, "rollback", plan, "--values-file", str(releases), "--json")
     assert code == 0, output
     assert summary["volumes"][0]["status"] == "rolled back"
     assert releases.read_text() == FLUX_HELMRELEASES
-    code, report, _ = cli(api, "status", plan, "--json")
+    code, report, _ = cli(cluster, "status", plan, "--json")
     assert report["volumes"][0]["state"] == "rolled back"

@@ -318,12 +318,14 @@ def _key_volume(api: PodApi, pod: Obj, volume: Obj, directory: Path) -> Volume:
     return Volume(directory, read_only=True)
 
 
-def _claim_volume(claim_dir: ClaimResolver, namespace: str, source: Obj) -> Volume:
+def _claim_volume(claim_dir: ClaimResolver, namespace: str, volume: Obj) -> Volume:
+    source = volume["persistentVolumeClaim"]
     claim = source["claimName"]
     path = claim_dir(namespace, claim)
     if path is None or not Path(path).is_dir():
         where = "no host directory is mapped" if path is None else f"{path} is not a directory"
-        raise VolumeError(
+        raise VolumeError(  # worded as the kubelet's MountVolume.SetUp failures are
+            f'MountVolume.SetUp failed for volume "{volume["name"]}" : '
             f"{where} for PersistentVolumeClaim {namespace}/{claim}"
         )
     return Volume(Path(path), read_only=bool(source.get("readOnly")))
@@ -337,9 +339,13 @@ def _projected_volume(api: PodApi, pod: Obj, spec: Obj, directory: Path) -> Volu
     for source in spec.get("sources") or []:
         if "serviceAccountToken" in source:
             token = source["serviceAccountToken"]
-            files[token["path"]] = api.service_account_token(
-                pod, token.get("audience"), int(token.get("expirationSeconds", 3600))
-            ).encode()
+            try:
+                issued = api.service_account_token(
+                    pod, token.get("audience"), int(token.get("expirationSeconds", 3600))
+                )
+            except Exception as error:  # the kubelet retries: the account may come, or the pod go
+                raise VolumeError(f"failed to fetch token: {error}") from error
+            files[token["path"]] = issued.encode()
         elif "configMap" in source or "secret" in source:
             kind, ref = (("ConfigMap", source["configMap"]) if "configMap" in source
                          else ("Secret", source["secret"]))  # fmt: skip
@@ -370,9 +376,7 @@ def _one_volume(
 ) -> Volume:
     directory = pod_dir / "volumes" / volume["name"]
     if "persistentVolumeClaim" in volume:
-        return _claim_volume(
-            claim_dir, pod["metadata"]["namespace"], volume["persistentVolumeClaim"]
-        )
+        return _claim_volume(claim_dir, pod["metadata"]["namespace"], volume)
     if "emptyDir" in volume:
         directory.mkdir(parents=True, exist_ok=True)
         return Volume(directory)
