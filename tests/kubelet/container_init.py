@@ -213,7 +213,7 @@ def read_only_root(root: str) -> None:
         for writable in ("dev", "proc"):
             set_read_only(os.path.join(root, writable), False, recursive=True)
     except ContainerInitError as error:
-        print(f"kubeapi: readOnlyRootFilesystem not enforced: {error}", file=sys.stderr)
+        print(f"kubelet: readOnlyRootFilesystem not enforced: {error}", file=sys.stderr)
 
 
 def start(spec: dict[str, Any]) -> None:

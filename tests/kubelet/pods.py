@@ -1,4 +1,4 @@
-"""The kubelet half of the Job controller: runs one pod's container as a local process group.
+"""The process kubelet's pod runner: runs one pod's container as a local process group.
 
 What the container gets, as from a real kubelet: the env of its spec (``value`` with ``$(VAR)``
 expansion, ``valueFrom`` Secret/ConfigMap keys and downward-API fields, ``envFrom``), its
@@ -20,8 +20,8 @@ Two ways to put volumes at their mount paths, chosen once per process (``isolati
   that start with a mount path are rewritten to the host directory, HOME and TMPDIR point at
   per-pod directories. Read-only mounts and readOnlyRootFilesystem are not enforced.
 
-Images: every image pulls unless the controller was given the images its registry has
-(``JobController(images=...)``); another one leaves the pod Pending in ErrImagePull, then
+Images: every image pulls unless the kubelet was given the images its registry has
+(``ProcessKubelet(images=...)``) or the image is in its ``unpublished`` set; another one leaves the pod Pending in ErrImagePull, then
 ImagePullBackOff, with the kubelet's events, until it appears or the pod is deleted.
 
 Deliberate differences: securityContext users and capabilities are ignored (commands run as
@@ -61,8 +61,8 @@ Obj = dict[str, Any]
 
 
 class PodApi(Protocol):
-    """What a kubelet reads from and writes to the API: the real one (tests/kubelet/process.py)
-    or the API double's store (tests/kubeapi/kubelet.py)."""
+    """What a pod run reads from and writes to the API (tests/kubelet/process.py answers it
+    over the real API server)."""
 
     def read(self, kind: str, namespace: str, name: str) -> Obj | None:
         """A core/v1 object (Secret, ConfigMap, PersistentVolumeClaim), or None if missing."""
@@ -535,11 +535,11 @@ def isolation_mode() -> str:
     """
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return "rewrite"
-    with tempfile.TemporaryDirectory(prefix="kubeapi-probe-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="kubelet-probe-") as scratch:
         base = Path(scratch)
         for name in ("root", "staging", "source"):
             (base / name).mkdir()
-        target = f"/kubeapi-probe-{os.getpid()}/source"
+        target = f"/kubelet-probe-{os.getpid()}/source"
         spec = {
             "root": str(base / "root"),
             "staging": str(base / "staging"),
