@@ -698,3 +698,31 @@ def test_rewrite_mode_maps_paths_to_host_directories(cluster: Cluster, tmp_path:
         spare.stop()
         cluster.core.delete_node(node.name)
     assert (dest / "b.txt").read_text() == (source / "a.txt").read_text()
+
+
+@needs_namespaces
+def test_prepended_tools_stay_visible_under_a_tmp_mount(cluster: Cluster, tmp_path: Path) -> None:
+    """``path_prepend`` directories (the venv's bin, standing in for the image's tools) stay on
+    PATH when a ``/tmp`` emptyDir hides where they live (a checkout under /tmp, as in CI)."""
+    tools = tmp_path / "bin"  # under /tmp, which the pod's emptyDir hides
+    tools.mkdir()
+    (tools / "fake-rclone").write_text("#!/bin/sh\necho fake rclone $1\n")
+    (tools / "fake-rclone").chmod(0o755)
+    node = Node(f"tools-{cluster.namespace}", taints=(SPARE_TAINT,))
+    spare = ProcessKubelet(
+        cluster.admin_kubeconfig_path, [node], workdir=tmp_path / "spare",
+        path_prepend=[str(tools)],
+    )  # fmt: skip
+    spare.start()
+    try:
+        pod = spare_pod(
+            cluster, "fake-tool", node.name, "fake-rclone version && touch /tmp/scratch",
+            container={"volumeMounts": [mount("tmp", "/tmp")]},
+            volumes=[{"name": "tmp", "emptyDir": {}}],
+        )  # fmt: skip
+        cluster.seed([pod])
+        cluster.wait_for(lambda: pod_phase(cluster, "fake-tool") == "Succeeded", 30, "tool ran")
+        assert log_of(cluster, pod) == "fake rclone version\n"
+    finally:
+        spare.stop()
+        cluster.core.delete_node(node.name)
