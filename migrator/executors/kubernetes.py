@@ -11,8 +11,8 @@ import threading
 import time
 from typing import Any
 
-from migrator.copier import iter_events
 from migrator.errors import OperationFailedError
+from migrator.events import iter_events
 from migrator.executors import EventSink, JobResult
 from migrator.kube import FIELD_MANAGER, KubeClient
 
@@ -162,12 +162,15 @@ class KubernetesExecutor:
 
     def _result(self, job: dict[str, Any], follower: LogFollower) -> JobResult:
         status = job.get("status") or {}
-        succeeded = _finished(job) == "Complete"
+        succeeded = _finished(job) == "Complete" and not follower.unreadable
         failed = _condition(job, "Failed") or {}
         message = (
             ""
             if succeeded
-            else follower.last_error or failed.get("message") or failed.get("reason", "")
+            else follower.unreadable
+            or follower.last_error
+            or failed.get("message")
+            or failed.get("reason", "")
         )
         return JobResult(
             name=job["metadata"]["name"],
@@ -308,6 +311,7 @@ class LogFollower:
         self.threads: list[threading.Thread] = []
         self.done: dict[int, dict[str, Any]] = {}
         self.last_error = ""
+        self.unreadable = ""  # events of a newer protocol: the Job's outcome cannot be trusted
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -362,7 +366,12 @@ class LogFollower:
         for line in lines:
             if line.startswith("Error: "):
                 self.last_error = line[len("Error: ") :].strip()
-        for event in iter_events(iter(lines)):
+        try:
+            events = list(iter_events(iter(lines)))
+        except OperationFailedError as error:
+            self.unreadable = str(error)
+            return
+        for event in events:
             with self.lock:
                 if event.get("event") == "done":
                     self.done[index] = event
