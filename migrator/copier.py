@@ -33,14 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import xxhash
 
 from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
+from migrator.events import Emit
 from migrator.rclone_names import ENCODING_FLAG, QUOTE, standard_path
 from migrator.uploader import (
     Destination,
@@ -74,7 +74,6 @@ TRANSFER_BOUNDED_FLAGS = ("--contimeout", "10s")
 FAIL_FAST_FLAGS = ("--low-level-retries", "1", "--retries", "1")
 
 Signature = tuple[int, int]  # (size, mtime_ns)
-Emit = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -917,23 +916,3 @@ def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> in
         ):
             rclone.run("rmdir", "--s3-directory-markers", f"{request.dest.rstrip('/')}/{directory}")
     return len(extras)
-
-
-def json_lines(stream: IO[str]) -> Emit:
-    """An emitter writing one JSON object per line (what executors parse from logs)."""
-
-    def emit(event: dict[str, Any]) -> None:
-        stream.write(json.dumps({"migrator": 1, **event}) + "\n")
-        stream.flush()
-
-    return emit
-
-
-def iter_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """The migrator events among log lines (other lines are ignored)."""
-    for line in lines:
-        if line.startswith('{"migrator"'):
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue

@@ -1,7 +1,7 @@
 """The journal: what each volume's steps have done, so any re-run resumes instead of restarting.
 
 Local mode keeps it in ``plans/<name>.state.json`` beside the plan (written atomically); cluster
-mode in a ConfigMap ``migrator-<plan>`` (see :class:`migrator.executors.kubernetes.ConfigMapStore`).
+mode in a ConfigMap ``migrator-<plan>`` (see :class:`migrator.workflows.runtime.journal_store.ConfigMapStore`).
 Both hold the same JSON document.
 """
 

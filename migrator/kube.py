@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -24,6 +26,7 @@ from migrator.errors import (
 
 T = TypeVar("T")
 
+FIELD_MANAGER = "migrator"  # server-side apply's field manager for everything migrator writes
 FLUX_HELM_GROUP = "helm.toolkit.fluxcd.io"
 FLUX_HELM_VERSION = "v2"
 NON_SECRET_KEYS = ("endpoint", "bucketName", "region")
@@ -171,6 +174,46 @@ class KubeClient:
             return loaded
 
         return self.call(what, request, missing_ok=missing_ok)
+
+    def wait_for(
+        self,
+        what: str,
+        read: Callable[[], dict[str, Any] | None],
+        done: Callable[[dict[str, Any]], bool],
+        deadline: float,
+        watch: Callable[..., Any],
+        *args: Any,
+        wake: Callable[[str, dict[str, Any]], bool] | None = None,
+        slice_seconds: int = 60,
+        **kwargs: Any,
+    ) -> dict[str, Any] | None:
+        """``what`` (say, "watching Job x") until ``done(it)``: read an object (or a list) until
+        ``done(it)``, it is gone (None) or ``deadline``
+        (``time.monotonic()``) has passed; return what was read last.
+
+        Between two reads it watches ``watch(*args, **kwargs)`` from the read's resourceVersion
+        for at most ``slice_seconds``, bounded on this side (:func:`bounded_watch`); an event for
+        which ``wake(type, object)`` holds (by default: ``done(object)``) ends the slice at once.
+        No sleeping: an object that does not change costs one watch request per slice.
+        """
+        woken = wake or (lambda _kind, obj: done(obj))
+        while True:
+            current = read()
+            remaining = deadline - time.monotonic()
+            if current is None or done(current) or remaining <= 0:
+                return current
+
+            def watch_slice(
+                version: str = current["metadata"]["resourceVersion"],
+                seconds: int = max(1, int(min(remaining, slice_seconds))),
+            ) -> None:
+                bounded_watch(
+                    watch, seconds,
+                    lambda event: woken(str(event.get("type")), self._dict(event["object"])),
+                    *args, resource_version=version, **kwargs,
+                )  # fmt: skip
+
+            self.call(what, watch_slice)
 
     def _refused(self, what: str, exc: Any) -> OperationFailedError:
         """The error for an answer other than 2xx, with the API server's own words."""
@@ -395,3 +438,42 @@ def _certificate_problem(error: BaseException) -> str:
         if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
             return str(cause.verify_message)
     return "certificate verify failed"
+
+
+def bounded_watch(
+    list_function: Any, seconds: int, stop: Any, *args: Any, **kwargs: Any
+) -> None:
+    """Watch ``list_function(*args, **kwargs)`` for ``seconds``, or until ``stop(event)``.
+
+    The waiting is bounded here, not by the connection: a silent half-open one (which urllib3
+    would also retry on its read timeouts, 4 times over) is abandoned after ``seconds`` + 5 s.
+    A dropped or expired watch (410 Gone) just ends early: the caller reads the state again. An
+    API refusal (401, 403, 404...) is raised here, so that the caller does not re-read in a loop.
+    """
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
+    ended = threading.Event()
+    refused: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            stream = watch.Watch().stream(
+                list_function, *args, timeout_seconds=seconds,
+                _request_timeout=(10, seconds + 10), **kwargs,
+            )  # fmt: skip
+            for event in stream:
+                if stop(event):
+                    break
+        except ApiException as error:
+            if error.status != 410:
+                refused.append(error)
+        except Exception:  # a dropped or stalled watch: the caller reads the state again
+            pass
+        finally:
+            ended.set()
+
+    threading.Thread(target=consume, daemon=True, name="bounded-watch").start()
+    ended.wait(seconds + 5)
+    if refused:
+        raise refused[0]

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 from migrator.errors import LeaseLostError, OperationFailedError
-from migrator.executors.kubernetes import ConfigMapStore, LeaseLock
 from migrator.journal import Journal
 from migrator.kube import KubeClient
 from migrator.plan import load_plan
+from migrator.workflows.runtime.journal_store import ConfigMapStore
+from migrator.workflows.runtime.lease import LeaseLock
 from tests import tenant_media, test_run_cluster
 from tests.controlplane.cluster import Cluster, rbac_objects
 from tests.helpers import run_cli

@@ -20,10 +20,11 @@ import pytest
 import yaml
 from kubernetes import client
 
-from migrator.executors.kubernetes import ConfigMapStore, Quiescer
 from migrator.journal import Journal
 from migrator.kube import KubeClient
 from migrator.plan import Plan, load_plan
+from migrator.workflows.runtime.journal_store import ConfigMapStore
+from migrator.workflows.runtime.quiesce import Quiescer
 from tests import tenant_media
 from tests.controlplane.cluster import Cluster
 from tests.controlplane.helm import HelmControllerStandIn

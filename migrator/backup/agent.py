@@ -23,8 +23,8 @@ from migrator.backup.retention import RetentionPolicy
 from migrator.backup.snapshot import SnapshotOptions, create_snapshot, utc_now
 from migrator.backup.verify import verify_directory
 from migrator.errors import MigratorError
+from migrator.events import Emit
 
-Emit = Callable[[dict[str, Any]], None]
 PROGRESS_SECONDS = 0.5
 
 

@@ -121,7 +121,7 @@ def write_manifests(files: dict[str, dict[str, Any]], out: Path) -> list[Path]:
 
 def apply_cronjobs(kube: Any, files: dict[str, dict[str, Any]]) -> list[str]:
     """Server-side apply every CronJob (field manager ``migrator``); returns their names."""
-    from migrator.executors.kubernetes import FIELD_MANAGER
+    from migrator.kube import FIELD_MANAGER
 
     applied = []
     for manifest in files.values():

@@ -64,7 +64,8 @@ def agent_group() -> None:
 @handle_errors
 def agent_copy(**options: Any) -> None:
     """Delta-copy one volume with rclone; prints one JSON event per line on stdout."""
-    from migrator.copier import CopyRequest, Shard, json_lines, run_copy
+    from migrator.copier import CopyRequest, Shard, run_copy
+    from migrator.events import json_lines
 
     request = CopyRequest(
         source=Path(options["source"]),
@@ -118,7 +119,7 @@ def agent_verify(**options: Any) -> None:
 
     Exits 0 when the comparison ran, whatever it found: the verdict is in the last event.
     """
-    from migrator.copier import json_lines
+    from migrator.events import json_lines
     from migrator.verifier import VerifyRequest, run_verify
 
     request = VerifyRequest(

@@ -492,8 +492,8 @@ def agent_backup(**options: Any) -> None:
     from migrator import ui
     from migrator.backup.agent import VolumeSource, backup_volumes
     from migrator.backup.snapshot import SnapshotOptions
-    from migrator.copier import json_lines
     from migrator.errors import OperationFailedError
+    from migrator.events import json_lines
 
     apps = _pairs(options["apps"], "--app")
     sources = [VolumeSource(name, Path(path), apps.get(name)) for name, path in options["volumes"]]
@@ -528,7 +528,7 @@ def agent_backup(**options: Any) -> None:
 def agent_backup_restore(**options: Any) -> None:
     """Restore one snapshot into a directory (a mounted PVC); JSON events on stdout."""
     from migrator.backup.agent import restore_volume
-    from migrator.copier import json_lines
+    from migrator.events import json_lines
 
     outcome = restore_volume(
         _agent_repository(options["url"]), options["volume"], options["snapshot"],
@@ -560,7 +560,7 @@ def agent_backup_drill(**options: Any) -> None:
     """Restore each volume's newest snapshot into scratch space and verify it; exit 1 if any
     problem (or a stale newest snapshot) is found."""
     from migrator.backup.agent import drill_volumes
-    from migrator.copier import json_lines
+    from migrator.events import json_lines
 
     hours = options["max_age_hours"]
     outcomes = drill_volumes(

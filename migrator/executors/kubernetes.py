@@ -1,33 +1,23 @@
 """The kubernetes executor: server-side applies the rendered Jobs, watches their conditions, and
-follows their pods' logs for progress. Also the cluster side of a run: the journal ConfigMap, the
-Lease that stops two runs of one plan, and the cutover's quiesce (suspend Flux, scale to 0).
+follows their pods' logs for progress events. It only runs Jobs and reports what they did: the
+cluster side of a run (journal ConfigMap, Lease, quiesce) is in :mod:`migrator.workflows.runtime`.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
-import os
-import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-from migrator.copier import iter_events
-from migrator.errors import BadInputError, ConflictError, LeaseLostError, OperationFailedError
+from migrator.errors import OperationFailedError
+from migrator.events import iter_events
 from migrator.executors import EventSink, JobResult
-from migrator.journal import Journal
-from migrator.kube import FLUX_HELM_GROUP, FLUX_HELM_VERSION, KubeClient
-from migrator.plan import Plan
+from migrator.kube import FIELD_MANAGER, KubeClient
 
-FIELD_MANAGER = "migrator"
 SPEC_HASH = "migrator.cozystack.io/spec-hash"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-LEASE_SECONDS = 60
-RENEW_RETRY_SECONDS = 2  # after a failed renewal, try again this soon
-LEASES_API = "/apis/coordination.k8s.io/v1"
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -141,43 +131,46 @@ class KubernetesExecutor:
         (see :class:`StartWatch`): it is checked between watch slices of ``WATCH_SLICE`` s, each
         bounded on this side, so a half-open connection cannot outlive ``--timeout``.
         """
-        deadline = time.monotonic() + self.timeout
         blockers = StartWatch(self.kube, namespace, name)
-        while True:
-            job = self._get_job(namespace, name)
-            if job is None:
-                raise OperationFailedError(f"Job {name} disappeared while it ran")
-            if _finished(job):
-                return job, None
-            blocked = blockers.check(job)
-            if blocked:
-                return job, blocked
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                waiting = f"; {blockers.waiting}" if blockers.waiting else ""
-                raise OperationFailedError(
-                    f"Job {name} did not finish within {self.timeout:.0f}s{waiting}; "
-                    "re-run to keep waiting"
-                )
-            seconds = max(1, int(min(remaining, WATCH_SLICE)))
-            self._watch_slice(namespace, name, job["metadata"]["resourceVersion"], seconds)
+        blocked: list[str] = []
 
-    def _watch_slice(self, namespace: str, name: str, resource_version: str, seconds: int) -> None:
-        """Watch the Job for ``seconds`` (until it finishes, if sooner)."""
-        bounded_watch(
-            self.kube.batch.list_namespaced_job, seconds,
-            lambda event: _finished(self.kube._dict(event["object"])) is not None,
-            namespace, field_selector=f"metadata.name={name}", resource_version=resource_version,
+        def done(job: dict[str, Any]) -> bool:
+            if _finished(job):
+                return True
+            why = blockers.check(job)
+            if why:
+                blocked.append(why)
+            return bool(why)
+
+        job = self.kube.wait_for(
+            f"watching Job {name}", lambda: self._get_job(namespace, name), done,
+            time.monotonic() + self.timeout, self.kube.batch.list_namespaced_job, namespace,
+            field_selector=f"metadata.name={name}",
+            wake=lambda _kind, changed: _finished(changed) is not None,
+            slice_seconds=WATCH_SLICE,
         )  # fmt: skip
+        if job is None:
+            raise OperationFailedError(f"Job {name} disappeared while it ran")
+        if _finished(job):
+            return job, None
+        if blocked:
+            return job, blocked[-1]
+        waiting = f"; {blockers.waiting}" if blockers.waiting else ""
+        raise OperationFailedError(
+            f"Job {name} did not finish within {self.timeout:.0f}s{waiting}; re-run to keep waiting"
+        )
 
     def _result(self, job: dict[str, Any], follower: LogFollower) -> JobResult:
         status = job.get("status") or {}
-        succeeded = _finished(job) == "Complete"
+        succeeded = _finished(job) == "Complete" and not follower.unreadable
         failed = _condition(job, "Failed") or {}
         message = (
             ""
             if succeeded
-            else follower.last_error or failed.get("message") or failed.get("reason", "")
+            else follower.unreadable
+            or follower.last_error
+            or failed.get("message")
+            or failed.get("reason", "")
         )
         return JobResult(
             name=job["metadata"]["name"],
@@ -189,35 +182,6 @@ class KubernetesExecutor:
             done_events=list(follower.done.values()),
         )
 
-
-def bounded_watch(
-    list_function: Any, seconds: int, stop: Any, *args: Any, **kwargs: Any
-) -> None:
-    """Watch ``list_function(*args, **kwargs)`` for ``seconds``, or until ``stop(event)``.
-
-    The waiting is bounded here, not by the connection: a silent half-open one (which urllib3
-    would also retry on its read timeouts, 4 times over) is abandoned after ``seconds`` + 5 s.
-    """
-    from kubernetes import watch
-
-    ended = threading.Event()
-
-    def consume() -> None:
-        try:
-            stream = watch.Watch().stream(
-                list_function, *args, timeout_seconds=seconds,
-                _request_timeout=(10, seconds + 10), **kwargs,
-            )  # fmt: skip
-            for event in stream:
-                if stop(event):
-                    break
-        except Exception:  # a dropped or stalled watch: the caller reads the state again
-            pass
-        finally:
-            ended.set()
-
-    threading.Thread(target=consume, daemon=True, name="bounded-watch").start()
-    ended.wait(seconds + 5)
 
 
 WATCH_SLICE = 5  # seconds between checks for pods that cannot start
@@ -347,6 +311,7 @@ class LogFollower:
         self.threads: list[threading.Thread] = []
         self.done: dict[int, dict[str, Any]] = {}
         self.last_error = ""
+        self.unreadable = ""  # events of a newer protocol: the Job's outcome cannot be trusted
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -401,428 +366,13 @@ class LogFollower:
         for line in lines:
             if line.startswith("Error: "):
                 self.last_error = line[len("Error: ") :].strip()
-        for event in iter_events(iter(lines)):
+        try:
+            events = list(iter_events(iter(lines)))
+        except OperationFailedError as error:
+            self.unreadable = str(error)
+            return
+        for event in events:
             with self.lock:
                 if event.get("event") == "done":
                     self.done[index] = event
                 self.on_event(index, event)
-
-
-# --- journal, lock, quiesce -------------------------------------------------------------------
-
-
-class ConfigMapStore:
-    """The journal as a ConfigMap ``migrator-<plan>`` (key ``journal.json``).
-
-    ``guard`` runs before every write (a run passes :meth:`LeaseLock.ensure_held`): a run that
-    lost its Lease raises instead of overwriting the journal of the run that holds it now.
-    """
-
-    def __init__(
-        self,
-        kube: KubeClient,
-        namespace: str,
-        plan: str,
-        guard: Callable[[], None] | None = None,
-    ) -> None:
-        self.kube, self.namespace, self.name = kube, namespace, f"migrator-{plan}"
-        self.guard = guard
-
-    def load(self) -> dict[str, Any]:
-        found = self.kube.call(
-            "reading the journal ConfigMap",
-            lambda: self.kube.core.read_namespaced_config_map(self.name, self.namespace),
-            missing_ok=True,
-        )
-        if found is None:
-            return {}
-        loaded: dict[str, Any] = json.loads((found.data or {}).get("journal.json") or "{}")
-        return loaded
-
-    def save(self, document: dict[str, Any]) -> None:
-        if self.guard is not None:
-            self.guard()
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "labels": {"app.kubernetes.io/managed-by": "migrator"},
-            },
-            "data": {"journal.json": json.dumps(document, indent=2, sort_keys=True)},
-        }
-        self.kube.call(
-            "writing the journal ConfigMap",
-            lambda: self.kube.core.patch_namespaced_config_map(
-                self.name, self.namespace, body, field_manager=FIELD_MANAGER, force=True,
-                _content_type="application/apply-patch+yaml",
-            ),
-        )  # fmt: skip
-
-
-class LeaseLock:
-    """A coordination.k8s.io Lease ``migrator-<plan>``: one run of a plan at a time.
-
-    A thread renews it every ``renew_every`` seconds (a third of the lease by default) with a
-    read and a replace conditional on the read's resourceVersion, so a renewal never overwrites
-    another run's hold. The Lease is lost when another identity holds it, when it is gone, or when
-    no renewal succeeded for two thirds of the lease (another run may take it once it expires);
-    then :attr:`lost` is set and :meth:`ensure_held` raises LeaseLostError. On exit the Lease is
-    deleted only while it is still ours, with a resourceVersion precondition.
-    """
-
-    def __init__(
-        self,
-        kube: KubeClient,
-        namespace: str,
-        plan: str,
-        duration: int = LEASE_SECONDS,
-        renew_every: float | None = None,
-    ) -> None:
-        self.kube, self.namespace, self.name = kube, namespace, f"migrator-{plan}"
-        self.identity = f"{socket.gethostname()}/{os.getpid()}"
-        self.duration = duration
-        self.renew_every = renew_every or duration / 3
-        self.stopping = threading.Event()
-        self.lost = threading.Event()
-        self.lost_reason = ""
-        self.thread: threading.Thread | None = None
-        self.resource_version = ""
-        # Wall-clock time (it goes on while a laptop sleeps, as the other runs' clocks do).
-        self.renewed_at = 0.0
-        self._mutex = threading.Lock()
-
-    @property
-    def where(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def path(self) -> str:
-        """The Lease's API path (written with raw JSON: see :meth:`KubeClient.send`)."""
-        return f"{LEASES_API}/namespaces/{self.namespace}/leases/{self.name}"
-
-    def _now(self) -> str:
-        # A MicroTime, in the one form the API server parses: microseconds and a Z.
-        return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-    def _body(self, resource_version: str | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {
-            "name": self.name,
-            "namespace": self.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "migrator"},
-        }
-        if resource_version:
-            metadata["resourceVersion"] = resource_version
-        return {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": metadata,
-            "spec": {
-                "holderIdentity": self.identity,
-                "leaseDurationSeconds": self.duration,
-                "renewTime": self._now(),
-            },
-        }
-
-    def _read(self) -> dict[str, Any] | None:
-        return self.kube.send("reading the run Lease", "GET", self.path, missing_ok=True)
-
-    def _held(self, written: dict[str, Any] | None) -> None:
-        self.resource_version = str((written or {})["metadata"]["resourceVersion"])
-        self.renewed_at = time.time()
-
-    def __enter__(self) -> LeaseLock:
-        current = self._read()
-        try:
-            if current is None:
-                created = self.kube.send(
-                    "taking the run Lease", "POST",
-                    f"{LEASES_API}/namespaces/{self.namespace}/leases", self._body(),
-                )  # fmt: skip
-            else:
-                created = self._take_over(current)
-        except ConflictError:
-            # Another run wrote it between our read and our write: it won the race.
-            self._refuse(self._read() or {})
-            raise
-        self._held(created)
-        self.thread = threading.Thread(target=self._renew, daemon=True, name="lease-renewer")
-        self.thread.start()
-        return self
-
-    def _refuse(self, lease: dict[str, Any]) -> None:
-        """Raise when another run holds ``lease`` and it has not expired."""
-        spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity")
-        if holder and holder != self.identity and not self._expired(spec):
-            raise OperationFailedError(
-                f"another migrator run of this plan is in progress ({holder}, Lease {self.where}); "
-                "wait for it, or stop it, then re-run"
-            )
-
-    def _take_over(self, lease: dict[str, Any]) -> dict[str, Any] | None:
-        self._refuse(lease)
-        body = self._body(lease["metadata"]["resourceVersion"])
-        return self.kube.send("taking the run Lease", "PUT", self.path, body)
-
-    @staticmethod
-    def _expired(spec: dict[str, Any]) -> bool:
-        import calendar
-
-        renew = spec.get("renewTime")
-        if not renew:
-            return True
-        seconds = calendar.timegm(time.strptime(str(renew)[:19], "%Y-%m-%dT%H:%M:%S"))
-        return time.time() - seconds > int(spec.get("leaseDurationSeconds") or LEASE_SECONDS)
-
-    def ensure_held(self) -> None:
-        """Renew the Lease now, so it is ours for a full lease from here; call before a write
-        that only the holder may make. Raises LeaseLostError when it is no longer ours (or was
-        never taken), OperationFailedError when the API server cannot tell."""
-        with self._mutex:
-            self._renew_once()
-
-    def _lose(self, reason: str) -> LeaseLostError:
-        self.lost_reason = reason
-        self.lost.set()
-        return LeaseLostError(reason)
-
-    def _renew_once(self) -> None:
-        if self.lost.is_set():
-            raise LeaseLostError(self.lost_reason)
-        if not self.resource_version:
-            raise LeaseLostError(f"this run does not hold the run Lease {self.where}")
-        for _ in range(3):
-            current = self._read()
-            holder = ((current or {}).get("spec") or {}).get("holderIdentity")
-            if current is None or holder != self.identity:
-                raise self._lose(
-                    f"lost the run Lease {self.where} to {holder or 'nobody (it was deleted)'}; "
-                    "this run stopped and left the journal to the run that holds it: "
-                    "see 'migrator status', and re-run once that run is over"
-                )
-            try:
-                self._held(self._replace(current["metadata"]["resourceVersion"]))
-                return
-            except ConflictError:
-                continue  # written in between: read again to see by whom
-        raise OperationFailedError(f"renewing the run Lease {self.where}: it keeps changing")
-
-    def _replace(self, resource_version: str) -> dict[str, Any] | None:
-        """Write ourselves in as the holder, renewed now, if the Lease is still that version."""
-        return self.kube.send("renewing the run Lease", "PUT", self.path,
-                              self._body(resource_version))  # fmt: skip
-
-    def _renew(self) -> None:
-        delay = self.renew_every
-        while not self.stopping.wait(delay):
-            try:
-                self.ensure_held()
-                delay = self.renew_every
-            except LeaseLostError:
-                return
-            except OperationFailedError as exc:
-                silent = time.time() - self.renewed_at
-                if silent >= self.duration * 2 / 3:
-                    self._lose(
-                        f"could not renew the run Lease {self.where} for {silent:.0f}s "
-                        f"({exc.message}); another run may hold it now, so this run stopped: "
-                        "see 'migrator status', and re-run"
-                    )
-                    return
-                delay = min(self.renew_every, RENEW_RETRY_SECONDS)
-
-    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout=self.duration)
-        try:
-            self._release()
-        except OperationFailedError:
-            if kind is None:
-                raise
-            # The run already failed: its own error says more; the Lease will expire.
-
-    def _release(self) -> None:
-        """Delete the Lease if it is still ours, and only the version we hold."""
-        with self._mutex:
-            if self.lost.is_set() or not self.resource_version:
-                return
-            current = self._read()
-            spec = (current or {}).get("spec") or {}
-            if current is None or spec.get("holderIdentity") != self.identity:
-                return
-            version = current["metadata"]["resourceVersion"]
-            precondition = {"apiVersion": "v1", "kind": "DeleteOptions",
-                            "preconditions": {"resourceVersion": version}}  # fmt: skip
-            try:
-                self.kube.send("releasing the run Lease", "DELETE", self.path, precondition,
-                               missing_ok=True)  # fmt: skip
-            except ConflictError:
-                return  # taken over since the read: it is the other run's now
-
-
-class Quiescer:
-    """Cutover: suspend the Flux releases, scale the workloads to 0, wait for their pods to go."""
-
-    def __init__(
-        self, kube: KubeClient, namespace: str, plan: Plan, journal: Journal, timeout: float
-    ) -> None:
-        self.kube, self.namespace, self.plan, self.journal, self.timeout = (
-            kube,
-            namespace,
-            plan,
-            journal,
-            timeout,
-        )
-
-    def __call__(self, volumes: list[dict[str, Any]], dry_run: bool) -> list[str]:
-        workloads = sorted(
-            {
-                (w["kind"], w["name"])
-                for v in volumes
-                for w in v.get("workloads", [])
-                if w["kind"] != "Pod"
-            }
-        )
-        releases = self._releases_of(workloads)
-        prefix = "(dry run) " if dry_run else ""
-        notes = [f"{prefix}suspended HelmRelease {r}" for r in releases]
-        notes += [f"{prefix}scaled {kind}/{name} to 0" for kind, name in workloads]
-        if dry_run:
-            return notes
-        for release in releases:
-            self._suspend(release)
-        for kind, name in workloads:
-            self._scale_to_zero(kind, name)
-        for kind, name in workloads:
-            self._wait_for_no_pods(kind, name)
-        return notes
-
-    def _releases_of(self, workloads: list[tuple[str, str]]) -> list[str]:
-        wanted = {f"{kind}/{name}" for kind, name in workloads}
-        return sorted(
-            r["name"]
-            for r in self.plan.spec.get("releases", [])
-            if wanted & set(r.get("workloads", []))
-        )
-
-    def _suspend(self, release: str) -> None:
-        current = self.kube.call(
-            f"reading HelmRelease {release}",
-            lambda: self.kube.custom.get_namespaced_custom_object(
-                FLUX_HELM_GROUP, FLUX_HELM_VERSION, self.namespace, "helmreleases", release
-            ),
-        )
-        was = bool(((current or {}).get("spec") or {}).get("suspend", False))
-
-        def remember(document: dict[str, Any]) -> None:
-            document["releases"].setdefault(release, {"previousSuspend": was})
-            document["releases"][release]["suspendedByMigrator"] = True
-
-        self.journal.update(remember)
-        self.kube.call(
-            f"suspending HelmRelease {release}",
-            lambda: self.kube.custom.patch_namespaced_custom_object(
-                FLUX_HELM_GROUP,
-                FLUX_HELM_VERSION,
-                self.namespace,
-                "helmreleases",
-                release,
-                {"spec": {"suspend": True}},
-            ),
-        )
-
-    def _scale_to_zero(self, kind: str, name: str) -> None:
-        read, patch = self._scale_api(kind)
-        scale = self.kube.call(
-            f"reading the scale of {kind}/{name}", lambda: read(name, self.namespace)
-        )
-        replicas = int(getattr(getattr(scale, "spec", None), "replicas", 0) or 0)
-
-        def remember(document: dict[str, Any]) -> None:
-            document.setdefault("workloads", {}).setdefault(
-                f"{kind}/{name}", {"previousReplicas": replicas}
-            )
-
-        self.journal.update(remember)
-        self.kube.call(
-            f"scaling {kind}/{name} to 0",
-            lambda: patch(name, self.namespace, {"spec": {"replicas": 0}}),
-        )
-
-    def _scale_api(self, kind: str) -> tuple[Any, Any]:
-        if kind == "Deployment":
-            return (
-                self.kube.apps.read_namespaced_deployment_scale,
-                self.kube.apps.patch_namespaced_deployment_scale,
-            )
-        if kind == "StatefulSet":
-            return (
-                self.kube.apps.read_namespaced_stateful_set_scale,
-                self.kube.apps.patch_namespaced_stateful_set_scale,
-            )
-        raise BadInputError(f"cannot scale a {kind}")
-
-    def _wait_for_no_pods(self, kind: str, name: str) -> None:
-        read = (
-            self.kube.apps.read_namespaced_deployment
-            if kind == "Deployment"
-            else self.kube.apps.read_namespaced_stateful_set
-        )
-        workload = self.kube.call(f"reading {kind}/{name}", lambda: read(name, self.namespace))
-        labels = (workload.spec.selector.match_labels or {}) if workload is not None else {}
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        deadline = time.monotonic() + self.timeout
-        while True:
-            pods = self.kube.call(
-                "listing pods",
-                lambda: self.kube.core.list_namespaced_pod(self.namespace, label_selector=selector),
-            )
-            if pods is None or not pods.items:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OperationFailedError(
-                    f"the pods of {kind}/{name} did not stop within {self.timeout:.0f}s"
-                )
-            bounded_watch(
-                self.kube.core.list_namespaced_pod, max(1, int(min(remaining, 60))),
-                lambda event: event["type"] == "DELETED", self.namespace,
-                label_selector=selector, resource_version=pods.metadata.resource_version,
-            )  # fmt: skip
-
-
-def kubernetes_context(plan: Plan, options: dict[str, Any]) -> Any:
-    """RunContext for the cluster: executor, ConfigMap journal, Lease lock, quiesce hook."""
-    from migrator.workflows.run import RunContext
-
-    namespace = plan.namespace
-    if not namespace:
-        raise BadInputError(
-            "this plan has no namespace: it was made from --source-dir; use --executor local"
-        )
-    kube = KubeClient.from_kubeconfig(
-        options.get("kubeconfig"), options.get("context") or plan.spec["source"].get("context")
-    )
-    kube.require_namespace(namespace)
-    timeout = float(options.get("timeout") or 24 * 3600)
-    lock = LeaseLock(kube, namespace, plan.name)
-    journal = Journal(ConfigMapStore(kube, namespace, plan.name, lock.ensure_held), plan.name)
-
-    def bring_back(volumes: list[dict[str, Any]], observer: Any) -> list[str]:
-        from migrator.workflows.swap import bring_back_after_cutover
-        from migrator.workflows.swap_cluster import Cluster
-
-        cluster = Cluster(kube, namespace)
-        return bring_back_after_cutover(plan, volumes, journal, cluster, min(timeout, 600), observer)
-
-    return RunContext(
-        executor=KubernetesExecutor(kube, timeout, options.get("parallel")),
-        executor_name="kubernetes",
-        journal=journal,
-        lock=lock,
-        quiesce=Quiescer(kube, namespace, plan, journal, min(timeout, 600)),
-        bring_back=bring_back,
-    )

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from migrator.copier import iter_events
 from migrator.errors import BadInputError, Outcome
+from migrator.events import iter_events
 from migrator.executors import EventSink, JobResult, completions, is_indexed
 from migrator.manifests import BACKUP_CREDENTIALS_SECRET
 from migrator.objectstore import BACKUP_ENV_PREFIX

@@ -129,10 +129,9 @@ def make_context(plan: Plan, options: dict[str, Any]) -> RunContext:
     kind = options.get("executor") or ("local" if plan.mode == "local" else "kubernetes")
     if kind == "local":
         return local_context(plan, options.get("parallel"))
-    from migrator.executors.kubernetes import kubernetes_context
+    from migrator.workflows.runtime.context import kubernetes_context
 
-    context: RunContext = kubernetes_context(plan, options)
-    return context
+    return kubernetes_context(plan, options)
 
 
 def run_plan(

@@ -210,7 +210,7 @@ def swap_context(plan: Plan, options: dict[str, Any], dry_run: bool) -> SwapCont
             "swap and rollback need a cluster plan (made with -n NAMESPACE); a --source-dir plan "
             "has no claims to swap: point your app at the copied data yourself"
         )
-    from migrator.executors.kubernetes import LeaseLock
+    from migrator.workflows.runtime.lease import LeaseLock
 
     kube = _kube(plan, options)
     if dry_run:
@@ -235,7 +235,7 @@ def _kube(plan: Plan, options: dict[str, Any]) -> KubeClient:
 def _cluster_journal(
     plan: Plan, kube: KubeClient, guard: Callable[[], None] | None = None
 ) -> Journal:
-    from migrator.executors.kubernetes import ConfigMapStore
+    from migrator.workflows.runtime.journal_store import ConfigMapStore
 
     return Journal(ConfigMapStore(kube, plan.namespace or "", plan.name, guard), plan.name)
 

@@ -3,15 +3,21 @@ workload scale and readiness, pod events. Every call goes through :class:`KubeCl
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from migrator.errors import OperationFailedError
-from migrator.kube import FLUX_HELM_GROUP, FLUX_HELM_VERSION, KubeClient
+from migrator.kube import FIELD_MANAGER, KubeClient
 from migrator.values import Change, merge_patch, restore_claims
+from migrator.workflows.runtime.workloads import (
+    patch_release,
+    read_release,
+    read_workload,
+    scale,
+    selector_of,
+    wait_for_workload,
+)
 
-FIELD_MANAGER = "migrator"
 APPLY = "application/apply-patch+yaml"
 
 
@@ -90,20 +96,10 @@ class Cluster:
         return {"kind": "PersistentVolumeClaim", "name": name, "action": "exists"}
 
     def get_helmrelease(self, name: str) -> dict[str, Any] | None:
-        return self._read(
-            f"reading HelmRelease {name}",
-            lambda: self.kube.custom.get_namespaced_custom_object(
-                FLUX_HELM_GROUP, FLUX_HELM_VERSION, self.namespace, "helmreleases", name
-            ),
-        )
+        return read_release(self.kube, self.namespace, name)
 
     def patch_helmrelease(self, name: str, body: dict[str, Any]) -> None:
-        self.kube.call(
-            f"patching HelmRelease {name}",
-            lambda: self.kube.custom.patch_namespaced_custom_object(
-                FLUX_HELM_GROUP, FLUX_HELM_VERSION, self.namespace, "helmreleases", name, body
-            ),
-        )
+        patch_release(self.kube, self.namespace, name, body)
 
     def get_configmap(self, name: str) -> dict[str, Any] | None:
         return self._read(
@@ -152,58 +148,20 @@ class Cluster:
         return ""
 
     def get_workload(self, kind: str, name: str) -> dict[str, Any] | None:
-        read = (
-            self.kube.apps.read_namespaced_deployment
-            if kind == "Deployment"
-            else self.kube.apps.read_namespaced_stateful_set
-        )
-        return self._read(f"reading {kind}/{name}", lambda: read(name, self.namespace))
+        return read_workload(self.kube, self.namespace, kind, name)
 
     def scale(self, kind: str, name: str, replicas: int) -> None:
-        patch = (
-            self.kube.apps.patch_namespaced_deployment_scale
-            if kind == "Deployment"
-            else self.kube.apps.patch_namespaced_stateful_set_scale
-        )
-        self.kube.call(
-            f"scaling {kind}/{name} to {replicas}",
-            lambda: patch(name, self.namespace, {"spec": {"replicas": replicas}}),
-        )
+        scale(self.kube, self.namespace, kind, name, replicas)
 
     def wait_for(
         self, kind: str, name: str, done: Callable[[dict[str, Any]], bool], deadline: float
     ) -> dict[str, Any] | None:
         """Watch a workload until ``done(it)`` or the deadline; returns its last state."""
-        from kubernetes import watch
-
-        watcher: Any = watch.Watch  # untyped in the client
-        listing = (
-            self.kube.apps.list_namespaced_deployment
-            if kind == "Deployment"
-            else self.kube.apps.list_namespaced_stateful_set
-        )
-        while True:
-            current = self.get_workload(kind, name)
-            remaining = deadline - time.monotonic()
-            if current is None or done(current) or remaining <= 0:
-                return current
-
-            def watch_once(
-                version: str = current["metadata"]["resourceVersion"], seconds: float = remaining
-            ) -> None:
-                for event in watcher().stream(
-                    listing, self.namespace, field_selector=f"metadata.name={name}",
-                    resource_version=version, timeout_seconds=max(1, int(min(seconds, 60))),
-                ):  # fmt: skip
-                    if done(self.kube._dict(event["object"])) or time.monotonic() > deadline:
-                        return
-
-            self.kube.call(f"watching {kind}/{name}", watch_once)
+        return wait_for_workload(self.kube, self.namespace, kind, name, done, deadline)
 
     def pod_events(self, workload: dict[str, Any]) -> list[str]:
         """Events of the workload's pods that are not Ready (or of the workload, without pods)."""
-        labels = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        selector = selector_of(workload)
         pods = self.kube._items(
             "listing pods",
             lambda: self.kube.core.list_namespaced_pod(self.namespace, label_selector=selector),
