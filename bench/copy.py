@@ -5,7 +5,9 @@ Side by side in one run, on two data shapes:
   (a) media:  about 2 GiB of 32-256 MiB files;
   (b) config: 20,000 files of 1-64 KiB plus a 200 MiB SQLite-like database;
 plus a no-op re-run of (b) for both. Prints MiB/s, files/s, client and SeaweedFS CPU seconds, and
-our/rclone ratios. Usage: python bench/copy.py [--media-gib 2] [--config-files 20000] [--quick]
+our/rclone ratios. With --s3-clients it then compares the PUTs of obstore, migrator.s3wire (what
+the copy agent uploads with) and boto3 (bench/s3clients.py --ops put).
+Usage: python bench/copy.py [--media-gib 2] [--config-files 20000] [--quick] [--s3-clients]
 """
 
 from __future__ import annotations
@@ -253,6 +255,9 @@ def main() -> None:
     parser.add_argument("--only", choices=["media", "config"])
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--repeat", type=int, default=2, help="copies per tool (best counts)")
+    parser.add_argument(
+        "--s3-clients", action="store_true", help="then compare the S3 clients' PUTs"
+    )
     args = parser.parse_args()
     if args.quick:
         args.media_gib, args.config_files, args.db_mib = 0.25, 2000, 20
@@ -278,6 +283,10 @@ def main() -> None:
             print(json.dumps([r.__dict__ for r in results], indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.s3_clients:
+        print("\nS3 clients' PUTs: obstore vs migrator.s3wire vs boto3")
+        script = ROOT / "bench" / "s3clients.py"
+        subprocess.run([sys.executable, str(script), "--ops", "put"], check=True)
 
 
 if __name__ == "__main__":

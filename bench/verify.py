@@ -7,7 +7,8 @@ and prints:
   1. local hashing: ours vs xxh128sum and b3sum (find | xargs -P2) and rclone hashsum xxh128;
   2. deep S3 verify: ours vs rclone check --download and plain rclone check, plus our repeated
      verify of the unchanged copy (with the re-verify caches);
-  3. peak RSS of comparing two synthetic 1,000,000-entry manifests in a child process.
+  3. peak RSS of comparing two synthetic 1,000,000-entry manifests in a child process;
+  4. with --s3-clients: the GETs of obstore, migrator.s3wire and boto3 (bench/s3clients.py).
 Every tool runs as a child process (interpreter start-up included for ours); times are the
 best of --repeat runs (at least 5 for the short local ones) with the page cache warm. A quick run:
   .venv/bin/python bench/verify.py --media-mib 256 --small-files 2000 --manifest-entries 100000
@@ -362,6 +363,11 @@ def main() -> None:
         "--workdir", type=Path, default=None, help="where to build data (default: a temp dir)"
     )
     parser.add_argument("--skip", choices=["local", "s3", "memory"], action="append", default=[])
+    parser.add_argument(
+        "--s3-clients",
+        action="store_true",
+        help="then compare the S3 clients' GETs (bench/s3clients.py --ops get)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="migrator-bench-", dir=args.workdir))
@@ -408,6 +414,9 @@ def main() -> None:
             bench_manifest_memory(table, work, args.manifest_entries)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.s3_clients:
+        print("\n4. S3 clients' GETs: obstore vs migrator.s3wire vs boto3", flush=True)
+        subprocess.run([PYTHON, str(_HERE / "s3clients.py"), "--ops", "get"], check=True)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,8 @@ class S3Settings:
     region: str = "us-east-1"
     ca_bundle: str | None = None
     verify_tls: bool = True
+    # Temporary credentials (STS, IRSA): sent as X-Amz-Security-Token with every signed request.
+    session_token: str | None = None
 
     @classmethod
     def from_environment(cls, endpoint: str | None, prefix: str = "") -> S3Settings:
@@ -94,6 +96,7 @@ class S3Settings:
             secret_key=env("AWS_SECRET_ACCESS_KEY"),
             region=env("AWS_DEFAULT_REGION") or env("AWS_REGION") or "us-east-1",
             ca_bundle=env("AWS_CA_BUNDLE"),
+            session_token=env("AWS_SESSION_TOKEN"),
         )
 
     def __repr__(self) -> str:  # never print secrets, even by accident
@@ -138,6 +141,7 @@ def make_client(
         endpoint_url=settings.endpoint,
         aws_access_key_id=settings.access_key if signed else None,
         aws_secret_access_key=settings.secret_key if signed else None,
+        aws_session_token=settings.session_token if signed else None,
         region_name=settings.region,
         verify=settings.ca_bundle or settings.verify_tls,
         config=Config(**options),

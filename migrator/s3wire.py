@@ -86,6 +86,7 @@ class Endpoint:
     region: str
     ca_bundle: str | None
     verify_tls: bool
+    session_token: str | None = None
 
     @classmethod
     def from_settings(cls, settings: S3Settings) -> Endpoint:
@@ -102,9 +103,10 @@ class Endpoint:
             region=settings.region,
             ca_bundle=settings.ca_bundle,
             verify_tls=settings.verify_tls,
+            session_token=settings.session_token,
         )
 
-    def __repr__(self) -> str:  # never print the secret
+    def __repr__(self) -> str:  # never print the secret (nor the session token)
         return f"Endpoint({self.scheme}://{self.host}, region={self.region!r})"
 
 
@@ -135,9 +137,12 @@ class Signer:
         """Headers that authenticate ``METHOD path?query`` (both already canonically encoded).
 
         ``amz`` are extra ``x-amz-*`` headers (lower-case names, e.g. ``x-amz-meta-mtime``):
-        they are signed too, as S3 requires of every ``x-amz-*`` header sent.
+        they are signed too, as S3 requires of every ``x-amz-*`` header sent. Temporary
+        credentials add their session token as ``x-amz-security-token`` (signed).
         """
         host = self._endpoint.host
+        if self._endpoint.session_token and self._endpoint.access_key:
+            amz = {**(amz or {}), "x-amz-security-token": self._endpoint.session_token}
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         headers = {"Host": host, "x-amz-content-sha256": "UNSIGNED-PAYLOAD", "x-amz-date": stamp}
         if amz:

@@ -51,8 +51,8 @@ ATTEMPTS = 8
 # Variables of an rclone S3 remote that this uploader honours; any other one (a CA, SSE, ACL,
 # storage class, env_auth, ...) means rclone does the upload.
 KNOWN_REMOTE_KEYS = frozenset(
-    {"TYPE", "PROVIDER", "ENDPOINT", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "REGION",
-     "FORCE_PATH_STYLE", "NO_CHECK_BUCKET"}
+    {"TYPE", "PROVIDER", "ENDPOINT", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN",
+     "REGION", "FORCE_PATH_STYLE", "NO_CHECK_BUCKET"}
 )  # fmt: skip
 # rclone flags whose effect on a plain copy this uploader reproduces (or that do not apply to
 # single PUTs); with any other flag rclone does the upload. Value-taking ones list their arity.
@@ -116,6 +116,7 @@ def native_destination(
         secret_key=config.get("SECRET_ACCESS_KEY", ""),
         region=config.get("REGION") or "us-east-1",
         ca_bundle=environ.get("RCLONE_CA_CERT") or None,  # rclone's --ca-cert
+        session_token=config.get("SESSION_TOKEN") or None,  # rclone's --s3-session-token
     )
     endpoint = Endpoint.from_settings(settings)
     if _proxied(endpoint, environ):

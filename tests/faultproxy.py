@@ -38,6 +38,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._slow_downs = 0
         self._slow_down_method = b""
+        self._slow_down_path = b""
         self._cut_after: int | None = None  # response bytes, on the next connection
         self._cut_request_after: int | None = None  # request bytes, on the next connection
         self._stalled = threading.Event()
@@ -52,13 +53,15 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     # --- switches -------------------------------------------------------------------------
-    def slow_down(self, count: int, method: str | None = None) -> None:
-        """Answer the next ``count`` requests (of ``method`` only, if given) with
-        ``503 SlowDown`` (an S3 XML error). Not for pipelined requests: the answer could
-        overtake the server's answer to an earlier request on the same connection."""
+    def slow_down(self, count: int, method: str | None = None, path: str = "") -> None:
+        """Answer the next ``count`` requests (of ``method`` only, if given, and only those
+        whose target starts with ``path``, if given) with ``503 SlowDown`` (an S3 XML error).
+        Not for pipelined requests after the first: the answer could overtake the server's
+        answer to an earlier request on the same connection."""
         with self._lock:
             self._slow_downs = count
             self._slow_down_method = method.encode() + b" " if method else b""
+            self._slow_down_path = path.encode()
 
     def cut_after(self, count: int) -> None:
         """Close the connection whose response bytes first pass ``count`` (once)."""
@@ -214,7 +217,11 @@ class FaultProxy:
                     del buffer[: end + 4]
                     self.requests += 1
                     with self._lock:
-                        answer = self._slow_downs > 0 and head.startswith(self._slow_down_method)
+                        answer = (
+                            self._slow_downs > 0
+                            and head.startswith(self._slow_down_method)
+                            and head.partition(b" ")[2].startswith(self._slow_down_path)
+                        )
                         if answer:
                             self._slow_downs -= 1
                     if answer:

@@ -238,3 +238,23 @@ def test_wrong_credentials_are_an_error(seaweedfs: SeaweedFS, bucket: str) -> No
     wrong = S3Settings(endpoint=seaweedfs.s3_endpoint, access_key="nobody", secret_key="wrong")
     with pytest.raises(ChecksumError, match="HTTP 403"):
         list(hash_s3_prefix(wrong, bucket, workers=1))
+
+
+@pytest.mark.parametrize("count", [1, 4])  # one busy answer; then three in a row on the retry
+def test_pipelined_gets_answered_slow_down_are_retried_with_backoff(
+    seaweedfs: SeaweedFS, bucket: str, source_tree: Path, count: int
+) -> None:
+    from tests.faultproxy import FaultProxy
+
+    rclone_copy(seaweedfs, source_tree, f"{bucket}/busy")
+    port = int(seaweedfs.s3_endpoint.rsplit(":", 1)[1])
+    with FaultProxy("127.0.0.1", port) as proxy:
+        settings = S3Settings(proxy.url, seaweedfs.access_key, seaweedfs.secret_key)
+        # Object GETs only (the listing is GET /bucket?list-type=2); the first one is the first
+        # request of a pipeline on its connection, so the proxy's answer overtakes nothing.
+        proxy.slow_down(count, method="GET", path=f"/{bucket}/")
+        remote = list(hash_s3_prefix(settings, bucket, "busy", workers=1, threads=1))
+        assert proxy.answered_slow_down == count
+    result = compare(hash_tree(source_tree, workers=1), iter(remote), strict_metadata=True)
+    assert [(d.kind, d.name) for d in result.differences] == [("missing", "emptydir/")]
+    assert result.matched == 8

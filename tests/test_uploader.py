@@ -360,3 +360,10 @@ def test_names_the_uploader_leaves_alone_go_through_rclone_in_the_same_copy(
     assert progress and progress[-1]["totalFiles"] == 8  # one progress for both stages
     code, events, _ = agent_copy(seaweedfs, source, f"dest:{bucket}/mixed")
     assert code == 0 and events[-1]["copied"] == 0  # both stages recorded their files
+
+
+def test_an_rclone_session_token_is_sent_by_the_native_uploader(seaweedfs: SeaweedFS) -> None:
+    env = {**remote_env(seaweedfs), "RCLONE_CONFIG_DEST_SESSION_TOKEN": "FwoGZXIvtoken"}
+    found = native_destination("dest:bucket/a", FLAGS, env)
+    assert found is not None and found.endpoint.session_token == "FwoGZXIvtoken"
+    assert "FwoGZXIvtoken" not in repr(found)

@@ -217,11 +217,17 @@ class _Fetcher:
         ]
 
     def _pipelined(self, worker: _Worker, items: list[Listed]) -> list[_Fetched | None]:
-        """GET ``items`` pipelined on one connection; after any trouble the rest go one by one."""
+        """GET ``items`` pipelined on one connection; after any trouble (a dropped connection,
+        a 5xx or SlowDown answer) the rest go one by one, with the client's retries and
+        backoff."""
         results: list[_Fetched | None] = []
         if len(items) > 1:
             try:
                 for response in worker.client.pipeline(self.bucket, [item[1] for item in items]):
+                    if response.status >= 500 or response.status == 429:
+                        response.read()
+                        worker.client.reset()  # the answers still queued are dropped with it
+                        break
                     results.append(self._consume(worker, items[len(results)], response))
             except (OSError, ValueError, ProtocolError):
                 worker.client.reset()
