@@ -26,24 +26,22 @@ Deliberate differences from a real kubelet:
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import shutil
-import ssl
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import urllib3
-import yaml
+from kubernetes.client.rest import RESTClientObject
+
+from migrator.errors import ConflictError, OperationFailedError
+from migrator.kube import KubeClient
 
 from .logs import LogServer, LogStore
 from .pods import KubeletConfig, PodRun, isolation_mode, now
@@ -58,94 +56,55 @@ PLURALS = {
 }
 SYNC_SECONDS = 0.1
 IDLE = [sys.executable, "-c", "import signal; signal.pause()"]
+USER_AGENT = "process-kubelet/v1.37.2"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"{status}: {text}")
-        self.status = status
-
-
-class Api:
-    """JSON over HTTPS with a bearer token, from a kubeconfig (thread-safe, pooled)."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        config = yaml.safe_load(Path(kubeconfig).read_text())
-        context = next(
-            c["context"] for c in config["contexts"] if c["name"] == config["current-context"]
-        )
-        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-        user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
-        self.server = cluster["server"].rstrip("/")
-        ssl_context = ssl.create_default_context(
-            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
-        )
-        self.http = urllib3.PoolManager(maxsize=16, ssl_context=ssl_context)
-        self.headers = {"Authorization": f"Bearer {user['token']}", "Accept": "application/json"}
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Obj | None = None,
-        query: dict[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        url = self.server + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        headers = dict(self.headers)
-        data = None
-        if body is not None:
-            data, headers["Content-Type"] = json.dumps(body).encode(), content_type
-        answer = self.http.request(
-            method, url, body=data, headers=headers, timeout=30.0, retries=False
-        )
-        if answer.status >= 300:
-            raise ApiError(answer.status, answer.data.decode("utf-8", "replace"))
-        return json.loads(answer.data) if answer.data else None
-
-    def get(self, path: str) -> Obj | None:
-        try:
-            found: Obj = self.request("GET", path)
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        return found
+def kube_client(kubeconfig: Path) -> KubeClient:
+    """migrator's client for ``kubeconfig``, shared by the kubelet's threads (one per container):
+    a pool of 32 connections instead of the client's default 5 per core, and its own user agent,
+    so the audit log tells its requests from the tests' own."""
+    kube = KubeClient.from_kubeconfig(str(kubeconfig))
+    kube.api_client.configuration.connection_pool_maxsize = 32
+    kube.api_client.rest_client = RESTClientObject(kube.api_client.configuration)
+    kube.api_client.user_agent = USER_AGENT
+    return kube
 
 
 class RealApi:
     """:class:`tests.kubelet.pods.PodApi` over the real API server."""
 
-    def __init__(self, api: Api, logs: LogStore) -> None:
-        self.api, self.logs = api, logs
+    def __init__(self, kube: KubeClient, logs: LogStore) -> None:
+        self.kube, self.logs = kube, logs
 
     def read(self, kind: str, namespace: str, name: str) -> Obj | None:
-        return self.api.get(f"/api/v1/namespaces/{namespace}/{PLURALS[kind]}/{name}")
+        path = f"/api/v1/namespaces/{namespace}/{PLURALS[kind]}/{name}"
+        return self.kube.send(f"reading {kind} {namespace}/{name}", "GET", path, missing_ok=True)
 
     def pods(self, namespace: str) -> list[Obj]:
-        found = self.api.request("GET", f"/api/v1/namespaces/{namespace}/pods")
-        return list(found["items"])
+        found = self.kube.send("listing pods", "GET", f"/api/v1/namespaces/{namespace}/pods")
+        return list((found or {})["items"])
 
     def write_status(self, namespace: str, name: str, uid: str, status: Obj) -> bool:
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        what = f"writing the status of pod {namespace}/{name}"
         for _ in range(50):
-            current = self.api.get(path)
+            current = self.kube.send(what, "GET", path, missing_ok=True)
             if current is None or current["metadata"]["uid"] != uid:
                 return False
             try:
-                self.api.request("PUT", path + "/status", {**current, "status": status})
-                return True
-            except ApiError as error:
-                if error.status == 404:
-                    return False
-                if error.status != 409:
-                    raise
+                body = {**current, "status": status}
+                written = self.kube.send(what, "PUT", path + "/status", body, missing_ok=True)
+                return written is not None
+            except ConflictError:
+                continue
         raise RuntimeError(f"status of pod {namespace}/{name} kept conflicting")
 
     def record_event(self, event: Obj) -> None:
         namespace = event["metadata"]["namespace"]
-        with contextlib.suppress(ApiError):  # best effort: the namespace may be terminating
-            self.api.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+        # Best effort: the namespace may be terminating.
+        with contextlib.suppress(OperationFailedError):
+            self.kube.send("recording an event", "POST", f"/api/v1/namespaces/{namespace}/events",
+                           event)  # fmt: skip
 
     def append_log(self, namespace: str, name: str, container: str, text: str) -> None:
         self.logs.append(namespace, name, container, text)
@@ -164,12 +123,13 @@ class RealApi:
         }
         if audience:
             spec["audiences"] = [audience]
-        answer = self.api.request(
+        answer = self.kube.send(
+            f"requesting a token for pod {meta['namespace']}/{meta['name']}",
             "POST",
             f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token",
             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
         )
-        return str(answer["status"]["token"])
+        return str((answer or {})["status"]["token"])
 
 
 @dataclass(frozen=True)
@@ -208,7 +168,7 @@ class ProcessKubelet:
     ) -> None:
         self.nodes = [n if isinstance(n, Node) else Node(n) for n in nodes]
         self.node_names = {n.name for n in self.nodes}
-        self.api = Api(kubeconfig)
+        self.kube = kube_client(kubeconfig)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="process-kubelet-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs = LogStore()
@@ -225,7 +185,7 @@ class ProcessKubelet:
         self.images = frozenset(images) if images is not None else None
         self.unpublished: set[str] = set()  # images the registry does not have (tests add some)
         self.config = KubeletConfig(
-            api=RealApi(self.api, self.logs),
+            api=RealApi(self.kube, self.logs),
             claim_dir=self.claim_dir,
             path_prepend=(
                 path_prepend if path_prepend is not None else [str(Path(sys.executable).parent)]
@@ -293,8 +253,8 @@ class ProcessKubelet:
             "spec": spec,
         }
         path = f"/api/v1/nodes/{node.name}"
-        if self.api.get(path) is None:
-            self.api.request("POST", "/api/v1/nodes", body)
+        if self.kube.send(f"reading Node {node.name}", "GET", path, missing_ok=True) is None:
+            self.kube.send(f"registering Node {node.name}", "POST", "/api/v1/nodes", body)
         self._update(path, lambda n: {**n, "metadata": {**n["metadata"], "labels": labels}})
         self._update(path + "/status", lambda n: {**n, "status": self._node_status()})
         # Admission taints a new Node not-ready; the node lifecycle controller (not run here:
@@ -305,14 +265,13 @@ class ProcessKubelet:
         """Read-modify-write ``path`` (a Node or its status), again on a conflict: controllers
         annotate a new Node meanwhile."""
         for _ in range(50):
-            current = self.api.get(path.removesuffix("/status"))
-            assert current is not None, path
+            current = self.kube.send(f"reading {path}", "GET", path.removesuffix("/status"))
+            assert current, path
             try:
-                self.api.request("PUT", path, change(current))
+                self.kube.send(f"updating {path}", "PUT", path, change(current))
                 return
-            except ApiError as error:
-                if error.status != 409:
-                    raise
+            except ConflictError:
+                continue
         raise RuntimeError(f"{path} kept conflicting")
 
     def _node_status(self) -> Obj:
@@ -415,7 +374,8 @@ class ProcessKubelet:
         """Give every Pending claim of a StorageClass a PersistentVolume, as a CSI
         external-provisioner does: at once for ``Immediate`` classes, once the scheduler picked a
         node for ``WaitForFirstConsumer`` ones. The PV controller then binds the two."""
-        claims = self.api.request("GET", "/api/v1/persistentvolumeclaims")["items"]
+        found = self.kube.send("listing claims", "GET", "/api/v1/persistentvolumeclaims")
+        claims = (found or {})["items"]
         pending = [
             c
             for c in claims
@@ -426,9 +386,11 @@ class ProcessKubelet:
         ]
         for claim in pending:
             meta, spec = claim["metadata"], claim["spec"]
-            klass = self.api.get(
-                f"/apis/storage.k8s.io/v1/storageclasses/{spec['storageClassName']}"
-            )
+            klass = self.kube.send(
+                f"reading StorageClass {spec['storageClassName']}", "GET",
+                f"/apis/storage.k8s.io/v1/storageclasses/{spec['storageClassName']}",
+                missing_ok=True,
+            )  # fmt: skip
             if klass is None:
                 continue
             annotations = meta.get("annotations") or {}
@@ -461,13 +423,13 @@ class ProcessKubelet:
                     },
                 },
             }
-            with contextlib.suppress(ApiError):  # 409: provisioned on an earlier round
-                self.api.request("POST", "/api/v1/persistentvolumes", volume)
+            with contextlib.suppress(ConflictError):  # provisioned on an earlier round
+                self.kube.send(f"provisioning {name}", "POST", "/api/v1/persistentvolumes", volume)
 
     def sync(self) -> None:
         """One round: start the pods bound here, finish the deleted ones."""
         self.provision()
-        found = self.api.request("GET", "/api/v1/pods")["items"]
+        found = (self.kube.send("listing pods", "GET", "/api/v1/pods") or {})["items"]
         mine = {
             p["metadata"]["uid"]: p
             for p in found
@@ -530,10 +492,9 @@ class ProcessKubelet:
             "gracePeriodSeconds": 0,
             "preconditions": {"uid": meta["uid"]},
         }
-        with contextlib.suppress(ApiError):  # gone already, or replaced
-            self.api.request(
-                "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body
-            )
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        with contextlib.suppress(ConflictError):  # 404 or 409: gone already, or replaced
+            self.kube.send(f"deleting pod {meta['name']}", "DELETE", path, body, missing_ok=True)
 
     def pod_dirs(self) -> list[Path]:
         """Per-pod scratch directories still present (each is removed when its pod ends)."""
