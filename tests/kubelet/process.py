@@ -45,6 +45,7 @@ from migrator.kube import KubeClient
 
 from .logs import LogServer, LogStore
 from .pods import KubeletConfig, PodRun, isolation_mode, now
+from .retry import read_modify_write
 
 Obj = dict[str, Any]
 PLURALS = {
@@ -87,17 +88,16 @@ class RealApi:
     def write_status(self, namespace: str, name: str, uid: str, status: Obj) -> bool:
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
         what = f"writing the status of pod {namespace}/{name}"
-        for _ in range(50):
+
+        def read() -> Obj | None:
             current = self.kube.send(what, "GET", path, missing_ok=True)
-            if current is None or current["metadata"]["uid"] != uid:
-                return False
-            try:
-                body = {**current, "status": status}
-                written = self.kube.send(what, "PUT", path + "/status", body, missing_ok=True)
-                return written is not None
-            except ConflictError:
-                continue
-        raise RuntimeError(f"status of pod {namespace}/{name} kept conflicting")
+            return current if current and current["metadata"]["uid"] == uid else None
+
+        def write(current: Obj) -> Obj | None:
+            body = {**current, "status": status}
+            return self.kube.send(what, "PUT", path + "/status", body, missing_ok=True)
+
+        return read_modify_write(read, write, f"status of pod {namespace}/{name}") is not None
 
     def record_event(self, event: Obj) -> None:
         namespace = event["metadata"]["namespace"]
@@ -264,15 +264,11 @@ class ProcessKubelet:
     def _update(self, path: str, change: Callable[[Obj], Obj]) -> None:
         """Read-modify-write ``path`` (a Node or its status), again on a conflict: controllers
         annotate a new Node meanwhile."""
-        for _ in range(50):
-            current = self.kube.send(f"reading {path}", "GET", path.removesuffix("/status"))
-            assert current, path
-            try:
-                self.kube.send(f"updating {path}", "PUT", path, change(current))
-                return
-            except ConflictError:
-                continue
-        raise RuntimeError(f"{path} kept conflicting")
+        read_modify_write(
+            lambda: self.kube.send(f"reading {path}", "GET", path.removesuffix("/status")),
+            lambda current: self.kube.send(f"updating {path}", "PUT", path, change(current)),
+            path,
+        )
 
     def _node_status(self) -> Obj:
         stamp = now()
