@@ -2,7 +2,9 @@
 binds to them as local processes (tests/kubelet/pods.py: env and envFrom resolved through the API,
 PVCs as host directories, read-only where mounted so), reports their phase, conditions and exit
 codes, and serves container logs to the API server's ``pods/log`` proxy, so ``kubectl logs`` and
-migrator's log following work unchanged.
+migrator's log following work unchanged. As a real kubelet does, it keeps what it syncs by
+list+watch (tests/kubelet/informer.py: the pods bound to its nodes, claims, StorageClasses) and
+syncs when one of them changes or a container exits: an idle cluster costs the API server little.
 
 Like a real kubelet it finishes a graceful deletion itself: when a pod it runs gets a
 ``deletionTimestamp`` it sends SIGTERM, SIGKILL after the grace period (capped by
@@ -43,6 +45,7 @@ from kubernetes.client.rest import RESTClientObject
 from migrator.errors import ConflictError, OperationFailedError
 from migrator.kube import KubeClient
 
+from .informer import Informer
 from .logs import LogServer, LogStore
 from .pods import KubeletConfig, PodRun, isolation_mode, now
 from .retry import read_modify_write
@@ -55,7 +58,9 @@ PLURALS = {
     "Pod": "pods",
     "Event": "events",
 }
-SYNC_SECONDS = 0.1
+# The sync loop wakes on a change the informers see and when a container exits; this is only
+# the safety net (a sync reads the informers' caches: it makes no request by itself).
+SYNC_SECONDS = 1.0
 IDLE = [sys.executable, "-c", "import signal; signal.pause()"]
 USER_AGENT = "process-kubelet/v1.37.2"
 
@@ -200,6 +205,18 @@ class ProcessKubelet:
             entrypoint=entrypoint,
         )
         self.config.workdir.mkdir(exist_ok=True)
+        # What a sync reads, kept by list+watch; pods only of this kubelet's nodes, as a real
+        # kubelet watches with the field selector spec.nodeName.
+        core, storage = self.kube.core, self.kube.storage
+        self._pods = [
+            Informer(self.kube, f"pods on {node.name}", core.list_pod_for_all_namespaces,
+                     self._wake.set, self.errors, field_selector=f"spec.nodeName={node.name}")
+            for node in self.nodes
+        ]  # fmt: skip
+        self._claims = Informer(self.kube, "claims",
+            core.list_persistent_volume_claim_for_all_namespaces, self._wake.set, self.errors)  # fmt: skip
+        self._classes = Informer(self.kube, "StorageClasses", storage.list_storage_class,
+                                 self._wake.set, self.errors)  # fmt: skip
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -219,6 +236,8 @@ class ProcessKubelet:
         self.log_server.start()
         for node in self.nodes:
             self.register(node)
+        for informer in self._informers():
+            informer.start()
         self._thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
         self._thread.start()
 
@@ -226,6 +245,8 @@ class ProcessKubelet:
         """Stop every container (SIGTERM, SIGKILL after the grace period), then serving."""
         self.stopping.set()
         self._wake.set()
+        for informer in self._informers():
+            informer.stop()
         if self._thread is not None:
             self._thread.join(timeout)
         with self._lock:
@@ -236,6 +257,9 @@ class ProcessKubelet:
         for run in runs:
             run.exited.wait(timeout)
         self.log_server.stop()
+
+    def _informers(self) -> list[Informer]:
+        return [*self._pods, self._claims, self._classes]
 
     def register(self, node: Node) -> None:
         """Create (or update) the Node, Ready, with this kubelet's log endpoint."""
@@ -370,11 +394,10 @@ class ProcessKubelet:
         """Give every Pending claim of a StorageClass a PersistentVolume, as a CSI
         external-provisioner does: at once for ``Immediate`` classes, once the scheduler picked a
         node for ``WaitForFirstConsumer`` ones. The PV controller then binds the two."""
-        found = self.kube.send("listing claims", "GET", "/api/v1/persistentvolumeclaims")
-        claims = (found or {})["items"]
+        classes = {c["metadata"]["name"]: c for c in self._classes.items()}
         pending = [
             c
-            for c in claims
+            for c in self._claims.items()
             if (c.get("status") or {}).get("phase") == "Pending"
             and c["spec"].get("storageClassName")
             and not c["spec"].get("volumeName")
@@ -382,11 +405,7 @@ class ProcessKubelet:
         ]
         for claim in pending:
             meta, spec = claim["metadata"], claim["spec"]
-            klass = self.kube.send(
-                f"reading StorageClass {spec['storageClassName']}", "GET",
-                f"/apis/storage.k8s.io/v1/storageclasses/{spec['storageClassName']}",
-                missing_ok=True,
-            )  # fmt: skip
+            klass = classes.get(spec["storageClassName"])
             if klass is None:
                 continue
             annotations = meta.get("annotations") or {}
@@ -425,12 +444,7 @@ class ProcessKubelet:
     def sync(self) -> None:
         """One round: start the pods bound here, finish the deleted ones."""
         self.provision()
-        found = (self.kube.send("listing pods", "GET", "/api/v1/pods") or {})["items"]
-        mine = {
-            p["metadata"]["uid"]: p
-            for p in found
-            if (p.get("spec") or {}).get("nodeName") in self.node_names
-        }
+        mine = {p["metadata"]["uid"]: p for pods in self._pods for p in pods.items()}
         with self._lock:
             for uid, pod in mine.items():
                 entry = self._runs.get(uid)
