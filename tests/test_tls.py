@@ -194,11 +194,14 @@ def tenant_plan(cluster: Cluster, env: dict[str, Any], *extra: str) -> Any:
     )  # fmt: skip
 
 
-def test_cluster_plan_takes_the_ca_from_a_configmap(tenant: tuple[Cluster, Any]) -> None:
-    cluster, env = tenant
+def plan_with_the_configmap_ca(cluster: Cluster, env: dict[str, Any]) -> Path:
+    """Plan with ``--s3-ca-bundle private-ca/ca-bundle.pem`` and check what it made: the plan
+    refers to the ConfigMap (it never holds the bundle), its probe got through TLS with that CA,
+    and the copy Job and the backup CronJobs mount the CA where rclone and the AWS SDK read it.
+    Returns the plan's path."""
     result = tenant_plan(cluster, env, "--s3-ca-bundle", "private-ca/ca-bundle.pem")
     assert result.exit_code == 0, result.output
-    plan_path = env["tmp"] / "plans" / f"{cluster.namespace}.yaml"
+    plan_path: Path = env["tmp"] / "plans" / f"{cluster.namespace}.yaml"
     target = load_plan(plan_path).spec["target"]
     assert target["caBundle"] == {"configMap": "private-ca", "key": "ca-bundle.pem"}
     # The probe (unsigned: the keys stay in the cluster) got through TLS with the ConfigMap's CA.
@@ -225,6 +228,12 @@ def test_cluster_plan_takes_the_ca_from_a_configmap(tenant: tuple[Cluster, Any])
         assert pod["volumes"][-1]["configMap"]["name"] == "private-ca"
         env_of = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert env_of["AWS_CA_BUNDLE"] == "/etc/migrator/s3-ca/ca.crt"
+    return plan_path
+
+
+def test_cluster_plan_takes_the_ca_from_a_configmap(tenant: tuple[Cluster, Any]) -> None:
+    cluster, env = tenant
+    plan_with_the_configmap_ca(cluster, env)
     assert cluster.forbidden() == []
 
 
@@ -273,44 +282,9 @@ def cozy(
     return cluster, {"tree": tree, "bucket": bucket, "tmp": tmp_path, "server": server, "ca": ca}
 
 
-def cluster_plan(cluster: Cluster, env: dict[str, Any], *extra: str) -> Any:
-    return run_cli(
-        "plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path), "--target",
-        "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-        "--volume", "media", "--volume", "prowlarr-config", "--backup-target", "s3://media/backups",
-        *extra, cwd=env["tmp"],
-    )  # fmt: skip
-
-
 def test_cluster_jobs_mount_the_ca_from_a_configmap(cozy: tuple[Cluster, dict[str, Any]]) -> None:
     cluster, env = cozy
-    ns = cluster.namespace
-    result = cluster_plan(cluster, env, "--s3-ca-bundle", "private-ca/ca-bundle.pem")
-    assert result.exit_code == 0, result.output
-    plan_path = env["tmp"] / "plans" / f"{ns}.yaml"
-    target = load_plan(plan_path).spec["target"]
-    assert target["caBundle"] == {"configMap": "private-ca", "key": "ca-bundle.pem"}
-    # The probe (unsigned: the keys stay in the cluster) got through TLS with the ConfigMap's CA.
-    assert target["probe"] == "reachable; bucket not checked (no credentials here)"
-    assert "BEGIN CERTIFICATE" not in plan_path.read_text()  # a reference, not the bundle
-    job = load_yaml(env["tmp"] / "jobs" / ns / "copy-media.yaml")
-    validate_manifest(job)
-    pod = job["spec"]["template"]["spec"]
-    assert {"name": "s3-ca", "configMap": {"name": "private-ca", "items": [
-        {"key": "ca-bundle.pem", "path": "ca.crt"}]}} in pod["volumes"]  # fmt: skip
-    [container] = pod["containers"]
-    assert {"name": "s3-ca", "mountPath": "/etc/migrator/s3-ca", "readOnly": True} in container[
-        "volumeMounts"
-    ]
-
-    result = run_cli("backup", "install", "--plan", str(plan_path), "--json")
-    assert result.exit_code == 0, result.output
-    for cronjob in json.loads(result.stdout):
-        validate_manifest(cronjob)
-        pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-        assert pod["volumes"][-1]["configMap"]["name"] == "private-ca"
-        env_of = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-        assert env_of["AWS_CA_BUNDLE"] == "/etc/migrator/s3-ca/ca.crt"
+    plan_path = plan_with_the_configmap_ca(cluster, env)
 
     kubeconfig = str(cluster.kubeconfig_path)
     result = run_cli("run", "--plan", str(plan_path), "--kubeconfig", kubeconfig, "--phase", "all")

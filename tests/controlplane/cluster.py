@@ -20,6 +20,7 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from tests.kubelet.process import ProcessKubelet
+from tests.kubelet.retry import read_modify_write
 
 from . import ControlPlane
 
@@ -153,15 +154,14 @@ class Cluster:
         if subresource is None:
             return current
         name = current["metadata"]["name"]
-        for _ in range(20):
-            try:
-                return dict(subresource.replace(
-                    body={**current, "status": status}, namespace=namespace).to_dict())  # fmt: skip
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-            current = resource.get(name=name, namespace=namespace).to_dict()
-        raise RuntimeError(f"status of {resource.kind}/{name} kept conflicting")
+        written = read_modify_write(
+            lambda: dict(resource.get(name=name, namespace=namespace).to_dict()),
+            lambda found: dict(subresource.replace(
+                body={**found, "status": status}, namespace=namespace).to_dict()),
+            f"status of {resource.kind}/{name}", current,
+        )  # fmt: skip
+        assert written is not None
+        return written
 
     def get_object(
         self, api_version: str, kind: str, namespace: str | None, name: str

@@ -2,7 +2,9 @@
 binds to them as local processes (tests/kubelet/pods.py: env and envFrom resolved through the API,
 PVCs as host directories, read-only where mounted so), reports their phase, conditions and exit
 codes, and serves container logs to the API server's ``pods/log`` proxy, so ``kubectl logs`` and
-migrator's log following work unchanged.
+migrator's log following work unchanged. As a real kubelet does, it keeps what it syncs by
+list+watch (tests/kubelet/informer.py: the pods bound to its nodes, claims, StorageClasses) and
+syncs when one of them changes or a container exits: an idle cluster costs the API server little.
 
 Like a real kubelet it finishes a graceful deletion itself: when a pod it runs gets a
 ``deletionTimestamp`` it sends SIGTERM, SIGKILL after the grace period (capped by
@@ -26,27 +28,27 @@ Deliberate differences from a real kubelet:
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import shutil
-import ssl
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import urllib3
-import yaml
+from kubernetes.client.rest import RESTClientObject
 
+from migrator.errors import ConflictError, OperationFailedError
+from migrator.kube import KubeClient
+
+from .informer import Informer
 from .logs import LogServer, LogStore
 from .pods import KubeletConfig, PodRun, isolation_mode, now
+from .retry import read_modify_write
 
 Obj = dict[str, Any]
 PLURALS = {
@@ -56,96 +58,58 @@ PLURALS = {
     "Pod": "pods",
     "Event": "events",
 }
-SYNC_SECONDS = 0.1
+# The sync loop wakes on a change the informers see and when a container exits; this is only
+# the safety net (a sync reads the informers' caches: it makes no request by itself).
+SYNC_SECONDS = 1.0
 IDLE = [sys.executable, "-c", "import signal; signal.pause()"]
+USER_AGENT = "process-kubelet/v1.37.2"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"{status}: {text}")
-        self.status = status
-
-
-class Api:
-    """JSON over HTTPS with a bearer token, from a kubeconfig (thread-safe, pooled)."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        config = yaml.safe_load(Path(kubeconfig).read_text())
-        context = next(
-            c["context"] for c in config["contexts"] if c["name"] == config["current-context"]
-        )
-        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-        user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
-        self.server = cluster["server"].rstrip("/")
-        ssl_context = ssl.create_default_context(
-            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
-        )
-        self.http = urllib3.PoolManager(maxsize=16, ssl_context=ssl_context)
-        self.headers = {"Authorization": f"Bearer {user['token']}", "Accept": "application/json"}
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Obj | None = None,
-        query: dict[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        url = self.server + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        headers = dict(self.headers)
-        data = None
-        if body is not None:
-            data, headers["Content-Type"] = json.dumps(body).encode(), content_type
-        answer = self.http.request(
-            method, url, body=data, headers=headers, timeout=30.0, retries=False
-        )
-        if answer.status >= 300:
-            raise ApiError(answer.status, answer.data.decode("utf-8", "replace"))
-        return json.loads(answer.data) if answer.data else None
-
-    def get(self, path: str) -> Obj | None:
-        try:
-            found: Obj = self.request("GET", path)
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        return found
+def kube_client(kubeconfig: Path) -> KubeClient:
+    """migrator's client for ``kubeconfig``, shared by the kubelet's threads (one per container):
+    a pool of 32 connections instead of the client's default 5 per core, and its own user agent,
+    so the audit log tells its requests from the tests' own."""
+    kube = KubeClient.from_kubeconfig(str(kubeconfig))
+    kube.api_client.configuration.connection_pool_maxsize = 32
+    kube.api_client.rest_client = RESTClientObject(kube.api_client.configuration)
+    kube.api_client.user_agent = USER_AGENT
+    return kube
 
 
 class RealApi:
     """:class:`tests.kubelet.pods.PodApi` over the real API server."""
 
-    def __init__(self, api: Api, logs: LogStore) -> None:
-        self.api, self.logs = api, logs
+    def __init__(self, kube: KubeClient, logs: LogStore) -> None:
+        self.kube, self.logs = kube, logs
 
     def read(self, kind: str, namespace: str, name: str) -> Obj | None:
-        return self.api.get(f"/api/v1/namespaces/{namespace}/{PLURALS[kind]}/{name}")
+        path = f"/api/v1/namespaces/{namespace}/{PLURALS[kind]}/{name}"
+        return self.kube.send(f"reading {kind} {namespace}/{name}", "GET", path, missing_ok=True)
 
     def pods(self, namespace: str) -> list[Obj]:
-        found = self.api.request("GET", f"/api/v1/namespaces/{namespace}/pods")
-        return list(found["items"])
+        found = self.kube.send("listing pods", "GET", f"/api/v1/namespaces/{namespace}/pods")
+        return list((found or {})["items"])
 
     def write_status(self, namespace: str, name: str, uid: str, status: Obj) -> bool:
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
-        for _ in range(50):
-            current = self.api.get(path)
-            if current is None or current["metadata"]["uid"] != uid:
-                return False
-            try:
-                self.api.request("PUT", path + "/status", {**current, "status": status})
-                return True
-            except ApiError as error:
-                if error.status == 404:
-                    return False
-                if error.status != 409:
-                    raise
-        raise RuntimeError(f"status of pod {namespace}/{name} kept conflicting")
+        what = f"writing the status of pod {namespace}/{name}"
+
+        def read() -> Obj | None:
+            current = self.kube.send(what, "GET", path, missing_ok=True)
+            return current if current and current["metadata"]["uid"] == uid else None
+
+        def write(current: Obj) -> Obj | None:
+            body = {**current, "status": status}
+            return self.kube.send(what, "PUT", path + "/status", body, missing_ok=True)
+
+        return read_modify_write(read, write, f"status of pod {namespace}/{name}") is not None
 
     def record_event(self, event: Obj) -> None:
         namespace = event["metadata"]["namespace"]
-        with contextlib.suppress(ApiError):  # best effort: the namespace may be terminating
-            self.api.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+        # Best effort: the namespace may be terminating.
+        with contextlib.suppress(OperationFailedError):
+            self.kube.send("recording an event", "POST", f"/api/v1/namespaces/{namespace}/events",
+                           event)  # fmt: skip
 
     def append_log(self, namespace: str, name: str, container: str, text: str) -> None:
         self.logs.append(namespace, name, container, text)
@@ -164,12 +128,13 @@ class RealApi:
         }
         if audience:
             spec["audiences"] = [audience]
-        answer = self.api.request(
+        answer = self.kube.send(
+            f"requesting a token for pod {meta['namespace']}/{meta['name']}",
             "POST",
             f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token",
             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
         )
-        return str(answer["status"]["token"])
+        return str((answer or {})["status"]["token"])
 
 
 @dataclass(frozen=True)
@@ -208,7 +173,7 @@ class ProcessKubelet:
     ) -> None:
         self.nodes = [n if isinstance(n, Node) else Node(n) for n in nodes]
         self.node_names = {n.name for n in self.nodes}
-        self.api = Api(kubeconfig)
+        self.kube = kube_client(kubeconfig)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="process-kubelet-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs = LogStore()
@@ -225,7 +190,7 @@ class ProcessKubelet:
         self.images = frozenset(images) if images is not None else None
         self.unpublished: set[str] = set()  # images the registry does not have (tests add some)
         self.config = KubeletConfig(
-            api=RealApi(self.api, self.logs),
+            api=RealApi(self.kube, self.logs),
             claim_dir=self.claim_dir,
             path_prepend=(
                 path_prepend if path_prepend is not None else [str(Path(sys.executable).parent)]
@@ -240,6 +205,18 @@ class ProcessKubelet:
             entrypoint=entrypoint,
         )
         self.config.workdir.mkdir(exist_ok=True)
+        # What a sync reads, kept by list+watch; pods only of this kubelet's nodes, as a real
+        # kubelet watches with the field selector spec.nodeName.
+        core, storage = self.kube.core, self.kube.storage
+        self._pods = [
+            Informer(self.kube, f"pods on {node.name}", core.list_pod_for_all_namespaces,
+                     self._wake.set, self.errors, field_selector=f"spec.nodeName={node.name}")
+            for node in self.nodes
+        ]  # fmt: skip
+        self._claims = Informer(self.kube, "claims",
+            core.list_persistent_volume_claim_for_all_namespaces, self._wake.set, self.errors)  # fmt: skip
+        self._classes = Informer(self.kube, "StorageClasses", storage.list_storage_class,
+                                 self._wake.set, self.errors)  # fmt: skip
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -259,6 +236,8 @@ class ProcessKubelet:
         self.log_server.start()
         for node in self.nodes:
             self.register(node)
+        for informer in self._informers():
+            informer.start()
         self._thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
         self._thread.start()
 
@@ -266,6 +245,8 @@ class ProcessKubelet:
         """Stop every container (SIGTERM, SIGKILL after the grace period), then serving."""
         self.stopping.set()
         self._wake.set()
+        for informer in self._informers():
+            informer.stop()
         if self._thread is not None:
             self._thread.join(timeout)
         with self._lock:
@@ -276,6 +257,9 @@ class ProcessKubelet:
         for run in runs:
             run.exited.wait(timeout)
         self.log_server.stop()
+
+    def _informers(self) -> list[Informer]:
+        return [*self._pods, self._claims, self._classes]
 
     def register(self, node: Node) -> None:
         """Create (or update) the Node, Ready, with this kubelet's log endpoint."""
@@ -293,8 +277,8 @@ class ProcessKubelet:
             "spec": spec,
         }
         path = f"/api/v1/nodes/{node.name}"
-        if self.api.get(path) is None:
-            self.api.request("POST", "/api/v1/nodes", body)
+        if self.kube.send(f"reading Node {node.name}", "GET", path, missing_ok=True) is None:
+            self.kube.send(f"registering Node {node.name}", "POST", "/api/v1/nodes", body)
         self._update(path, lambda n: {**n, "metadata": {**n["metadata"], "labels": labels}})
         self._update(path + "/status", lambda n: {**n, "status": self._node_status()})
         # Admission taints a new Node not-ready; the node lifecycle controller (not run here:
@@ -304,16 +288,11 @@ class ProcessKubelet:
     def _update(self, path: str, change: Callable[[Obj], Obj]) -> None:
         """Read-modify-write ``path`` (a Node or its status), again on a conflict: controllers
         annotate a new Node meanwhile."""
-        for _ in range(50):
-            current = self.api.get(path.removesuffix("/status"))
-            assert current is not None, path
-            try:
-                self.api.request("PUT", path, change(current))
-                return
-            except ApiError as error:
-                if error.status != 409:
-                    raise
-        raise RuntimeError(f"{path} kept conflicting")
+        read_modify_write(
+            lambda: self.kube.send(f"reading {path}", "GET", path.removesuffix("/status")),
+            lambda current: self.kube.send(f"updating {path}", "PUT", path, change(current)),
+            path,
+        )
 
     def _node_status(self) -> Obj:
         stamp = now()
@@ -415,10 +394,10 @@ class ProcessKubelet:
         """Give every Pending claim of a StorageClass a PersistentVolume, as a CSI
         external-provisioner does: at once for ``Immediate`` classes, once the scheduler picked a
         node for ``WaitForFirstConsumer`` ones. The PV controller then binds the two."""
-        claims = self.api.request("GET", "/api/v1/persistentvolumeclaims")["items"]
+        classes = {c["metadata"]["name"]: c for c in self._classes.items()}
         pending = [
             c
-            for c in claims
+            for c in self._claims.items()
             if (c.get("status") or {}).get("phase") == "Pending"
             and c["spec"].get("storageClassName")
             and not c["spec"].get("volumeName")
@@ -426,9 +405,7 @@ class ProcessKubelet:
         ]
         for claim in pending:
             meta, spec = claim["metadata"], claim["spec"]
-            klass = self.api.get(
-                f"/apis/storage.k8s.io/v1/storageclasses/{spec['storageClassName']}"
-            )
+            klass = classes.get(spec["storageClassName"])
             if klass is None:
                 continue
             annotations = meta.get("annotations") or {}
@@ -461,18 +438,13 @@ class ProcessKubelet:
                     },
                 },
             }
-            with contextlib.suppress(ApiError):  # 409: provisioned on an earlier round
-                self.api.request("POST", "/api/v1/persistentvolumes", volume)
+            with contextlib.suppress(ConflictError):  # provisioned on an earlier round
+                self.kube.send(f"provisioning {name}", "POST", "/api/v1/persistentvolumes", volume)
 
     def sync(self) -> None:
         """One round: start the pods bound here, finish the deleted ones."""
         self.provision()
-        found = self.api.request("GET", "/api/v1/pods")["items"]
-        mine = {
-            p["metadata"]["uid"]: p
-            for p in found
-            if (p.get("spec") or {}).get("nodeName") in self.node_names
-        }
+        mine = {p["metadata"]["uid"]: p for pods in self._pods for p in pods.items()}
         with self._lock:
             for uid, pod in mine.items():
                 entry = self._runs.get(uid)
@@ -530,10 +502,9 @@ class ProcessKubelet:
             "gracePeriodSeconds": 0,
             "preconditions": {"uid": meta["uid"]},
         }
-        with contextlib.suppress(ApiError):  # gone already, or replaced
-            self.api.request(
-                "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body
-            )
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        with contextlib.suppress(ConflictError):  # 404 or 409: gone already, or replaced
+            self.kube.send(f"deleting pod {meta['name']}", "DELETE", path, body, missing_ok=True)
 
     def pod_dirs(self) -> list[Path]:
         """Per-pod scratch directories still present (each is removed when its pod ends)."""
