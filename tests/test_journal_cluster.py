@@ -31,6 +31,7 @@ from migrator.workflows.runtime.lease import LeaseLock
 from tests import tenant_media, test_run_cluster
 from tests.controlplane.cluster import Cluster, rbac_objects
 from tests.helpers import run_cli
+from tests.kubelet.retry import read_modify_write
 from tests.test_rbac import allowed
 
 LEASE = "coordination.k8s.io/v1"
@@ -65,17 +66,24 @@ def lease_holder(cluster: Cluster, name: str) -> str:
 
 
 def hold_lease(cluster: Cluster, name: str, holder: str = OTHER, renewed: str = "") -> None:
-    """What another run does once the Lease looks free or expired to it: it writes itself in."""
+    """What another run does once the Lease looks free or expired to it: it writes itself in
+    (again if the holder renewed it between the read and the write: a 409)."""
     path = lease_path(cluster, name)
-    current = admin(cluster).send("test reads the Lease", "GET", path, missing_ok=True)
+    kube = admin(cluster)
     spec = {"holderIdentity": holder, "leaseDurationSeconds": 60, "renewTime": renewed or now()}
     body = {"apiVersion": LEASE, "kind": "Lease", "spec": spec,
             "metadata": {"name": name, "namespace": cluster.namespace}}  # fmt: skip
-    if current is None:
-        admin(cluster).send("test takes the Lease", "POST", path.rsplit("/", 1)[0], body)
-    else:
+    if kube.send("test reads the Lease", "GET", path, missing_ok=True) is None:
+        kube.send("test takes the Lease", "POST", path.rsplit("/", 1)[0], body)
+        return
+
+    def take(current: dict[str, Any]) -> object:
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        admin(cluster).send("test takes the Lease", "PUT", path, body)
+        return kube.send("test takes the Lease", "PUT", path, body)
+
+    read_modify_write(
+        lambda: kube.send("test reads the Lease", "GET", path), take, f"taking Lease {name}"
+    )
 
 
 def account_requests(cluster: Cluster) -> list[dict[str, Any]]:
