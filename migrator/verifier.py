@@ -21,7 +21,7 @@ from typing import Any
 from migrator.checksum import Entry, HashStats, compare, hash_s3_prefix, hash_tree
 from migrator.checksum.compare import MODE, OWNER, CompareResult
 from migrator.checksum.entry import SYMLINK, escape_path
-from migrator.copier import VERIFY_DIFFERENCES, encode_names
+from migrator.copystate import VERIFY_DIFFERENCES, encode_names
 from migrator.errors import BadInputError
 from migrator.events import Emit
 from migrator.filer import LINK_SUFFIX, Attributes

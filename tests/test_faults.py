@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
-from migrator.copier import decode_state
+from migrator.copystate import decode_state
 from migrator.seaweedfs import SeaweedFS
 from tests.faultproxy import FaultProxy
 from tests.helpers import run_cli

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from migrator.copier import find_rclone
+from migrator.rclone import find_rclone
 from migrator.samples import DatabaseWriter, SampleSizes, make_config_dir, make_sample_tree
 from migrator.seaweedfs import SeaweedFS
 from tests.helpers import run_cli

@@ -64,7 +64,8 @@ def agent_group() -> None:
 @handle_errors
 def agent_copy(**options: Any) -> None:
     """Delta-copy one volume with rclone; prints one JSON event per line on stdout."""
-    from migrator.copier import CopyRequest, Shard, run_copy
+    from migrator.copier import CopyRequest, run_copy
+    from migrator.sourcetree import Shard
     from migrator.events import json_lines
 
     request = CopyRequest(
