@@ -20,7 +20,8 @@ from migrator.manifests import (
     swap_claim_name,
 )
 from migrator.plan import Plan, load_plan
-from migrator.workflows.swap import readiness_problems, volume_state
+from migrator.workflows.swap.context import readiness_problems
+from migrator.workflows.swap.status import volume_state
 from tests.helpers import run_cli, validate_manifest
 from tests.test_plan_local import make_config_dir, make_media_dir
 

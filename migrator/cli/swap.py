@@ -62,16 +62,18 @@ class _Progress:
 def _run(command: str, options: dict[str, Any]) -> None:
     from migrator import ui
     from migrator.plan import load_plan
-    from migrator.workflows import swap as workflow
+    from migrator.workflows.swap.context import SwapOptions, swap_context
+    from migrator.workflows.swap.rollback import rollback
+    from migrator.workflows.swap.swap import swap
 
     plan = load_plan(options["plan_path"])
-    request = workflow.SwapOptions(
+    request = SwapOptions(
         values_files=list(options["values_files"]), in_cluster=options["in_cluster"],
         dry_run=options["dry_run"], force=options.get("force", False), phase=options["phase"],
         timeout=float(options["timeout"]),
     )  # fmt: skip
-    context = workflow.swap_context(plan, options, options["dry_run"])
-    run = workflow.swap if command == "swap" else workflow.rollback
+    context = swap_context(plan, options, options["dry_run"])
+    run = swap if command == "swap" else rollback
     summary = run(plan, request, context, _Progress(not options["as_json"]))
     if options["as_json"]:
         ui.print_json(summary.as_dict())
@@ -136,7 +138,8 @@ def status_command(**options: Any) -> None:
     """Where each volume stands: planned, pre-seeded, cut over, verified, swapped, rolled back."""
     from migrator import ui
     from migrator.plan import load_plan
-    from migrator.workflows.swap import open_journal, status
+    from migrator.workflows.swap.context import open_journal
+    from migrator.workflows.swap.status import status
 
     plan = load_plan(options["plan_path"])
     report = status(plan, open_journal(plan, options))

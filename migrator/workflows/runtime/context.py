@@ -32,8 +32,8 @@ def kubernetes_context(plan: Plan, options: dict[str, Any]) -> RunContext:
     journal = Journal(ConfigMapStore(kube, namespace, plan.name, lock.ensure_held), plan.name)
 
     def bring_back(volumes: list[dict[str, Any]], observer: Any) -> list[str]:
-        from migrator.workflows.swap import bring_back_after_cutover
-        from migrator.workflows.swap_cluster import Cluster
+        from migrator.workflows.swap.bring_back import bring_back_after_cutover
+        from migrator.workflows.swap.cluster import Cluster
 
         cluster = Cluster(kube, namespace)
         return bring_back_after_cutover(plan, volumes, journal, cluster, min(timeout, 600), observer)
