@@ -1,5 +1,10 @@
 """From an inventory and the user's choices to a plan document, its safety lint and its Jobs."""
 
+# Over 600 lines: 605. Building the plan document and linting it are one step of `migrator plan`
+# over the same request, target and inventory. The safety lint (~235 lines, its own section below)
+# is the cut to make when either grows; not made while the typed plan model (#14) rewrites these
+# signatures on another branch.
+
 from __future__ import annotations
 
 import math
