@@ -11,7 +11,7 @@ from typing import Any
 from migrator import __version__
 from migrator.errors import BadInputError, InvalidTargetError
 from migrator.inventory import Inventory, Volume
-from migrator.manifests import render_plan
+from migrator.manifests.copy import render_plan
 from migrator.objectstore import S3Location
 from migrator.plan import (
     API_VERSION,
@@ -522,7 +522,7 @@ def lint_restricted(
     document: dict[str, Any], inventory: Inventory, target: Target
 ) -> list[Finding]:
     """In restricted mode, the volumes whose agents must stay root (and so are refused)."""
-    from migrator.manifests import pod_security_level, volume_owner
+    from migrator.manifests.pod import pod_security_level, volume_owner
 
     if pod_security_level(document) != "restricted":
         return []
@@ -590,7 +590,7 @@ def write_plan_and_jobs(document: dict[str, Any], plan_path: Path) -> tuple[Plan
     files = render_plan(document)
     for filename, manifest in files.items():
         written.append(_write(jobs_dir / filename, dump_yaml(manifest)))
-    from migrator.manifests import build_kustomization
+    from migrator.manifests.copy import build_kustomization
 
     written.append(
         _write(jobs_dir / "kustomization.yaml", dump_yaml(build_kustomization(list(files))))

@@ -445,7 +445,7 @@ def test_missing_kubeconfig_is_bad_input(tmp_path: Path) -> None:
 
 
 def test_filer_address_reaches_copy_sync_and_verify_jobs(cluster: Cluster, tmp_path: Path) -> None:
-    from migrator.manifests import build_verify_job
+    from migrator.manifests.verify import build_verify_job
 
     filer = "seaweedfs-filer.tenant-root.svc:18888"
     result = s3_plan(cluster, tmp_path, "--filer-grpc", filer, "--json")

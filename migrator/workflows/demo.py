@@ -251,9 +251,7 @@ class Demo:
 
     def _swap_values_file(self, plan: Any) -> None:
         """The GitOps half of ``migrator swap --values-file``: the same rewrite, shown as a diff."""
-        from migrator.manifests import (
-            swap_claim_name,
-        )
+        from migrator.manifests.swap import swap_claim_name
         from migrator.values import rewrite_claims
 
         self.narrator.step(

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from migrator.errors import BadInputError, MigratorError, OperationFailedError
 from migrator.journal import DONE, FAILED, RUNNING, FileStore, Journal, journal_path, now
 from migrator.kube import KubeClient
-from migrator.manifests import (
+from migrator.manifests.swap import (
     SEAWEEDFS_CSI_DRIVER,
     build_seaweedfs_claim,
     build_seaweedfs_volume,

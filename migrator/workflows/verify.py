@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from migrator.errors import BadInputError
-from migrator.manifests import build_verify_job
+from migrator.manifests.verify import build_verify_job
 from migrator.plan import Plan
 from migrator.workflows.run import RunContext
 
