@@ -276,7 +276,7 @@ class Demo:
     def _backups(self, plan: Any, tree: SampleTree) -> None:
         """``migrator backup run``, ``list`` and ``verify`` on the config volumes."""
         from migrator.backup.retention import RetentionPolicy
-        from migrator.backup.workflow import (
+        from migrator.workflows.backup import (
             config_volumes,
             list_snapshots,
             local_executor,
