@@ -12,6 +12,7 @@ from migrator import __version__
 from migrator.errors import BadInputError, InvalidTargetError
 from migrator.inventory import Inventory, Volume
 from migrator.manifests.copy import render_plan
+from migrator.manifests.verify import render_verify_jobs
 from migrator.objectstore import S3Location
 from migrator.plan import (
     API_VERSION,
@@ -301,6 +302,7 @@ def _copy_section(volume: Volume, request: PlanRequest, target: Target) -> dict[
     jobs = {"preseed": f"copy-{volume.name}.yaml", "cutover": f"sync-{volume.name}.yaml"}
     if target.type == "pvc":
         jobs["claim"] = f"pvc-{volume.name}.yaml"
+    jobs["verify"] = f"verify-{volume.name}.yaml"
     return {"tool": "rclone", "profile": profile, "shards": _shards(volume, request), "jobs": jobs}
 
 
@@ -581,14 +583,15 @@ def write_plan_and_jobs(document: dict[str, Any], plan_path: Path) -> tuple[Plan
     """Save the plan and render its manifests into ``jobs/<name>/`` beside ``plans/``.
 
     Stale manifests of volumes no longer in the plan are left alone but no longer listed in
-    kustomization.yaml.
+    kustomization.yaml. The verify Jobs are written beside the copy Jobs but not listed there:
+    applying the kustomization copies, it never starts a verify.
     """
     plan = save_plan(document, plan_path)
     jobs_dir = project_dir(plan_path) / document["spec"]["jobsDir"]
     jobs_dir.mkdir(parents=True, exist_ok=True)
     written = []
     files = render_plan(document)
-    for filename, manifest in files.items():
+    for filename, manifest in {**files, **render_verify_jobs(document)}.items():
         written.append(_write(jobs_dir / filename, dump_yaml(manifest)))
     from migrator.manifests.copy import build_kustomization
 

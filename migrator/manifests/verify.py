@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from migrator.manifests.pod import (
@@ -110,3 +111,44 @@ def build_verify_job(
     }
     name = job_name("verify", volume["name"])
     return kube_object("batch/v1", "Job", name, plan, step_labels, spec)
+
+
+def with_verify_options(
+    manifest: dict[str, Any],
+    sample: float | None = None,
+    strict_metadata: bool = False,
+    cache: bool = True,
+) -> dict[str, Any]:
+    """A rendered verify Job with the run-time options of ``migrator verify`` applied to its
+    command: ``--sample``, ``--strict-metadata``, and without ``--cache`` when ``cache`` is off.
+
+    Everything else stays as reviewed. Applied to :func:`build_verify_job`'s default Job it gives
+    exactly what :func:`build_verify_job` builds with the same options.
+    """
+    job = copy.deepcopy(manifest)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    command: list[str] = container["command"]
+    if not cache and "--cache" in command:
+        at = command.index("--cache")
+        del command[at : at + 2]
+    if sample is not None:
+        if "--sample" in command:
+            at = command.index("--sample")
+            del command[at : at + 2]
+        at = command.index("--strict-metadata") if "--strict-metadata" in command else len(command)
+        command[at:at] = ["--sample", repr(sample)]
+    if strict_metadata and "--strict-metadata" not in command:
+        command.append("--strict-metadata")
+    return job
+
+
+def render_verify_jobs(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The verify Job of each volume that records one (``copy.jobs.verify``), by file name.
+
+    Kept apart from the copy Jobs' kustomization: applying that must not start verifies.
+    """
+    return {
+        volume["copy"]["jobs"]["verify"]: build_verify_job(plan, volume)
+        for volume in plan["spec"]["volumes"]
+        if "verify" in volume["copy"]["jobs"]
+    }
