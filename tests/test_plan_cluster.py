@@ -168,7 +168,7 @@ def test_every_rendered_manifest_validates_strictly(cluster: Cluster, tmp_path: 
     )
     files = [p for d in (cluster.namespace, "to-pvc")
              for p in (tmp_path / "jobs" / d).glob("*.yaml")]  # fmt: skip
-    assert len(files) == 2 * (4 * 2 + 1) + 4  # copy+sync per volume, kustomizations, 4 target PVCs
+    assert len(files) == 2 * (4 * 3 + 1) + 4  # copy+sync+verify per volume, kustomizations, 4 PVCs
     for path in files:
         if path.name != "kustomization.yaml":
             validate_manifest(load_yaml(path))
