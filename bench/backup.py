@@ -36,7 +36,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from migrator.manifests import S3_FLAGS, SMALL_FILES_FLAGS  # noqa: E402
+from migrator.manifests.copy import S3_FLAGS, SMALL_FILES_FLAGS  # noqa: E402
 from migrator.seaweedfs import SeaweedFS  # noqa: E402
 
 MIB = 2**20

@@ -16,7 +16,8 @@ from typing import Any
 from migrator import __version__
 from migrator.errors import BadInputError, InvalidTargetError
 from migrator.inventory import Inventory, Volume
-from migrator.manifests import render_plan
+from migrator.manifests.copy import render_plan
+from migrator.manifests.verify import render_verify_jobs
 from migrator.objectstore import S3Location
 from migrator.plan import (
     API_VERSION,
@@ -306,6 +307,7 @@ def _copy_section(volume: Volume, request: PlanRequest, target: Target) -> dict[
     jobs = {"preseed": f"copy-{volume.name}.yaml", "cutover": f"sync-{volume.name}.yaml"}
     if target.type == "pvc":
         jobs["claim"] = f"pvc-{volume.name}.yaml"
+    jobs["verify"] = f"verify-{volume.name}.yaml"
     return {"tool": "rclone", "profile": profile, "shards": _shards(volume, request), "jobs": jobs}
 
 
@@ -527,7 +529,7 @@ def lint_restricted(
     document: dict[str, Any], inventory: Inventory, target: Target
 ) -> list[Finding]:
     """In restricted mode, the volumes whose agents must stay root (and so are refused)."""
-    from migrator.manifests import pod_security_level, volume_owner
+    from migrator.manifests.pod import pod_security_level, volume_owner
 
     if pod_security_level(document) != "restricted":
         return []
@@ -586,16 +588,17 @@ def write_plan_and_jobs(document: dict[str, Any], plan_path: Path) -> tuple[Plan
     """Save the plan and render its manifests into ``jobs/<name>/`` beside ``plans/``.
 
     Stale manifests of volumes no longer in the plan are left alone but no longer listed in
-    kustomization.yaml.
+    kustomization.yaml. The verify Jobs are written beside the copy Jobs but not listed there:
+    applying the kustomization copies, it never starts a verify.
     """
     plan = save_plan(document, plan_path)
     jobs_dir = project_dir(plan_path) / document["spec"]["jobsDir"]
     jobs_dir.mkdir(parents=True, exist_ok=True)
     written = []
     files = render_plan(document)
-    for filename, manifest in files.items():
+    for filename, manifest in {**files, **render_verify_jobs(document)}.items():
         written.append(_write(jobs_dir / filename, dump_yaml(manifest)))
-    from migrator.manifests import build_kustomization
+    from migrator.manifests.copy import build_kustomization
 
     written.append(
         _write(jobs_dir / "kustomization.yaml", dump_yaml(build_kustomization(list(files))))

@@ -271,6 +271,8 @@ def show_verify_report(report: Any) -> None:
         out.print(
             f"  ... and {len(report.differences) - 20} more (write them all with --report FILE)"
         )
+    for note in report.notes:
+        out.print(escape(note), markup=True)
     if report.sample:
         out.print(
             f"This was a SAMPLE: {report.sample:.1%} of files (selected by path hash) were checked."

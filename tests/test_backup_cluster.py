@@ -19,7 +19,12 @@ import boto3
 import pytest
 from kubernetes import client
 
-from migrator import manifests
+from migrator.manifests.backup import (
+    build_drill_cronjob,
+    build_restore_job,
+    job_from_cronjob,
+    render_backups,
+)
 from migrator.plan import dump_yaml, load_plan
 from migrator.samples import DatabaseWriter, SampleSizes, make_config_dir
 from migrator.seaweedfs import SeaweedFS
@@ -231,7 +236,7 @@ def test_one_cronjob_per_plan_when_one_pod_can_mount_every_volume(cozy: Cozy) ->
     document = load_plan(cozy.plan()).document
     for volume in document["spec"]["volumes"]:
         volume["source"]["accessModes"] = ["ReadWriteMany"]  # any node may mount them together
-    files = manifests.render_backups(document)
+    files = render_backups(document)
     [(name, cronjob)] = files.items()
     assert name == f"migrator-backup-{cozy.ns}.yaml"
     validate_manifest(cronjob)
@@ -252,7 +257,7 @@ def test_apps_sharing_a_node_at_plan_time_still_get_a_cronjob_each(cozy: Cozy) -
     second = json.loads(json.dumps(volumes["sonarr-config"]))
     second["name"], second["source"]["pvc"] = "sonarr-logs", "sonarr-logs"
     document["spec"]["volumes"].append(second)
-    files = manifests.render_backups(document)
+    files = render_backups(document)
     assert sorted(files) == [
         "migrator-backup-prowlarr-config.yaml", "migrator-backup-radarr-config.yaml",
         "migrator-backup-sonarr.yaml",
@@ -274,7 +279,7 @@ def test_a_plan_without_pod_selectors_keeps_the_plan_time_node(cozy: Cozy) -> No
     document = load_plan(cozy.plan("--volume", "sonarr-config")).document
     for workload in document["spec"]["volumes"][0]["workloads"]:
         del workload["podSelector"]
-    [cronjob] = manifests.render_backups(document).values()
+    [cronjob] = render_backups(document).values()
     affinity = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["affinity"]
     terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["worker-1"]
@@ -392,8 +397,8 @@ def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) 
     assert rows(restored / "sonarr.db") >= before
     assert (restored / "config.xml").read_bytes() == (source / "config.xml").read_bytes()
 
-    drill_cronjob = manifests.build_drill_cronjob(load_plan(plan_path).document, "30 4 * * 0")
-    drill_job = manifests.job_from_cronjob(drill_cronjob, "migrator-backup-drill-now")
+    drill_cronjob = build_drill_cronjob(load_plan(plan_path).document, "30 4 * * 0")
+    drill_job = job_from_cronjob(drill_cronjob, "migrator-backup-drill-now")
     from migrator.executors.kubernetes import KubernetesExecutor
     from migrator.kube import KubeClient
 
@@ -462,7 +467,7 @@ def test_restore_job_brings_back_setuid_bits_only_when_asked(cozy: Cozy) -> None
         modes[claim] = (restored / "tool").stat().st_mode & 0o7777
     assert modes == {"sonarr-plain": 0o755, "sonarr-kept": 0o4755}
     assert cozy.cluster.forbidden() == []
-    job = manifests.build_restore_job(
+    job = build_restore_job(
         load_plan(plan_path).document, {"name": "sonarr-config", "source": {}}, "latest",
         "sonarr-kept", keep_setid=True,
     )  # fmt: skip

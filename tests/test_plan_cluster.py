@@ -168,7 +168,7 @@ def test_every_rendered_manifest_validates_strictly(cluster: Cluster, tmp_path: 
     )
     files = [p for d in (cluster.namespace, "to-pvc")
              for p in (tmp_path / "jobs" / d).glob("*.yaml")]  # fmt: skip
-    assert len(files) == 2 * (4 * 2 + 1) + 4  # copy+sync per volume, kustomizations, 4 target PVCs
+    assert len(files) == 2 * (4 * 3 + 1) + 4  # copy+sync+verify per volume, kustomizations, 4 PVCs
     for path in files:
         if path.name != "kustomization.yaml":
             validate_manifest(load_yaml(path))
@@ -445,7 +445,7 @@ def test_missing_kubeconfig_is_bad_input(tmp_path: Path) -> None:
 
 
 def test_filer_address_reaches_copy_sync_and_verify_jobs(cluster: Cluster, tmp_path: Path) -> None:
-    from migrator.manifests import build_verify_job
+    from migrator.manifests.verify import build_verify_job
 
     filer = "seaweedfs-filer.tenant-root.svc:18888"
     result = s3_plan(cluster, tmp_path, "--filer-grpc", filer, "--json")

@@ -70,10 +70,22 @@ def test_local_plan_classifies_by_content_and_writes_valid_jobs(
         "kustomization.yaml",
         "sync-media.yaml",
         "sync-sonarr-config.yaml",
+        "verify-media.yaml",
+        "verify-sonarr-config.yaml",
     ]
     for path in jobs:
         if path.name != "kustomization.yaml":
             validate_manifest(load_yaml(path))
+    assert volumes["media"]["copy"]["jobs"]["verify"] == "verify-media.yaml"
+    # Applying the kustomization copies; it never starts a verify.
+    kustomization = load_yaml(tmp_path / "jobs" / "local" / "kustomization.yaml")
+    assert kustomization["resources"] == [
+        "copy-media.yaml", "copy-sonarr-config.yaml", "sync-media.yaml", "sync-sonarr-config.yaml",
+    ]  # fmt: skip
+    verify_job = load_yaml(tmp_path / "jobs" / "local" / "verify-media.yaml")
+    assert verify_job["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "migrator", "agent", "verify",
+    ]  # fmt: skip
     assert "config volume sonarr-config stays on its block storage" in result.output
 
 

@@ -12,12 +12,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from migrator.manifests import (
-    build_restore_job,
-    build_verify_job,
-    render_backups,
-    render_plan,
-)
+from migrator.manifests.backup import build_restore_job, render_backups
+from migrator.manifests.copy import render_plan
+from migrator.manifests.verify import build_verify_job
 from migrator.plan import load_plan
 from tests import tenant_media
 from tests.conftest import BASELINE

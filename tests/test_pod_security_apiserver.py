@@ -17,7 +17,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from migrator.manifests import build_restore_job, build_verify_job
+from migrator.manifests.backup import build_restore_job
+from migrator.manifests.verify import build_verify_job
 from tests import tenant_media
 from tests.conftest import BASELINE
 from tests.controlplane import ControlPlane

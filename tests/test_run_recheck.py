@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 
-from migrator.manifests import with_recheck
+from migrator.manifests.copy import with_recheck
 from migrator.seaweedfs import SeaweedFS
 from tests.helpers import run_cli
 from tests.test_run_local import by_volume, make_plan, run

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from migrator.journal import FileStore, Journal, journal_path
-from migrator.manifests import (
+from migrator.manifests.swap import (
     build_seaweedfs_claim,
     build_seaweedfs_volume,
     seaweedfs_path,

@@ -784,7 +784,7 @@ def test_without_helm_controller_the_apps_are_not_started_on_the_old_claim(
 def test_pvc_target_swaps_onto_the_runs_claim(
     cluster: Cluster, csi_driver: None, helm_controller: HelmControllerStandIn, tmp_path: Path
 ) -> None:
-    from migrator.manifests import build_target_claim
+    from migrator.manifests.copy import build_target_claim
 
     ns = cluster.namespace
     plan = plan_of(cluster, tmp_path, "--target", "pvc:seaweedfs-storage")

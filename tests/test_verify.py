@@ -134,3 +134,38 @@ def test_report_that_cannot_be_written_is_bad_input(
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
     assert "/proc/nope.txt" in result.output
+
+
+def test_verify_runs_the_reviewed_job_file(copied: dict[str, Any]) -> None:
+    """The Job in jobs/<plan>/verify-media.yaml is what runs: pointed (by an edit) at another
+    volume's prefix, the media volume's verify finds differences; restored, it passes again."""
+    path = copied["plan"].parent.parent / "jobs" / "local" / "verify-media.yaml"
+    reviewed = path.read_text()
+    assert f"s3://{copied['bucket']}/arr/media" in reviewed
+    path.write_text(reviewed.replace("/arr/media", "/arr/sonarr-config"))
+    code, report = verify(copied["plan"], "--volume", "media", "--no-cache")
+    assert code == 1, report
+    assert report["volumes"][0]["differences"] > 0
+    assert {d["kind"] for d in report["differences"]} >= {"missing", "extra"}
+    path.write_text(reviewed)
+    code, report = verify(copied["plan"], "--volume", "media", "--no-cache")
+    assert code == 0 and report["ok"] is True and "notes" not in report
+
+
+def test_a_plan_written_before_verify_jobs_still_verifies_with_a_hint(
+    copied: dict[str, Any],
+) -> None:
+    import yaml
+
+    plan_path = copied["plan"]
+    document = yaml.safe_load(plan_path.read_text())
+    for volume in document["spec"]["volumes"]:
+        (plan_path.parent.parent / "jobs" / "local" / volume["copy"]["jobs"].pop("verify")).unlink()
+    plan_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    code, report = verify(plan_path, "--volume", "media")
+    assert code == 0 and report["ok"] is True
+    [note] = report["notes"]
+    assert "re-run 'migrator plan'" in note
+    human = run_cli("verify", "--plan", str(plan_path), "--volume", "media")
+    assert human.exit_code == 0
+    assert "re-run 'migrator plan'" in human.stdout.replace("\n", " ")

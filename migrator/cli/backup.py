@@ -97,8 +97,8 @@ def backup_group() -> None:
 def backup_install(**options: Any) -> None:
     """Render the backup CronJob(s) of a plan: print them, write them (--out) or apply them."""
     from migrator import ui
-    from migrator.backup.workflow import apply_cronjobs, render_install, write_manifests
     from migrator.plan import dump_yaml, load_plan
+    from migrator.workflows.backup import apply_cronjobs, render_install, write_manifests
 
     if options["apply_now"] and options["out"]:
         raise BadInputError("give --apply or --out, not both")
@@ -193,8 +193,8 @@ def backup_run(**options: Any) -> None:
     """Back up config volumes now: exactly what the CronJob runs, on this host for --source-dir
     plans, as a one-off Job on the cluster otherwise; then apply retention."""
     from migrator import ui
-    from migrator.backup.workflow import config_volumes, local_executor, run_backup
     from migrator.plan import load_plan
+    from migrator.workflows.backup import config_volumes, local_executor, run_backup
 
     plan = load_plan(options["plan_path"])
     volumes = config_volumes(plan, options["volumes"])
@@ -252,9 +252,9 @@ def backup_list(**options: Any) -> None:
     from rich.table import Table
 
     from migrator import ui
-    from migrator.backup.workflow import config_volumes, list_snapshots, open_repository
     from migrator.plan import load_plan
     from migrator.quantity import human_bytes
+    from migrator.workflows.backup import config_volumes, list_snapshots, open_repository
 
     plan = load_plan(options["plan_path"])
     repository = open_repository(plan, options["s3_endpoint"])
@@ -318,12 +318,12 @@ def backup_list(**options: Any) -> None:
 def backup_restore(**options: Any) -> None:
     """Restore SNAPSHOT (an id from 'backup list', or 'latest') into an empty directory or PVC,
     with mode, owner and mtime; every file is checked against the manifest as it lands."""
-    from migrator.backup.workflow import (
+    from migrator.plan import load_plan
+    from migrator.workflows.backup import (
         open_repository,
         restore_claim_outcome,
         restore_to_directory,
     )
-    from migrator.plan import load_plan
 
     if bool(options["to_dir"]) == bool(options["to_pvc"]):
         raise BadInputError("give exactly one of --to DIR or --to-pvc NAME")
@@ -392,8 +392,8 @@ def _finish_report(report: dict[str, Any], as_json: bool, success: str) -> None:
 def backup_verify(**options: Any) -> None:
     """Download SNAPSHOT and check every file's hash against its manifest, the archive against
     its record, and each database with PRAGMA integrity_check; exit 1 naming any problem."""
-    from migrator.backup.workflow import open_repository, verify
     from migrator.plan import load_plan
+    from migrator.workflows.backup import open_repository, verify
 
     plan = load_plan(options["plan_path"])
     volume = plan.volume(options["volume"])
@@ -419,8 +419,8 @@ def backup_prune(**options: Any) -> None:
     """Delete snapshots the retention policy does not keep (grandfather-father-son; never the
     newest), and what runs that died left behind."""
     from migrator import ui
-    from migrator.backup.workflow import config_volumes, open_repository, prune
     from migrator.plan import load_plan
+    from migrator.workflows.backup import config_volumes, open_repository, prune
 
     plan = load_plan(options["plan_path"])
     repository = open_repository(plan, options["s3_endpoint"])

@@ -23,7 +23,7 @@ from typing import Any
 from migrator.errors import BadInputError, Outcome
 from migrator.events import iter_events
 from migrator.executors import EventSink, JobResult, completions, is_indexed
-from migrator.manifests import BACKUP_CREDENTIALS_SECRET
+from migrator.manifests.pod import BACKUP_CREDENTIALS_SECRET
 from migrator.objectstore import BACKUP_ENV_PREFIX
 from migrator.podspec import COMPLETION_INDEX_FIELD, container_command, container_env
 

@@ -251,9 +251,7 @@ class Demo:
 
     def _swap_values_file(self, plan: Any) -> None:
         """The GitOps half of ``migrator swap --values-file``: the same rewrite, shown as a diff."""
-        from migrator.manifests import (
-            swap_claim_name,
-        )
+        from migrator.manifests.swap import swap_claim_name
         from migrator.values import rewrite_claims
 
         self.narrator.step(
@@ -278,7 +276,7 @@ class Demo:
     def _backups(self, plan: Any, tree: SampleTree) -> None:
         """``migrator backup run``, ``list`` and ``verify`` on the config volumes."""
         from migrator.backup.retention import RetentionPolicy
-        from migrator.backup.workflow import (
+        from migrator.workflows.backup import (
             config_volumes,
             list_snapshots,
             local_executor,

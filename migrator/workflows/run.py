@@ -16,7 +16,7 @@ import yaml
 from migrator.errors import BadInputError
 from migrator.executors import EventSink, Executor, JobResult, completions
 from migrator.journal import DONE, FAILED, RUNNING, FileLock, FileStore, Journal, journal_path
-from migrator.manifests import with_recheck
+from migrator.manifests.copy import with_recheck
 from migrator.plan import Plan
 
 PRESEED, CUTOVER = "preseed", "cutover"

@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from migrator.errors import BadInputError
-from migrator.manifests import build_verify_job
+from migrator.manifests.verify import build_verify_job, with_verify_options
 from migrator.plan import Plan
-from migrator.workflows.run import RunContext
+from migrator.workflows.run import RunContext, load_manifest
 
 MAX_KEPT_DIFFERENCES = 10_000
+UNRENDERED_HINT = (
+    "this plan records no verify Jobs (written before they were rendered): they were built now; "
+    "re-run 'migrator plan' to render them into its jobs directory for review ({plan})"
+)
 
 
 class VerifyObserver(Protocol):
@@ -49,6 +53,7 @@ class VerifyReport:
     volumes: list[VolumeVerdict] = field(default_factory=list)
     differences: list[dict[str, str]] = field(default_factory=list)
     truncated: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +75,7 @@ class VerifyReport:
             ],
             "differences": self.differences,
             "truncated": self.truncated,
+            **({"notes": self.notes} if self.notes else {}),
         }  # fmt: skip
 
 
@@ -87,6 +93,8 @@ def verify_plan(
     if sample is not None and not 0 < sample <= 1:
         raise BadInputError(f"--sample {sample} must be a fraction in (0, 1]")
     report = VerifyReport(plan.name, sample)
+    if any("verify" not in v["copy"]["jobs"] for v in volumes):
+        report.notes.append(UNRENDERED_HINT.format(plan=plan.path or plan.name))
     with context.lock:
         for volume in volumes:
             verdict = _verify_volume(
@@ -115,7 +123,7 @@ def _verify_volume(
     sample: float | None, strict_metadata: bool, cache: bool, report_stream: Any,
 ) -> VolumeVerdict:  # fmt: skip
     name = volume["name"]
-    manifest = build_verify_job(plan.document, volume, sample, strict_metadata, cache)
+    manifest = verify_manifest(plan, volume, sample, strict_metadata, cache)
     verdict = VolumeVerdict(name, ok=False)
     observer.volume_started(name)
 
@@ -149,3 +157,16 @@ def _verify_volume(
         verdict.ok, verdict.error = False, result.message or "the verify Job failed"
     observer.volume_finished(name, verdict)
     return verdict
+
+
+def verify_manifest(
+    plan: Plan, volume: dict[str, Any], sample: float | None, strict_metadata: bool, cache: bool
+) -> dict[str, Any]:
+    """The volume's verify Job as reviewed in ``jobs/<plan>/`` (``copy.jobs.verify``) with the
+    run-time options applied, as ``run`` applies ``--recheck`` to its copy Jobs; built now for a
+    plan written before verify Jobs were rendered."""
+    if "verify" in volume["copy"]["jobs"]:
+        manifest = load_manifest(plan, volume, "verify")
+    else:
+        manifest = build_verify_job(plan.document, volume)
+    return with_verify_options(manifest, sample, strict_metadata, cache)

@@ -7,7 +7,7 @@ from typing import Any
 
 from migrator.errors import BadInputError, MigratorError, OperationFailedError
 from migrator.journal import DONE, FAILED, RUNNING, Journal, now
-from migrator.manifests import (
+from migrator.manifests.swap import (
     SEAWEEDFS_CSI_DRIVER,
     build_seaweedfs_claim,
     build_seaweedfs_volume,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrator import manifests
 from migrator.backup.cron import check_schedule
 from migrator.backup.prune import PruneResult, prune_volume
 from migrator.backup.reader import ReadReport
@@ -26,6 +25,18 @@ from migrator.backup.retention import RetentionPolicy
 from migrator.backup.verify import verify_directory, verify_snapshot
 from migrator.errors import BadInputError, OperationFailedError
 from migrator.executors import JobResult
+from migrator.manifests.backup import (
+    DRILL_SCHEDULES,
+    backup_groups,
+    backup_is_offsite,
+    backup_url,
+    build_backup_cronjob,
+    build_restore_job,
+    job_from_cronjob,
+    render_backups,
+)
+from migrator.manifests.copy import build_kustomization
+from migrator.manifests.pod import job_name
 from migrator.objectstore import BACKUP_ENV_PREFIX, S3Location, S3Settings, make_client
 from migrator.plan import Plan, dump_yaml
 
@@ -38,7 +49,7 @@ def backup_location(plan: Plan) -> S3Location:
             f"plan {plan.name} has no backup target; re-run 'migrator plan' with "
             "--backup-target s3://BUCKET/PREFIX"
         )
-    return S3Location.parse(manifests.backup_url(plan.document))
+    return S3Location.parse(backup_url(plan.document))
 
 
 def config_volumes(plan: Plan, names: tuple[str, ...] | list[str] = ()) -> list[dict[str, Any]]:
@@ -61,7 +72,7 @@ def open_repository(plan: Plan, endpoint: str | None = None) -> BackupRepository
     """The plan's backups, reached from this machine: with AWS_* keys, or MIGRATOR_BACKUP_AWS_*
     ones when they go to an S3 of their own (off-site); BadInputError when those are unset."""
     location = backup_location(plan)
-    if manifests.backup_is_offsite(plan.document):
+    if backup_is_offsite(plan.document):
         settings = S3Settings.from_environment(
             endpoint or plan.spec["backup"].get("endpoint"), BACKUP_ENV_PREFIX
         )
@@ -82,7 +93,7 @@ def drill_schedule(value: str | None) -> str | None:
     """``weekly``/``daily`` or a cron expression for the restore drill (None: no drill)."""
     if not value or value == "off":
         return None
-    return manifests.DRILL_SCHEDULES.get(value) or check_schedule(value)
+    return DRILL_SCHEDULES.get(value) or check_schedule(value)
 
 
 def retention_args(policy: RetentionPolicy) -> dict[str, int]:
@@ -101,7 +112,7 @@ def render_install(
         )
     backup_location(plan)
     config_volumes(plan)
-    return manifests.render_backups(plan.document, schedule, retention_args(policy), drill)
+    return render_backups(plan.document, schedule, retention_args(policy), drill)
 
 
 def write_manifests(files: dict[str, dict[str, Any]], out: Path) -> list[Path]:
@@ -114,7 +125,7 @@ def write_manifests(files: dict[str, dict[str, Any]], out: Path) -> list[Path]:
         written.append(path)
     kustomization = out / "kustomization.yaml"
     if not kustomization.exists():
-        kustomization.write_text(dump_yaml(manifests.build_kustomization(list(files))))
+        kustomization.write_text(dump_yaml(build_kustomization(list(files))))
         written.append(kustomization)
     return written
 
@@ -168,15 +179,15 @@ def backup_jobs(
     wanted = {v["name"] for v in volumes}
     jobs = []
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-    for group in manifests.backup_groups(plan.document):
+    for group in backup_groups(plan.document):
         chosen = [v for v in group if v["name"] in wanted]
         if not chosen:
             continue
-        cronjob = manifests.build_backup_cronjob(
+        cronjob = build_backup_cronjob(
             plan.document, chosen, retention=retention_args(policy)
         )
         name = f"{cronjob['metadata']['name'][:40].rstrip('-')}-manual-{stamp}"
-        jobs.append(manifests.job_from_cronjob(cronjob, name))
+        jobs.append(job_from_cronjob(cronjob, name))
     return jobs
 
 
@@ -290,8 +301,8 @@ def restore_to_claim(
             "(suspend its HelmRelease and scale it to 0) or restore into a new PVC"
         )
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-    name = f"{manifests.job_name('restore', volume['name'])[:46].rstrip('-')}-{stamp}"
-    job = manifests.build_restore_job(
+    name = f"{job_name('restore', volume['name'])[:46].rstrip('-')}-{stamp}"
+    job = build_restore_job(
         plan.document, volume, snapshot, claim, force, name, keep_setid
     )
     result: JobResult = KubernetesExecutor(kube, timeout).run_job(
