@@ -7,6 +7,9 @@ and prints:
   1. local hashing: ours vs xxh128sum and b3sum (find | xargs -P2) and rclone hashsum xxh128;
   2. deep S3 verify: ours vs rclone check --download and plain rclone check, plus our repeated
      verify of the unchanged copy (with the re-verify caches);
+  2b. the same through the CLI as users run it: `migrator plan --source-dir` over both trees,
+     `migrator run`, then `migrator verify --plan P --no-cache` per volume against
+     `rclone check --download` (alternating), and a cached repeat of both volumes;
   3. peak RSS of comparing two synthetic 1,000,000-entry manifests in a child process;
   4. with --s3-clients: the GETs of obstore, migrator.s3wire and boto3 (bench/s3clients.py).
 Every tool runs as a child process (interpreter start-up included for ours); times are the
@@ -328,6 +331,79 @@ def bench_s3(
         )
 
 
+# --- through the CLI, as users run it ----------------------------------------------------------
+
+
+def migrator_cli() -> str:
+    return str(Path(PYTHON).parent / "migrator")
+
+
+def cli_env(server: SeaweedFS) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+    }
+
+
+def bench_cli(
+    table: Table, server: SeaweedFS, trees: dict[str, Path], work: Path, repeat: int
+) -> None:
+    """`migrator plan` + `migrator run` over both trees (one volume each), then `migrator verify`
+    timed whole (CLI start, Jobs as local processes) against `rclone check --download`,
+    alternating which goes first; the best of ``repeat`` counts."""
+    project = work / "cli-project"
+    project.mkdir()
+    env = cli_env(server)
+    command = [migrator_cli(), "plan", "--target", "s3://cli", "--s3-endpoint", server.s3_endpoint,
+               "--name", "bench", "--role", "small=config", "--role", "media=media"]  # fmt: skip
+    for shape, root in trees.items():
+        command += ["--source-dir", f"{shape}={root}"]
+    subprocess.run(command, env=env, cwd=project, check=True, capture_output=True)
+    plan = str(project / "plans" / "bench.yaml")
+    start = time.perf_counter()
+    run([migrator_cli(), "run", "--plan", plan, "--phase", "all", "--cutover", "--json"], env=env)
+    print(f"  migrator run (both volumes) in {time.perf_counter() - start:.1f} s", flush=True)
+    verify = [migrator_cli(), "verify", "--plan", plan, "--json"]
+    renv = rclone_env(server)
+    for shape, root in trees.items():
+        files, size = tree_size(root)
+        warm(root)
+        times: dict[str, list[float]] = {"rclone": [], "ours": []}
+        for attempt in range(repeat):
+            order = ["rclone", "ours"] if attempt % 2 == 0 else ["ours", "rclone"]
+            for tool in order:
+                action = (
+                    [RCLONE, "check", "--download", str(root), f"sw:cli/{shape}"]
+                    if tool == "rclone"
+                    else [*verify, "--volume", shape, "--no-cache"]
+                )
+                start = time.perf_counter()
+                run(action, env=renv if tool == "rclone" else env)
+                times[tool].append(time.perf_counter() - start)
+        download, ours = min(times["rclone"]), min(times["ours"])
+        task = f"CLI verify {shape}"
+        table.add(task, "rclone check --download", download, rate_of(files, size, download))
+        table.add(task, "migrator verify --no-cache (deep)", ours, rate_of(files, size, ours),
+                  f"{download / ours:.2f}x vs check --download")  # fmt: skip
+    files = sum(tree_size(root)[0] for root in trees.values())
+    size = sum(tree_size(root)[1] for root in trees.values())
+    first: list[float] = []
+    again: list[float] = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run([*verify, "--no-cache"], env=env)  # hashes everything, then refills the caches
+        first.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        run(verify, env=env)
+        again.append(time.perf_counter() - start)
+    task = "CLI verify both"
+    table.add(task, "migrator verify --no-cache (2 volumes)", min(first),
+              rate_of(files, size, min(first)))  # fmt: skip
+    table.add(task, "migrator verify, cached repeat", min(again), rate_of(files, size, min(again)),
+              f"{min(first) / min(again):.1f}x faster than --no-cache")  # fmt: skip
+
+
 def bench_manifest_memory(table: Table, work: Path, entries: int) -> None:
     source, destination = write_synthetic_manifests(work, entries)
     start = time.perf_counter()
@@ -362,7 +438,9 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where to build data (default: a temp dir)"
     )
-    parser.add_argument("--skip", choices=["local", "s3", "memory"], action="append", default=[])
+    parser.add_argument(
+        "--skip", choices=["local", "s3", "cli", "memory"], action="append", default=[]
+    )
     parser.add_argument(
         "--s3-clients",
         action="store_true",
@@ -385,7 +463,7 @@ def main() -> None:
             # Local runs take a fraction of a second each, where one disturbance is a large
             # share: at least 5 of them each.
             bench_local(table, trees, max(5, args.repeat))
-        if "s3" not in args.skip:
+        if "s3" not in args.skip or "cli" not in args.skip:
             with SeaweedFS(work / "seaweedfs") as server:
                 env = rclone_env(server)
                 run([RCLONE, "mkdir", "sw:bench"], env=env)
@@ -405,8 +483,12 @@ def main() -> None:
                         env=env,
                     )
                     print(f"  uploaded {shape} in {time.perf_counter() - start:.1f} s", flush=True)
-                print("\n2. deep verify against S3 (embedded SeaweedFS, loopback)", flush=True)
-                bench_s3(table, server, trees, work, max(1, args.repeat - 1))
+                if "s3" not in args.skip:
+                    print("\n2. deep verify against S3 (embedded SeaweedFS, loopback)", flush=True)
+                    bench_s3(table, server, trees, work, max(1, args.repeat - 1))
+                if "cli" not in args.skip:
+                    print("\n2b. the same through the CLI: migrator verify --plan P", flush=True)
+                    bench_cli(table, server, trees, work, max(1, args.repeat - 1))
         if "memory" not in args.skip:
             print(
                 f"\n3. merge-compare memory ({args.manifest_entries:,} entries a side)", flush=True

@@ -22,10 +22,11 @@ from migrator.checksum import Entry, HashStats, compare, hash_s3_prefix, hash_tr
 from migrator.checksum.compare import MODE, OWNER, CompareResult
 from migrator.checksum.entry import SYMLINK, escape_path
 from migrator.copystate import VERIFY_DIFFERENCES, encode_names
-from migrator.errors import BadInputError
+from migrator.errors import BadInputError, StorageError
 from migrator.events import Emit
 from migrator.filer import LINK_SUFFIX, Attributes
-from migrator.objectstore import S3Location, S3Settings, describe_client_error, make_client
+from migrator.objectstore import S3Location, S3Settings
+from migrator.s3wire import Body, Client, Endpoint
 
 CACHE_NAMES = {"source": "verify-source-cache.gz", "destination": "verify-destination-cache.gz"}
 PROGRESS_SECONDS = 1.0
@@ -149,13 +150,43 @@ def save_differences(state: str, names: list[str]) -> None:
     """Leave the files found missing or different beside the copy state (``s3://...``), where
     ``migrator agent copy --recheck`` reads them and copies them again."""
     location = S3Location.parse(state)
-    client = make_client(S3Settings.from_environment(None))
-    try:
-        client.put_object(
-            Bucket=location.bucket, Key=location.key(VERIFY_DIFFERENCES), Body=encode_names(names)
-        )
-    except Exception as exc:
-        raise describe_client_error(exc, "saving the verify differences") from None
+    _put(_wire_client(), location.bucket, location.key(VERIFY_DIFFERENCES),
+         Body(encode_names(names)), "saving the verify differences")  # fmt: skip
+
+
+# The caches and the differences go through migrator.s3wire, as the hashing does: importing boto3
+# alone costs a verify Job more CPU than a cached repeat of a small volume needs in all.
+def _wire_client() -> Client:
+    return Client(Endpoint.from_settings(S3Settings.from_environment(None)), error=StorageError)
+
+
+def _put(client: Client, bucket: str, key: str, body: Body, what: str) -> None:
+    answer = client.put(bucket, key, body, {"content-type": "application/octet-stream"})
+    if not 200 <= answer.status < 300:
+        raise _status_error(what, answer.status, answer.code)
+
+
+def _download(client: Client, bucket: str, key: str, path: Path, what: str) -> None:
+    """``key`` into ``path``; an object that is not there leaves no file."""
+    response = client.get(bucket, key)
+    if response.status != 200:
+        body = bytes(response.read())
+        if response.status == 404:
+            return
+        code = body[:1024].decode(errors="replace").partition("<Code>")[2].partition("</Code>")[0]
+        raise _status_error(what, response.status, code)
+    buffer = memoryview(bytearray(1 << 20))
+    with path.open("wb") as out:
+        while count := response.readinto(buffer):
+            out.write(buffer[:count])
+
+
+def _status_error(what: str, status: int, code: str) -> StorageError:
+    if status == 403:
+        return StorageError(f"{what}: access denied (HTTP 403 {code}); check the S3 credentials")
+    return StorageError(f"{what}: HTTP {status} {code}".strip())
+
+
 def _as_mounted(entries: Iterator[Entry], mounted: dict[str, Attributes]) -> Iterator[Entry]:
     """``entries`` with owner, mode and mtime as the filer entries (and so a weed mount) have them."""
     for entry in entries:
@@ -220,39 +251,26 @@ class _Caches:
             return self
         self.tmp = tempfile.TemporaryDirectory(prefix="migrator-verify-")
         self.local_dir = Path(self.tmp.name)
-        location, client = self._remote()
+        location, client = S3Location.parse(cache), _wire_client()
         for name in CACHE_NAMES.values():
-            try:
-                client.download_file(
-                    location.bucket, location.key(name), str(self.local_dir / name)
-                )
-            except Exception as exc:
-                if (
-                    "404" not in str(exc)
-                    and "Not Found" not in str(exc)
-                    and "NoSuchKey" not in str(exc)
-                ):
-                    raise describe_client_error(exc, "reading the verify cache") from None
+            _download(client, location.bucket, location.key(name), self.local_dir / name,
+                      "reading the verify cache")  # fmt: skip
         return self
-
-    def _remote(self) -> tuple[S3Location, Any]:
-        assert self.request.cache is not None
-        return S3Location.parse(self.request.cache), make_client(S3Settings.from_environment(None))
 
     def path(self, side: str) -> Path | None:
         return self.local_dir / CACHE_NAMES[side] if self.local_dir is not None else None
 
     def upload(self) -> None:
-        if self.tmp is None or self.local_dir is None:
+        if self.tmp is None or self.local_dir is None or self.request.cache is None:
             return
-        location, client = self._remote()
+        location, client = S3Location.parse(self.request.cache), _wire_client()
         for name in CACHE_NAMES.values():
             path = self.local_dir / name
             if path.exists():
-                try:
-                    client.upload_file(str(path), location.bucket, location.key(name))
-                except Exception as exc:
-                    raise describe_client_error(exc, "saving the verify cache") from None
+                with path.open("rb") as cache:
+                    body = Body(fd=cache.fileno(), length=os.fstat(cache.fileno()).st_size)
+                    _put(client, location.bucket, location.key(name), body,
+                         "saving the verify cache")  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
         if self.tmp is not None:

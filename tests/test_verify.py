@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from migrator.plan import load_plan
 from migrator.samples import SampleSizes, make_sample_tree
 from migrator.seaweedfs import SeaweedFS
+from migrator.workflows.run import make_context
+from migrator.workflows.verify import VolumeVerdict, verify_plan
 from tests.helpers import run_cli
 
 SIZES = SampleSizes(
@@ -169,3 +174,62 @@ def test_a_plan_written_before_verify_jobs_still_verifies_with_a_hint(
     human = run_cli("verify", "--plan", str(plan_path), "--volume", "media")
     assert human.exit_code == 0
     assert "re-run 'migrator plan'" in human.stdout.replace("\n", " ")
+class RecordingObserver:
+    """Records what verify_plan tells the UI; with a barrier, a volume's start waits until every
+    volume has started (a one-at-a-time verify breaks it: BrokenBarrierError)."""
+
+    def __init__(self, barrier: threading.Barrier | None = None) -> None:
+        self.barrier, self.lock = barrier, threading.Lock()
+        self.seen: list[tuple[str, str]] = []
+
+    def volume_started(self, volume: str) -> None:
+        with self.lock:
+            self.seen.append(("started", volume))
+        if self.barrier is not None:
+            self.barrier.wait(timeout=120)
+
+    def hashing(self, volume: str, event: dict[str, Any]) -> None:
+        pass
+
+    def volume_finished(self, volume: str, outcome: VolumeVerdict) -> None:
+        with self.lock:
+            self.seen.append(("finished", volume))
+
+
+def test_volumes_are_verified_side_by_side_with_the_results_of_one_at_a_time(
+    copied: dict[str, Any],
+) -> None:
+    s3, bucket = copied["s3"], copied["bucket"]
+    s3.put_object(Bucket=bucket, Key="arr/media/stray.nfo", Body=b"not at source")
+    s3.put_object(Bucket=bucket, Key="arr/radarr-config/stray.xml", Body=b"not at source")
+    plan = load_plan(copied["plan"])
+    volumes = plan.volumes_for_phase("all")
+    assert len(volumes) == 4
+
+    def run(observer: RecordingObserver, parallel: int | None) -> tuple[dict[str, Any], list[str]]:
+        stream = io.StringIO()
+        report = verify_plan(plan, volumes, make_context(plan, {}), observer, cache=False,
+                             report_stream=stream, parallel=parallel)  # fmt: skip
+        return report.as_dict(), sorted(stream.getvalue().splitlines())
+
+    together = RecordingObserver(threading.Barrier(len(volumes)))
+    side_by_side, side_by_side_lines = run(together, None)
+    # every volume started before any finished
+    assert [kind for kind, _ in together.seen[: len(volumes)]] == ["started"] * len(volumes)
+    alone = RecordingObserver()
+    one_at_a_time, one_at_a_time_lines = run(alone, 1)
+    names = [v["name"] for v in volumes]
+    assert alone.seen == [(kind, name) for name in names for kind in ("started", "finished")]
+    assert side_by_side == one_at_a_time
+    assert [v["name"] for v in side_by_side["volumes"]] == names
+    assert side_by_side["differences"] == [
+        {"volume": "media", "path": "stray.nfo", "kind": "extra"},
+        {"volume": "radarr-config", "path": "stray.xml", "kind": "extra"},
+    ]
+    assert side_by_side_lines == one_at_a_time_lines == [
+        "extra\tmedia\tstray.nfo", "extra\tradarr-config\tstray.xml"
+    ]
+    state = json.loads((copied["plan"].parent / "local.state.json").read_text())
+    assert {name: state["volumes"][name]["verify"]["ok"] for name in names} == {
+        "media": False, "prowlarr-config": True, "radarr-config": False, "sonarr-config": True
+    }
