@@ -258,9 +258,17 @@ def main() -> None:
     parser.add_argument(
         "--s3-clients", action="store_true", help="then compare the S3 clients' PUTs"
     )
+    parser.add_argument("--transports", help="instead: the uploader end to end over these "
+                        "clients, e.g. s3wire,obstore,boto3 (bench/fetchers.py)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.media_gib, args.config_files, args.db_mib = 0.25, 2000, 20
+    if args.transports:  # bench/fetchers.py: the uploader over obstore/boto3 (#14)
+        from bench import fetchers
+
+        fetchers.copy_transports(fetchers.parse_names(args.transports), args.config_files,
+                                 max(args.repeat, 3))  # fmt: skip
+        return
     rng = random.Random(1)
     work = Path(tempfile.mkdtemp(prefix="migrator-bench-copy-"))
     try:

@@ -446,7 +446,15 @@ def main() -> None:
         action="store_true",
         help="then compare the S3 clients' GETs (bench/s3clients.py --ops get)",
     )
+    parser.add_argument("--transports", help="instead: deep verify end to end over these "
+                        "engine transports, e.g. s3wire,obstore,boto3 (bench/fetchers.py)")  # fmt: skip
     args = parser.parse_args()
+    if args.transports:  # bench/fetchers.py: the engine over obstore/boto3 (#14)
+        from bench import fetchers
+
+        fetchers.verify_transports(fetchers.parse_names(args.transports), args.media_mib,
+                                   args.small_files, args.repeat, build_media, build_small)  # fmt: skip
+        return
 
     work = Path(tempfile.mkdtemp(prefix="migrator-bench-", dir=args.workdir))
     print(f"building data in {work}", flush=True)

@@ -295,16 +295,21 @@ class Uploader:
         root: str,
         threads: int = 8,
         content_types: Mapping[str, str] | None = None,
+        client: Client | None = None,
     ) -> None:
         """``content_types`` maps an :func:`extension` to the Content-Type rclone would send
-        (see ``migrator.rclone.rclone_content_types``); others are application/octet-stream."""
+        (see ``migrator.rclone.rclone_content_types``); others are application/octet-stream.
+        ``client`` is for benchmarks (bench/fetchers.py puts other S3 clients behind the same
+        ``put``/``reset``); the default is migrator.s3wire's."""
         self.destination = destination
         self.content_types = content_types or {}
         self.root = root
         self.threads = max(1, threads)
         # A timed-out request is not retried at once: _upload retries the file after a wait, and
         # gives up early when the endpoint hangs.
-        self.client = Client(destination.endpoint, destination.timeout, retry_timeouts=False)
+        self.client = client or Client(
+            destination.endpoint, destination.timeout, retry_timeouts=False
+        )
         self.stop = threading.Event()
         self._sent = [0] * self.threads  # body bytes sent per worker (progress)
         self._last_stored = 0.0  # time.monotonic() when a worker last stored a file

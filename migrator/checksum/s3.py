@@ -25,6 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
@@ -61,22 +62,46 @@ BATCH_BYTES = 32 << 20
 STREAM_BUFFER = 1 << 20
 STREAMS_PER_BATCH = 4  # big objects streamed side by side by one worker's threads
 
+@dataclass(frozen=True)
+class Transport:
+    """How the engine reaches S3: :mod:`migrator.s3wire`, always, in the product.
+
+    A seam for measurement only: ``bench/fetchers.py`` subclasses it to run the same engine over
+    obstore or boto3 end to end. Frozen and field-less, so copies pickled into the worker
+    processes compare equal (one client per worker process, not one per batch).
+    """
+
+    def client(self, endpoint: Endpoint) -> Client:
+        """A client raising ChecksumError, shared by a worker's threads."""
+        return Client(endpoint, error=ChecksumError)
+
+    def list_objects(
+        self, client: Client, bucket: str, prefix: str
+    ) -> Iterator[tuple[str, int, str, str]]:
+        """(key, size, ETag, LastModified) of every object under ``prefix``."""
+        return list_objects(client, bucket, prefix)
+
+
+S3WIRE = Transport()
+
 # One listed object: relative path, key, size, ETag, LastModified, entry type.
 Listed = tuple[bytes, str, int, str, str, str]
 # What a worker sends back: bytes read, mtime_ns, mode, uid, gid, digest.
 _Fetched = tuple[int, int | None, int | None, int | None, int | None, str]
 
 
-def list_prefix(settings: S3Settings, bucket: str, prefix: str) -> Iterator[Listed]:
+def list_prefix(
+    settings: S3Settings, bucket: str, prefix: str, transport: Transport = S3WIRE
+) -> Iterator[Listed]:
     """Every object under ``prefix`` (a key prefix without trailing ``/``), unsorted.
 
     Raises ChecksumError when the listing fails.
     """
     base = prefix.strip("/")
     start = f"{base}/" if base else ""
-    client = Client(Endpoint.from_settings(settings), error=ChecksumError)
+    client = transport.client(Endpoint.from_settings(settings))
     try:
-        for key, size, etag, modified in list_objects(client, bucket, start):
+        for key, size, etag, modified in transport.list_objects(client, bucket, start):
             relative = key[len(start) :]
             if not relative:
                 continue
@@ -160,8 +185,8 @@ def metadata_of(response: Response) -> tuple[int | None, int | None, int | None,
 class _Worker:
     """Per-process state: one GET client and one thread pool, made on first use."""
 
-    def __init__(self, endpoint: Endpoint, threads: int) -> None:
-        self.client = Client(endpoint, error=ChecksumError)
+    def __init__(self, endpoint: Endpoint, threads: int, transport: Transport) -> None:
+        self.client = transport.client(endpoint)
         self.pool = ThreadPoolExecutor(max(threads, RANGES_IN_FLIGHT), thread_name_prefix="s3-get")
         self.threads = threads
         self.local = threading.local()
@@ -171,7 +196,7 @@ class _Worker:
             self.buffers.put(bytearray(PART_SIZE))
 
 
-_workers: dict[tuple[Endpoint, int], _Worker] = {}
+_workers: dict[tuple[Endpoint, int, Transport], _Worker] = {}
 
 
 def _forget_workers() -> None:
@@ -190,16 +215,19 @@ def _error(bucket: str, key: str, response: Response) -> ChecksumError:
 class _Fetcher:
     """A picklable callable that hashes a batch of objects in a worker process."""
 
-    def __init__(self, endpoint: Endpoint, bucket: str, threads: int) -> None:
+    def __init__(
+        self, endpoint: Endpoint, bucket: str, threads: int, transport: Transport = S3WIRE
+    ) -> None:
         self.endpoint = endpoint
         self.bucket = bucket
         self.threads = threads
+        self.transport = transport
 
     def _worker(self) -> _Worker:
-        key = (self.endpoint, self.threads)
+        key = (self.endpoint, self.threads, self.transport)
         worker = _workers.get(key)
         if worker is None:
-            worker = _workers[key] = _Worker(self.endpoint, self.threads)
+            worker = _workers[key] = _Worker(self.endpoint, self.threads, self.transport)
         return worker
 
     def __call__(self, batch: list[Listed]) -> list[_Fetched | None]:
@@ -386,13 +414,14 @@ def hash_s3_prefix(
     cache: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     stats: HashStats | None = None,
+    transport: Transport = S3WIRE,
 ) -> Iterator[Entry]:
     """Hash every object under ``s3://bucket/prefix``; yield entries sorted by relative path.
 
     ``workers`` processes (default: CPU count) each run ``threads`` keep-alive connections.
     ``sample`` and ``progress`` work as in :func:`~migrator.checksum.local.hash_tree`.
     ``cache`` names a cache file: an object whose (key, size, ETag, LastModified) match is not
-    downloaded again. Raises ChecksumError (or StorageError for the listing) on S3 failures.
+    downloaded again. ``transport`` is for benchmarks (see :class:`Transport`). Raises ChecksumError (or StorageError for the listing) on S3 failures.
     """
     endpoint = Endpoint.from_settings(settings)
     stats = stats if stats is not None else HashStats()
@@ -402,7 +431,7 @@ def hash_s3_prefix(
     reader = CacheReader(cache_path, identity) if cache_path is not None else None
     writer = CacheWriter(cache_path if threshold is None else None, identity)
     workers = workers or os.cpu_count() or 1
-    listing = sorted_listing(list_prefix(settings, bucket, prefix))
+    listing = sorted_listing(list_prefix(settings, bucket, prefix, transport))
 
     def stream() -> Iterator[Ready[tuple[Entry, Listed, bool]] | Listed]:
         for item in listing:
@@ -426,7 +455,7 @@ def hash_s3_prefix(
 
     results = run_in_order(
         stream(),
-        _Fetcher(endpoint, bucket, threads),
+        _Fetcher(endpoint, bucket, threads, transport),
         finish,
         make_executor=make_pool if workers > 1 else None,
         batch_size=BATCH_OBJECTS,
