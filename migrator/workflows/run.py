@@ -17,7 +17,8 @@ from migrator.errors import BadInputError
 from migrator.executors import EventSink, Executor, JobResult, completions
 from migrator.journal import DONE, FAILED, RUNNING, FileLock, FileStore, Journal, journal_path
 from migrator.manifests import with_recheck
-from migrator.plan import Plan
+from migrator.plan import Plan, volumes_in_phase
+from migrator.planmodel import PlanVolume
 
 PRESEED, CUTOVER = "preseed", "cutover"
 
@@ -84,9 +85,9 @@ class RunContext:
     executor_name: str
     journal: Journal
     lock: contextlib.AbstractContextManager[Any]
-    quiesce: Callable[[list[dict[str, Any]], bool], list[str]] | None = None
+    quiesce: Callable[[list[PlanVolume], bool], list[str]] | None = None
     # After a failed cutover: start the apps the quiesce stopped again (notes of what it did).
-    bring_back: Callable[[list[dict[str, Any]], RunObserver], list[str]] | None = None
+    bring_back: Callable[[list[PlanVolume], RunObserver], list[str]] | None = None
 
     def stop(self) -> None:
         """Stop running work after Ctrl-C (local processes; cluster Jobs keep running)."""
@@ -95,9 +96,10 @@ class RunContext:
             terminate()
 
 
-def load_manifest(plan: Plan, volume: dict[str, Any], step: str) -> dict[str, Any]:
+def load_manifest(plan: Plan, volume: PlanVolume, step: str) -> dict[str, Any]:
     """The rendered Job of a volume's step, as reviewed in ``jobs/<plan>/``."""
-    path = plan.jobs_dir / volume["copy"]["jobs"][step]
+    jobs = volume["copy"]["jobs"]
+    path = plan.jobs_dir / (jobs["cutover"] if step == CUTOVER else jobs["preseed"])
     try:
         manifest: dict[str, Any] = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -113,8 +115,9 @@ def local_context(plan: Plan, parallel: int | None) -> RunContext:
 
     if plan.path is None:
         raise BadInputError("a local run needs a plan file")
-    claims = local_claims(plan.volumes)
-    missing = [v["name"] for v in plan.volumes if not v["source"].get("path")]
+    volumes = plan.model["spec"]["volumes"]
+    claims = local_claims(volumes)
+    missing = [v["name"] for v in volumes if not v["source"].get("path")]
     if missing:
         raise BadInputError(
             f"volumes {', '.join(missing)} are PVCs: run them with --executor kubernetes"
@@ -150,7 +153,7 @@ def run_plan(
     (what is missing there or of another size is copied again), and a finished cutover runs again.
     A cutover that fails brings the apps back (``context.bring_back``) unless ``keep_down``.
     """
-    volumes = plan.volumes_for_phase(phase)
+    volumes = volumes_in_phase(plan.model["spec"]["volumes"], phase)
     if not volumes:
         raise BadInputError(f"plan {plan.name} has no {phase} volumes")
     step = CUTOVER if cutover else PRESEED
@@ -172,7 +175,7 @@ def run_plan(
 
 
 def _after_failed_cutover(
-    volumes: list[dict[str, Any]], context: RunContext, observer: RunObserver, keep_down: bool
+    volumes: list[PlanVolume], context: RunContext, observer: RunObserver, keep_down: bool
 ) -> list[str]:
     if keep_down:
         return [
@@ -194,7 +197,7 @@ def _after_failed_cutover(
 
 def _run_volume(
     plan: Plan,
-    volume: dict[str, Any],
+    volume: PlanVolume,
     step: str,
     context: RunContext,
     observer: RunObserver,
