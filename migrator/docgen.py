@@ -6,6 +6,7 @@ committed docs drift from what this produces.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ def _describe(
         kind = " | ".join(map(str, node["enum"]))
     example = node.get("examples", [None])[0]
     example_text = f" Example: `{example}`." if example is not None else ""
+    if "default" in node:  # filled in when a plan is loaded; never written into the file
+        example_text = f" Default: `{json.dumps(node['default'])}`.{example_text}"
     lines.append(f"{'  ' * depth}- `{name}` ({kind}): {node.get('description', '')}{example_text}")
     for child, sub in (node.get("properties") or {}).items():
         _describe(child, sub, depth + 1, lines, defs)
@@ -83,6 +86,11 @@ def plan_reference() -> str:
         "",
     ]
     lines += [doc["description"], "", "Validate a plan with `migrator plan --check PLAN`.", ""]
+    lines += [
+        "A field with a default may be left out: loading the plan fills the default in (the file",
+        "itself is never rewritten with it).",
+        "",
+    ]
     for name, sub in doc["properties"].items():
         _describe(name, sub, 0, lines, doc["$defs"])
     return "\n".join(lines) + "\n"

@@ -11,12 +11,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from migrator.errors import BadInputError, UnknownVolumeError
+from migrator.planmodel import AccessMode, Mode, Role, WorkloadKind
 from migrator.quantity import parse_quantity
 
-ROLES = ("config", "media")
+ROLES: tuple[Role, ...] = get_args(Role)
 CONFIG_PATHS = ("/config",)
 MEDIA_PATHS = ("/media", "/data", "/tv", "/movies", "/downloads", "/music", "/books", "/library")
 MEDIA_SIZE_THRESHOLD = 100 * 2**30  # a claim this big is a library, not app config
@@ -30,7 +31,7 @@ KUSTOMIZATION_NS_LABEL = "kustomize.toolkit.fluxcd.io/namespace"
 class Mount:
     """One container mounting a volume."""
 
-    kind: str
+    kind: WorkloadKind
     workload: str
     container: str
     mount_path: str
@@ -71,14 +72,14 @@ class Volume:
     path: str | None = None
     storage_class: str | None = None
     provisioner: str | None = None
-    access_modes: tuple[str, ...] = ()
+    access_modes: tuple[AccessMode, ...] = ()
     capacity_bytes: int | None = None
     used_bytes: int | None = None
     file_count: int | None = None
     has_sqlite: bool = False
     mounts: list[Mount] = field(default_factory=list)
     releases: tuple[str, ...] = ()
-    role: str = "media"
+    role: Role = "media"
     role_reason: str = ""
 
     @property
@@ -95,7 +96,7 @@ class Volume:
 class Inventory:
     """Everything discovery found, ready for the planner."""
 
-    mode: str
+    mode: Mode
     namespace: str | None
     volumes: list[Volume]
     releases: list[Release] = field(default_factory=list)
@@ -113,7 +114,7 @@ class Inventory:
 # --- classification ---------------------------------------------------------------------------
 
 
-def classify(volume: Volume) -> tuple[str, str]:
+def classify(volume: Volume) -> tuple[Role, str]:
     """Return (role, reason) for a volume from its mounts, access modes, size and content."""
     for mount in volume.mounts:
         if _path_is(mount.mount_path, CONFIG_PATHS):
@@ -159,9 +160,10 @@ def apply_roles(inventory: Inventory, overrides: Mapping[str, str]) -> None:
     """Classify every volume, then apply ``--role NAME=ROLE`` overrides (validated)."""
     for volume in inventory.volumes:
         volume.role, volume.role_reason = classify(volume)
-    for name, role in overrides.items():
-        if role not in ROLES:
-            raise BadInputError(f"--role {name}={role}: role must be one of {', '.join(ROLES)}")
+    for name, given in overrides.items():
+        role = next((r for r in ROLES if r == given), None)
+        if role is None:
+            raise BadInputError(f"--role {name}={given}: role must be one of {', '.join(ROLES)}")
         volume = inventory.volume(name)
         volume.role, volume.role_reason = role, "set with --role"
 

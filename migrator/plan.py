@@ -2,23 +2,31 @@
 
 A plan is a versioned YAML document (``apiVersion: migrator.cozystack.io/v1alpha1``,
 ``kind: MigrationPlan``). It holds no secret values, only Secret names.
+
+The schema is also the one place that says what an absent field means (its ``default``s): a
+loaded plan has them filled in (:func:`with_defaults`), so code reads ``target["prefix"]``
+rather than restating ``.get("prefix", "")``. The file keeps only what the planner or the user
+wrote: defaults are never saved into it. Its shape as types: :mod:`migrator.planmodel`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar, cast
 
 import yaml
 
 from migrator.errors import BadInputError, InvalidPlanError, UnknownVolumeError
+from migrator.planmodel import PlanBackup, PlanDocument, PlanSpec
 
-API_VERSION = "migrator.cozystack.io/v1alpha1"
-KIND = "MigrationPlan"
+API_VERSION: Final = "migrator.cozystack.io/v1alpha1"
+KIND: Final = "MigrationPlan"
 
 
 @functools.cache
@@ -45,17 +53,58 @@ def validate_document(document: Any) -> list[str]:
     for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.path))):
         problems.append(f"At '{_format_path(error.path)}': {_short_message(error)}")
     if not problems:  # what one field's schema cannot say: prefixes, and two fields together
-        problems += _prefix_problems(document["spec"])
-        problems += [f"At 'spec.backup.prefix': {p}" for p in backup_overlaps(document["spec"])]
+        spec = with_defaults(document)["spec"]
+        problems += _prefix_problems(spec)
+        problems += [f"At 'spec.backup.prefix': {p}" for p in backup_overlaps(spec)]
     return problems
 
 
-def _prefix_problems(spec: dict[str, Any]) -> list[str]:
+def fill_defaults(node: Mapping[str, Any], instance: Any, root: Mapping[str, Any]) -> None:
+    """Set, in place, every absent property of ``instance`` that schema ``node`` gives a
+    ``default`` (a deep copy of it), through nested objects, array items and local ``$ref``s
+    (resolved in ``root``). Only ``properties`` and ``items`` are followed: a default inside a
+    ``oneOf``/``anyOf`` branch would depend on which branch matched, and the plan schema has none.
+    """
+    node = _resolve(node, root)
+    if isinstance(instance, dict):
+        for key, sub in (node.get("properties") or {}).items():
+            sub = _resolve(sub, root)
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                fill_defaults(sub, instance[key], root)
+    elif isinstance(instance, list) and isinstance(node.get("items"), Mapping):
+        for item in instance:
+            fill_defaults(node["items"], item, root)
+
+
+def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow a ``$ref`` of the form ``#/a/b`` (the only kind the plan schema uses)."""
+    while "$ref" in node:
+        target: Any = root
+        for part in str(node["$ref"]).removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def with_defaults(document: Any) -> PlanDocument:
+    """A copy of a valid plan ``document`` with the schema's defaults filled in (the argument is
+    left as it is: it may be what gets saved)."""
+    filled = copy.deepcopy(document)
+    fill_defaults(schema(), filled, schema())
+    return cast(PlanDocument, filled)
+
+
+def _prefix_problems(spec: PlanSpec) -> list[str]:
     from migrator.objectstore import prefix_problem
 
     problems = []
-    for section in ("target", "backup"):
-        problem = prefix_problem(str(spec.get(section, {}).get("prefix", "")))
+    for section, prefix in (
+        ("target", spec["target"]["prefix"]),
+        ("backup", backup_location(spec["backup"])[1] if "backup" in spec else ""),
+    ):
+        problem = prefix_problem(prefix)
         if problem:
             problems.append(f"At 'spec.{section}.prefix': {problem}")
     return problems
@@ -66,20 +115,20 @@ def _within(key: str, prefix: str) -> bool:
     return not prefix or key == prefix or key.startswith(prefix + "/")
 
 
-def backup_overlaps(spec: dict[str, Any]) -> list[str]:
+def backup_overlaps(spec: PlanSpec) -> list[str]:
     """Why the backups (``spec.backup``) would share keys with the copies, or [].
 
     A volume's snapshots go under ``BACKUP/VOLUME/``; its copy under ``TARGET/VOLUME/`` and the
     copy state under ``TARGET/.migrator/``. Where one contains the other, the cutover's sync
     deletes the snapshots as extras (and verify reports them).
     """
-    backup, target = spec.get("backup"), spec.get("target", {})
-    if not backup or target.get("type") != "s3":
+    backup, target = spec.get("backup"), spec["target"]
+    if not backup or target["type"] != "s3":
         return []
-    bucket = backup.get("bucket") or str(backup["url"])[len("s3://") :].partition("/")[0]
+    bucket, prefix = backup_location(backup)
     if bucket != target.get("bucket"):
         return []
-    overlap = _overlap(spec, str(backup.get("prefix", "")))
+    overlap = _overlap(spec, prefix)
     if overlap is None:
         return []
     volume, snapshots, what, keys = overlap
@@ -93,13 +142,22 @@ def backup_overlaps(spec: dict[str, Any]) -> list[str]:
     ]
 
 
+def backup_location(backup: PlanBackup) -> tuple[str, str]:
+    """(bucket, prefix) of the backups: ``bucket`` and ``prefix`` (default ""), or without a
+    bucket both from ``url`` (as ``manifests.backup_url`` reads them)."""
+    if backup.get("bucket"):
+        return backup["bucket"], backup.get("prefix", "")
+    bucket, _, prefix = backup["url"].removeprefix("s3://").partition("/")
+    return bucket, prefix.strip("/")
+
+
 def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
 
 
-def _overlap(spec: dict[str, Any], backup_prefix: str) -> tuple[str, str, str, str] | None:
+def _overlap(spec: PlanSpec, backup_prefix: str) -> tuple[str, str, str, str] | None:
     """(volume, its snapshot prefix, what it overlaps, that prefix), or None."""
-    base = str(spec["target"].get("prefix", ""))
+    base = spec["target"]["prefix"]
     copies = {_join(base, v["name"]): f"the copy of volume {v['name']}" for v in spec["volumes"]}
     copies[_join(base, ".migrator")] = "the copy state (.migrator/)"
     for volume in spec["volumes"]:
@@ -120,14 +178,27 @@ def _short_message(error: Any) -> str:
 
 @dataclass
 class Plan:
-    """A loaded, validated plan and where it came from."""
+    """A loaded, validated plan (its schema defaults filled in) and where it came from.
 
-    document: dict[str, Any]
+    ``model`` is the document as :mod:`migrator.planmodel` types. ``document``, ``spec``,
+    ``volumes``, ``volume()`` and ``volumes_for_phase()`` are the same objects as plain
+    ``dict[str, Any]``, for the modules that still take those (``manifests/``,
+    ``workflows/swap/``, ``workflows/backup.py``, ``ui.py``): a TypedDict is not a ``dict[str, Any]`` to mypy. They go once
+    those modules take the model types (#14); typed code reads ``model``, :func:`volume_named`
+    and :func:`volumes_in_phase`.
+    """
+
+    model: PlanDocument
     path: Path | None = None
 
     @property
+    def document(self) -> dict[str, Any]:
+        """The document as a plain dict (the one cast from the model; see the class)."""
+        return cast(dict[str, Any], self.model)
+
+    @property
     def name(self) -> str:
-        return str(self.document["metadata"]["name"])
+        return self.model["metadata"]["name"]
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -136,12 +207,11 @@ class Plan:
 
     @property
     def mode(self) -> str:
-        return str(self.spec["source"]["mode"])
+        return self.model["spec"]["source"]["mode"]
 
     @property
     def namespace(self) -> str | None:
-        namespace = self.spec["source"].get("namespace")
-        return str(namespace) if namespace else None
+        return self.model["spec"]["source"].get("namespace") or None
 
     @property
     def volumes(self) -> list[dict[str, Any]]:
@@ -149,22 +219,36 @@ class Plan:
         return volumes
 
     def volume(self, name: str) -> dict[str, Any]:
-        for volume in self.volumes:
-            if volume["name"] == name:
-                return volume
-        raise UnknownVolumeError(name, [v["name"] for v in self.volumes])
+        return volume_named(self.volumes, name)
 
     def volumes_for_phase(self, phase: str) -> list[dict[str, Any]]:
         """Volumes of a phase: ``config``, ``media`` or ``all``."""
-        if phase not in ("config", "media", "all"):
-            raise BadInputError(f"phase {phase!r} must be config, media or all")
-        return [v for v in self.volumes if phase in ("all", v["role"])]
+        return volumes_in_phase(self.volumes, phase)
 
     @property
     def jobs_dir(self) -> Path:
         """Absolute directory of the rendered manifests."""
         base = project_dir(self.path) if self.path else Path.cwd()
-        return base / str(self.spec.get("jobsDir", f"jobs/{self.name}"))
+        # A default the schema can only describe: it depends on metadata.name.
+        return base / self.model["spec"].get("jobsDir", f"jobs/{self.name}")
+
+
+VolumeT = TypeVar("VolumeT", bound=Mapping[str, Any])
+
+
+def volume_named(volumes: Sequence[VolumeT], name: str) -> VolumeT:
+    """The volume called ``name``; raises UnknownVolumeError (listing the known ones)."""
+    for volume in volumes:
+        if volume["name"] == name:
+            return volume
+    raise UnknownVolumeError(name, [v["name"] for v in volumes])
+
+
+def volumes_in_phase(volumes: Sequence[VolumeT], phase: str) -> list[VolumeT]:
+    """The volumes of a phase: ``config``, ``media`` or ``all``; raises BadInputError."""
+    if phase not in ("config", "media", "all"):
+        raise BadInputError(f"phase {phase!r} must be config, media or all")
+    return [v for v in volumes if phase in ("all", v["role"])]
 
 
 def project_dir(plan_path: Path) -> Path:
@@ -192,15 +276,17 @@ def dump_yaml(document: Any) -> str:
     )
 
 
-def save_plan(document: dict[str, Any], path: Path) -> Plan:
-    """Validate and write a plan; raises InvalidPlanError if the builder produced a bad one."""
+def save_plan(document: PlanDocument, path: Path) -> Plan:
+    """Validate and write a plan as it is (no defaults added: the file stays what the planner
+    wrote); returns it loaded, defaults filled in. Raises InvalidPlanError if the builder produced
+    a bad one."""
     problems = validate_document(document)
     if problems:
         raise InvalidPlanError(str(path), problems)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "# Generated by 'migrator plan'. Review it; it holds no secret values.\n"
     _write_atomically(path, text + dump_yaml(document))
-    return Plan(document, path)
+    return Plan(with_defaults(document), path)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -231,4 +317,4 @@ def load_plan(path: str | Path) -> Plan:
     problems = validate_document(document)
     if problems:
         raise InvalidPlanError(str(path), problems)
-    return Plan(document, path)
+    return Plan(with_defaults(document), path)

@@ -11,11 +11,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, cast
 
 from migrator import __version__
 from migrator.errors import BadInputError, InvalidTargetError
-from migrator.inventory import Inventory, Volume
+from migrator.inventory import Inventory, Mount, Release, Volume
 from migrator.manifests.copy import render_plan
 from migrator.manifests.verify import render_verify_jobs
 from migrator.objectstore import S3Location
@@ -25,8 +25,29 @@ from migrator.plan import (
     Plan,
     backup_overlaps,
     dump_yaml,
-    project_dir,
     save_plan,
+    with_defaults,
+)
+from migrator.planmodel import (
+    CaBundle,
+    CopyJobs,
+    CopyProfile,
+    PlanBackup,
+    PlanDocument,
+    PlanRelease,
+    PlanSource,
+    PlanSpec,
+    PlanTarget,
+    PlanVolume,
+    PlanWarning,
+    PodSecurity,
+    PodSecurityLevel,
+    Severity,
+    TargetType,
+    VolumeCopy,
+    VolumeSource,
+    VolumeTarget,
+    VolumeWorkload,
 )
 from migrator.quantity import human_bytes
 
@@ -59,11 +80,11 @@ class PlanRequest:
     backup_credentials_secret: str | None = None  # ... and keys
     backup_secret_fields: dict[str, str] = field(default_factory=dict)
     # spec.target.caBundle: {"configMap", "key"} or {"path"}; ca_file is a readable copy of it
-    ca_bundle: dict[str, str] | None = None
+    ca_bundle: CaBundle | None = None
     ca_file: str | None = None
     # spec.target.filer: the SeaweedFS filer's gRPC HOST:PORT (owner, mode, mtime of entries)
     filer_grpc: str | None = None
-    pod_security: str | None = None  # --pod-security
+    pod_security: PodSecurityLevel | None = None  # --pod-security
     namespace_enforce: str | None = None  # the namespace's pod-security.kubernetes.io/enforce
 
 
@@ -71,7 +92,7 @@ class PlanRequest:
 class Target:
     """The resolved destination."""
 
-    type: str
+    type: TargetType
     url: str
     location: S3Location | None = None
     storage_class: str | None = None
@@ -116,7 +137,7 @@ def s3_endpoint(request: PlanRequest) -> str | None:
     return endpoint
 
 
-def _backup_section(request: PlanRequest, target: Target) -> dict[str, Any]:
+def _backup_section(request: PlanRequest, target: Target) -> PlanBackup:
     """``spec.backup``: the copies' S3, or an S3 of its own (off-site) with its own keys."""
     backup = S3Location.parse(str(request.backup_target))
     bucket = backup.bucket
@@ -129,7 +150,7 @@ def _backup_section(request: PlanRequest, target: Target) -> dict[str, Any]:
         bucket = fields["bucketName"]  # the off-site Bucket app's name, as COSI assigned it
     elif not offsite and target.location is not None and bucket == requested:
         bucket = target.location.bucket  # the same Bucket app: use the name COSI assigned
-    section = {"url": backup.url, "bucket": bucket, "prefix": backup.prefix}
+    section: PlanBackup = {"url": backup.url, "bucket": bucket, "prefix": backup.prefix}
     endpoint = request.backup_endpoint or fields.get("endpoint")
     if endpoint:
         section["endpoint"] = endpoint if "://" in endpoint else f"https://{endpoint}"
@@ -138,38 +159,46 @@ def _backup_section(request: PlanRequest, target: Target) -> dict[str, Any]:
     return section
 
 
+class _BackupKey(TypedDict, total=False):
+    """``spec.backup`` alone, so the spec literal can hold it in its place or not at all."""
+
+    backup: PlanBackup
+
+
 def build_plan_document(
     inventory: Inventory, request: PlanRequest, target: Target, probe: str | None
-) -> dict[str, Any]:
+) -> PlanDocument:
     """The full plan document (validated later by :func:`migrator.plan.save_plan`)."""
     name = plan_name(inventory, request)
-    spec: dict[str, Any] = {
+    backup: _BackupKey = {}
+    if request.backup_target:
+        backup["backup"] = _backup_section(request, target)
+    spec: PlanSpec = {  # in the order the file shows them
         "source": _source_section(inventory, request),
         "target": _target_section(request, target, probe),
+        **backup,
+        "image": request.image,
+        "podSecurity": pod_security_section(request, inventory),
+        "moveConfig": request.move_config,
+        "jobsDir": f"jobs/{name}",
+        "volumes": [_volume_section(v, request, target) for v in inventory.volumes],
+        "releases": [_release_section(r) for r in inventory.releases],
+        "warnings": [],  # the lint below reads the rest of the document
     }
-    if request.backup_target:
-        spec["backup"] = _backup_section(request, target)
-    spec.update(
-        image=request.image,
-        podSecurity=pod_security_section(request, inventory),
-        moveConfig=request.move_config,
-        jobsDir=f"jobs/{name}",
-        volumes=[_volume_section(v, request, target) for v in inventory.volumes],
-        releases=[_release_section(r) for r in inventory.releases],
-    )
-    for problem in backup_overlaps(spec):
-        raise BadInputError(f"--backup-target {request.backup_target}: {problem}")
-    document = {
+    document: PlanDocument = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": name, "generator": f"migrator {__version__}"},
         "spec": spec,
     }
-    spec["warnings"] = lint(document, inventory, target)
+    loaded = with_defaults(document)  # what the checks read: the plan as it will be loaded
+    for problem in backup_overlaps(loaded["spec"]):
+        raise BadInputError(f"--backup-target {request.backup_target}: {problem}")
+    spec["warnings"] = lint(loaded, inventory, target)
     return document
 
 
-def pod_security_section(request: PlanRequest, inventory: Inventory) -> dict[str, str]:
+def pod_security_section(request: PlanRequest, inventory: Inventory) -> PodSecurity:
     """The Pod Security level to render the agents for: --pod-security, else restricted when the
     namespace enforces it, else baseline (what Talos enforces everywhere by default)."""
     if request.pod_security:
@@ -196,20 +225,20 @@ def plan_name(inventory: Inventory, request: PlanRequest) -> str:
     return name
 
 
-def _source_section(inventory: Inventory, request: PlanRequest) -> dict[str, Any]:
-    source: dict[str, Any] = {"mode": inventory.mode}
-    for key, value in (
-        ("namespace", inventory.namespace),
-        ("context", request.context),
-        ("release", request.release),
-    ):
-        if value:
-            source[key] = value
+def _source_section(inventory: Inventory, request: PlanRequest) -> PlanSource:
+    source: PlanSource = {"mode": inventory.mode}
+    if inventory.namespace:
+        source["namespace"] = inventory.namespace
+    if request.context:
+        source["context"] = request.context
+    if request.release:
+        source["release"] = request.release
     return source
 
 
-def _target_section(request: PlanRequest, target: Target, probe: str | None) -> dict[str, Any]:
-    section: dict[str, Any] = {"type": target.type, "url": target.url}
+def _target_section(request: PlanRequest, target: Target, probe: str | None) -> PlanTarget:
+    # Without credentialsSecret in the file, the schema's default applies when it is loaded.
+    section = cast(PlanTarget, {"type": target.type, "url": target.url})
     if target.location is not None:
         section["bucket"] = target.location.bucket
         section["prefix"] = target.location.prefix
@@ -219,12 +248,12 @@ def _target_section(request: PlanRequest, target: Target, probe: str | None) -> 
         if request.credentials_secret:
             section["credentialsSecret"] = request.credentials_secret
         if request.ca_bundle:
-            section["caBundle"] = dict(request.ca_bundle)
+            section["caBundle"] = request.ca_bundle.copy()
         if request.filer_grpc:
             section["filer"] = request.filer_grpc
     else:
-        section["storageClass"] = target.storage_class
-        section["provisioner"] = target.provisioner
+        section["storageClass"] = str(target.storage_class)
+        section["provisioner"] = str(target.provisioner)
     section["filesystem"] = "network" if target_is_network(target) else "block"
     if request.target_capacity is not None:
         section["capacityBytes"] = request.target_capacity
@@ -233,14 +262,15 @@ def _target_section(request: PlanRequest, target: Target, probe: str | None) -> 
     return section
 
 
-def _volume_section(volume: Volume, request: PlanRequest, target: Target) -> dict[str, Any]:
-    action = "move" if volume.role == "media" or request.move_config else "copy"
-    section: dict[str, Any] = {
-        "name": volume.name,
-        "role": volume.role,
-        "roleReason": volume.role_reason,
-        "action": action,
-    }
+def _volume_section(volume: Volume, request: PlanRequest, target: Target) -> PlanVolume:
+    action: Literal["move", "copy"] = (
+        "move" if volume.role == "media" or request.move_config else "copy"
+    )
+    # Without workloads in the file (none found), the schema's default [] applies when loaded.
+    section = cast(
+        PlanVolume,
+        {"name": volume.name, "role": volume.role, "roleReason": volume.role_reason, "action": action},
+    )
     if volume.release:
         section["release"] = volume.release
     section["source"] = _volume_source(volume)
@@ -251,7 +281,7 @@ def _volume_section(volume: Volume, request: PlanRequest, target: Target) -> dic
     return section
 
 
-def _volume_source(volume: Volume) -> dict[str, Any]:
+def _volume_source(volume: Volume) -> VolumeSource:
     fields: list[tuple[str, Any]] = [
         ("pvc", volume.claim),
         ("path", volume.path),
@@ -263,11 +293,12 @@ def _volume_source(volume: Volume) -> dict[str, Any]:
         ("files", volume.file_count),
         ("nodes", list(volume.nodes)),
     ]
-    return {k: v for k, v in fields if v not in (None, [])}
+    # Every key is optional and typed by the fields above.
+    return cast(VolumeSource, {k: v for k, v in fields if v not in (None, [])})
 
 
-def _workload(mount: Any) -> dict[str, Any]:
-    workload: dict[str, Any] = {
+def _workload(mount: Mount) -> VolumeWorkload:
+    workload: VolumeWorkload = {
         "kind": mount.kind,
         "name": mount.workload,
         "container": mount.container,
@@ -291,27 +322,27 @@ def target_size(volume: Volume, capacity_cap: int | None) -> int:
     return min(size, capacity_cap) if capacity_cap else size
 
 
-def _volume_target(volume: Volume, request: PlanRequest, target: Target) -> dict[str, Any]:
+def _volume_target(volume: Volume, request: PlanRequest, target: Target) -> VolumeTarget:
     if target.location is not None:
         return {"url": f"s3://{target.location.bucket}/{target.location.key(volume.name)}"}
     claim = f"{volume.name}-{target.storage_class}"[:63].rstrip("-")
     return {
         "pvc": claim,
-        "storageClass": target.storage_class,
+        "storageClass": str(target.storage_class),
         "sizeBytes": target_size(volume, request.target_capacity),
     }
 
 
-def _copy_section(volume: Volume, request: PlanRequest, target: Target) -> dict[str, Any]:
+def _copy_section(volume: Volume, request: PlanRequest, target: Target) -> VolumeCopy:
     profile = _profile(volume)
-    jobs = {"preseed": f"copy-{volume.name}.yaml", "cutover": f"sync-{volume.name}.yaml"}
+    jobs: CopyJobs = {"preseed": f"copy-{volume.name}.yaml", "cutover": f"sync-{volume.name}.yaml"}
     if target.type == "pvc":
         jobs["claim"] = f"pvc-{volume.name}.yaml"
     jobs["verify"] = f"verify-{volume.name}.yaml"
     return {"tool": "rclone", "profile": profile, "shards": _shards(volume, request), "jobs": jobs}
 
 
-def _profile(volume: Volume) -> str:
+def _profile(volume: Volume) -> CopyProfile:
     if volume.role == "config":
         return "small-files"
     if volume.file_count and volume.used_bytes is not None:
@@ -329,14 +360,15 @@ def _shards(volume: Volume, request: PlanRequest) -> int:
     return max(1, min(MAX_AUTO_SHARDS, math.ceil(size / SHARD_BYTES)))
 
 
-def _release_section(release: Any) -> dict[str, Any]:
-    section: dict[str, Any] = {
+def _release_section(release: Release) -> PlanRelease:
+    # Filled in the order the file shows them (kustomization before workloads).
+    section = cast(PlanRelease, {
         "name": release.name,
         "namespace": release.namespace,
         "chart": release.chart,
         "suspended": release.suspended,
         "driftDetection": release.drift_detection,
-    }
+    })  # fmt: skip
     if release.kustomization:
         section["kustomization"] = release.kustomization
     section["workloads"] = list(release.workloads)
@@ -345,10 +377,10 @@ def _release_section(release: Any) -> dict[str, Any]:
 
 # --- safety lint ------------------------------------------------------------------------------
 
-Finding = dict[str, str]
+Finding = PlanWarning
 
 
-def lint(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+def lint(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """Every safety finding of a plan, sorted by volume then code (deterministic)."""
     findings: list[Finding] = []
     for check in LINTS:
@@ -357,17 +389,15 @@ def lint(document: dict[str, Any], inventory: Inventory, target: Target) -> list
 
 
 def _finding(
-    code: str, message: str, volume: str | None = None, severity: str = "warning"
+    code: str, message: str, volume: str | None = None, severity: Severity = "warning"
 ) -> Finding:
-    finding = {"code": code, "severity": severity}
     if volume:
-        finding["volume"] = volume
-    finding["message"] = message
-    return finding
+        return {"code": code, "severity": severity, "volume": volume, "message": message}
+    return {"code": code, "severity": severity, "message": message}
 
 
 def lint_sqlite_on_network(
-    document: dict[str, Any], inventory: Inventory, target: Target
+    document: PlanDocument, inventory: Inventory, target: Target
 ) -> list[Finding]:
     """SQLite corrupts on FUSE/network file systems (Servarr wiki; seaweedfs#3384)."""
     if not target_is_network(target):
@@ -395,7 +425,7 @@ def lint_sqlite_on_network(
     return findings
 
 
-def lint_capacity(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+def lint_capacity(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """The destination must hold at least what the sources use."""
     spec = document["spec"]
     capacity = spec["target"].get("capacityBytes")
@@ -426,7 +456,7 @@ def lint_capacity(document: dict[str, Any], inventory: Inventory, target: Target
     return findings
 
 
-def lint_rwo_nodes(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+def lint_rwo_nodes(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """An RWO claim in use can only be read on its node; that node must accept the copy pod."""
     nodes = {n.name: n for n in inventory.nodes}
     findings = []
@@ -459,7 +489,7 @@ def _node_problem(name: str, node: Any) -> str | None:
     return None
 
 
-def lint_flux(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+def lint_flux(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """Flux reverts manual changes: drift detection re-scales, Git re-asserts suspend."""
     findings = []
     for release in document["spec"]["releases"]:
@@ -480,7 +510,7 @@ def lint_flux(document: dict[str, Any], inventory: Inventory, target: Target) ->
 
 
 def lint_csi_driver(
-    document: dict[str, Any], inventory: Inventory, target: Target
+    document: PlanDocument, inventory: Inventory, target: Target
 ) -> list[Finding]:
     """Swapping to an s3 target mounts the bucket through seaweedfs-csi-driver."""
     if inventory.mode != "cluster" or target.type != "s3":
@@ -497,7 +527,7 @@ def lint_csi_driver(
     )]  # fmt: skip
 
 
-def lint_filer(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+def lint_filer(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """Without the filer's gRPC address the copy cannot set owner, mode and mtime where a mount
     reads them: apps that mount the bucket (swap) would see uid 0, gid 0, mode 0660."""
     if target.type != "s3" or document["spec"]["target"].get("filer"):
@@ -512,7 +542,7 @@ def lint_filer(document: dict[str, Any], inventory: Inventory, target: Target) -
     )]  # fmt: skip
 
 
-def lint_probe(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+def lint_probe(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     probe = document["spec"]["target"].get("probe", "")
     if not probe or probe.startswith(("bucket exists", "reachable")):
         return []
@@ -526,16 +556,17 @@ def lint_probe(document: dict[str, Any], inventory: Inventory, target: Target) -
 
 
 def lint_restricted(
-    document: dict[str, Any], inventory: Inventory, target: Target
+    document: PlanDocument, inventory: Inventory, target: Target
 ) -> list[Finding]:
     """In restricted mode, the volumes whose agents must stay root (and so are refused)."""
-    from migrator.manifests.pod import pod_security_level, volume_owner
+    from migrator.manifests.pod import volume_owner
 
-    if pod_security_level(document) != "restricted":
+    if document["spec"]["podSecurity"]["level"] != "restricted":
         return []
     findings = []
     for volume in document["spec"]["volumes"]:
-        owner, why = volume_owner(volume)
+        # manifests.py takes plain dicts until it is converted to the plan model (#14)
+        owner, why = volume_owner(cast(dict[str, Any], volume))
         if owner is not None and document["spec"]["target"]["type"] == "pvc":
             why = "a pvc: target is written as root to keep every file's owner"
         elif owner is not None:
@@ -550,7 +581,7 @@ def lint_restricted(
     return findings
 
 
-def lint_image(document: dict[str, Any], inventory: Inventory, target: Target) -> list[Finding]:
+def lint_image(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """The built-in default image is only a name until someone publishes it (issue #11)."""
     image = document["spec"]["image"]
     if image != DEFAULT_IMAGE:
@@ -564,7 +595,7 @@ def lint_image(document: dict[str, Any], inventory: Inventory, target: Target) -
     )]  # fmt: skip
 
 
-LINTS: list[Callable[[dict[str, Any], Inventory, Target], list[Finding]]] = [
+LINTS: list[Callable[[PlanDocument, Inventory, Target], list[Finding]]] = [
     lint_sqlite_on_network,
     lint_filer,
     lint_capacity,
@@ -584,7 +615,7 @@ def default_plan_path(name: str, base: Path | None = None) -> Path:
     return (base or Path.cwd()) / "plans" / f"{name}.yaml"
 
 
-def write_plan_and_jobs(document: dict[str, Any], plan_path: Path) -> tuple[Plan, list[Path]]:
+def write_plan_and_jobs(document: PlanDocument, plan_path: Path) -> tuple[Plan, list[Path]]:
     """Save the plan and render its manifests into ``jobs/<name>/`` beside ``plans/``.
 
     Stale manifests of volumes no longer in the plan are left alone but no longer listed in
@@ -592,11 +623,11 @@ def write_plan_and_jobs(document: dict[str, Any], plan_path: Path) -> tuple[Plan
     applying the kustomization copies, it never starts a verify.
     """
     plan = save_plan(document, plan_path)
-    jobs_dir = project_dir(plan_path) / document["spec"]["jobsDir"]
+    jobs_dir = plan.jobs_dir
     jobs_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    files = render_plan(document)
-    for filename, manifest in {**files, **render_verify_jobs(document)}.items():
+    files = render_plan(plan.document)  # the plan as loaded: what run and swap render from
+    for filename, manifest in {**files, **render_verify_jobs(plan.document)}.items():
         written.append(_write(jobs_dir / filename, dump_yaml(manifest)))
     from migrator.manifests.copy import build_kustomization
 

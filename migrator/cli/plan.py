@@ -133,7 +133,7 @@ def plan_command(**options: Any) -> None:
         raise BadInputError("--target is required: s3://BUCKET[/PREFIX] or pvc:STORAGECLASS")
     result = make_plan(options)
     if options["as_json"]:
-        ui.print_json(result.plan.document)
+        ui.print_json(result.written)  # the file's content: no defaults added
     else:
         ui.show_plan(result.plan.document, _relative(result.plan.path), _relative(result.jobs_dir))
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
 
 from migrator.cli import cli, handle_errors, json_option, kube_options
 from migrator.errors import BadInputError, Outcome
 
+if TYPE_CHECKING:
+    from migrator.planmodel import PlanVolume
 
-def repair_command(plan_path: str, volumes: list[dict[str, Any]], report: Any) -> str:
+
+def repair_command(plan_path: str, volumes: list[PlanVolume], report: Any) -> str:
     """The ``migrator run`` that recopies what verify found damaged ("" when nothing differs)."""
     different = {v.name for v in report.volumes if not v.ok and not v.error}
     roles = {volume["role"] for volume in volumes if volume["name"] in different}
@@ -70,13 +73,14 @@ def repair_command(plan_path: str, volumes: list[dict[str, Any]], report: Any) -
 def verify_command(**options: Any) -> None:
     """Hash source and destination of each volume (xxh3-128) and name every difference."""
     from migrator import ui
-    from migrator.plan import load_plan
+    from migrator.plan import load_plan, volume_named, volumes_in_phase
     from migrator.workflows.run import make_context
     from migrator.workflows.verify import verify_plan
 
     plan = load_plan(options["plan_path"])
-    volumes = [plan.volume(n) for n in options["volumes"]] or plan.volumes_for_phase(
-        options["phase"]
+    known = plan.model["spec"]["volumes"]
+    volumes = [volume_named(known, n) for n in options["volumes"]] or volumes_in_phase(
+        known, options["phase"]
     )
     context = make_context(plan, options)
     with (

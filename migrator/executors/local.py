@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,13 @@ def environment_secret(name: str, key: str) -> str:
     return value
 
 
-def local_claims(volumes: list[dict[str, Any]]) -> dict[str, Path]:
-    """Claim name -> directory for the volumes of a ``--source-dir`` plan (what the Jobs mount)."""
+def local_claims(volumes: Iterable[Mapping[str, Any]]) -> dict[str, Path]:
+    """Claim name -> directory for the volumes of a ``--source-dir`` plan (what the Jobs mount).
+
+    ``volumes``: :class:`migrator.planmodel.PlanVolume`s, or plain dicts from the modules not
+    converted to the plan model yet (backup/workflow.py, #14)."""
     return {
+        # no source.pvc: the claim is named after the volume (what manifests.py renders)
         v["source"].get("pvc", v["name"]): Path(v["source"]["path"])
         for v in volumes
         if v["source"].get("path")

@@ -167,9 +167,9 @@ class Demo:
             "backup_target": f"s3://{BUCKET}/backups", "out": str(self.work / "plans" / "arr.yaml"), "name": "arr",
         }  # fmt: skip
         result = make_plan(options)
-        roles = ", ".join(f"{v['name']}={v['role']}" for v in result.plan.volumes)
+        roles = ", ".join(f"{v['name']}={v['role']}" for v in result.plan.model["spec"]["volumes"])
         self.narrator.result(f"plan {result.plan.path} ({roles}); Jobs in {result.jobs_dir}")
-        for finding in result.plan.spec.get("warnings", []):
+        for finding in result.plan.model["spec"]["warnings"]:
             self.narrator.result(
                 f"{finding['severity']}: {finding['message']}", ok=finding["severity"] != "warning"
             )

@@ -20,7 +20,8 @@ from migrator.inventory import (
     select_volumes,
 )
 from migrator.objectstore import S3Settings, probe_bucket
-from migrator.plan import Plan, load_plan, project_dir
+from migrator.plan import Plan, load_plan
+from migrator.planmodel import PlanDocument
 from migrator.planner import (
     DEFAULT_IMAGE,
     PlanRequest,
@@ -36,9 +37,10 @@ from migrator.quantity import parse_quantity
 
 @dataclass
 class PlanResult:
-    plan: Plan
+    plan: Plan  # as loaded: the schema's defaults filled in
     jobs_dir: Path
     files: list[Path]
+    written: PlanDocument  # as saved in the plan file (what --json prints)
 
 
 def check_plan_file(path: str) -> list[str]:
@@ -108,7 +110,7 @@ def make_plan(options: dict[str, Any]) -> PlanResult:
         plan, files = write_plan_and_jobs(document, out)
     except OSError as exc:
         raise _write_error(out, exc) from None
-    return PlanResult(plan, project_dir(out) / document["spec"]["jobsDir"], files)
+    return PlanResult(plan, plan.jobs_dir, files, document)
 
 
 def _write_error(out: Path, exc: OSError) -> MigratorError:

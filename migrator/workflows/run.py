@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import yaml
 
@@ -17,9 +17,12 @@ from migrator.errors import BadInputError
 from migrator.executors import EventSink, Executor, JobResult, completions
 from migrator.journal import DONE, FAILED, RUNNING, FileLock, FileStore, Journal, journal_path
 from migrator.manifests.copy import with_recheck
-from migrator.plan import Plan
+from migrator.plan import Plan, volumes_in_phase
+from migrator.planmodel import PlanVolume
 
-PRESEED, CUTOVER = "preseed", "cutover"
+Step = Literal["preseed", "cutover"]
+PRESEED: Final = "preseed"
+CUTOVER: Final = "cutover"
 
 
 class RunObserver(Protocol):
@@ -84,9 +87,9 @@ class RunContext:
     executor_name: str
     journal: Journal
     lock: contextlib.AbstractContextManager[Any]
-    quiesce: Callable[[list[dict[str, Any]], bool], list[str]] | None = None
+    quiesce: Callable[[list[PlanVolume], bool], list[str]] | None = None
     # After a failed cutover: start the apps the quiesce stopped again (notes of what it did).
-    bring_back: Callable[[list[dict[str, Any]], RunObserver], list[str]] | None = None
+    bring_back: Callable[[list[PlanVolume], RunObserver], list[str]] | None = None
 
     def stop(self) -> None:
         """Stop running work after Ctrl-C (local processes; cluster Jobs keep running)."""
@@ -95,7 +98,9 @@ class RunContext:
             terminate()
 
 
-def load_manifest(plan: Plan, volume: dict[str, Any], step: str) -> dict[str, Any]:
+def load_manifest(
+    plan: Plan, volume: PlanVolume, step: Literal["preseed", "cutover", "verify"]
+) -> dict[str, Any]:
     """The rendered Job of a volume's step, as reviewed in ``jobs/<plan>/``."""
     path = plan.jobs_dir / volume["copy"]["jobs"][step]
     try:
@@ -113,8 +118,9 @@ def local_context(plan: Plan, parallel: int | None) -> RunContext:
 
     if plan.path is None:
         raise BadInputError("a local run needs a plan file")
-    claims = local_claims(plan.volumes)
-    missing = [v["name"] for v in plan.volumes if not v["source"].get("path")]
+    volumes = plan.model["spec"]["volumes"]
+    claims = local_claims(volumes)
+    missing = [v["name"] for v in volumes if not v["source"].get("path")]
     if missing:
         raise BadInputError(
             f"volumes {', '.join(missing)} are PVCs: run them with --executor kubernetes"
@@ -150,10 +156,10 @@ def run_plan(
     (what is missing there or of another size is copied again), and a finished cutover runs again.
     A cutover that fails brings the apps back (``context.bring_back``) unless ``keep_down``.
     """
-    volumes = plan.volumes_for_phase(phase)
+    volumes = volumes_in_phase(plan.model["spec"]["volumes"], phase)
     if not volumes:
         raise BadInputError(f"plan {plan.name} has no {phase} volumes")
-    step = CUTOVER if cutover else PRESEED
+    step: Step = CUTOVER if cutover else PRESEED
     summary = RunSummary(plan.name, phase, step, context.executor_name, dry_run)
     with context.lock:
         if cutover and context.quiesce is not None:
@@ -172,7 +178,7 @@ def run_plan(
 
 
 def _after_failed_cutover(
-    volumes: list[dict[str, Any]], context: RunContext, observer: RunObserver, keep_down: bool
+    volumes: list[PlanVolume], context: RunContext, observer: RunObserver, keep_down: bool
 ) -> list[str]:
     if keep_down:
         return [
@@ -194,8 +200,8 @@ def _after_failed_cutover(
 
 def _run_volume(
     plan: Plan,
-    volume: dict[str, Any],
-    step: str,
+    volume: PlanVolume,
+    step: Step,
     context: RunContext,
     observer: RunObserver,
     dry_run: bool,

@@ -7,11 +7,12 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from migrator.errors import BadInputError
 from migrator.manifests.verify import build_verify_job, with_verify_options
 from migrator.plan import Plan
+from migrator.planmodel import PlanVolume
 from migrator.workflows.run import RunContext, load_manifest
 
 MAX_KEPT_DIFFERENCES = 10_000
@@ -86,7 +87,7 @@ class VerifyReport:
 
 def verify_plan(
     plan: Plan,
-    volumes: list[dict[str, Any]],
+    volumes: list[PlanVolume],
     context: RunContext,
     observer: VerifyObserver,
     sample: float | None = None,
@@ -182,7 +183,7 @@ class _Shared:
 class _Slot:
     """One volume's verify: its verdict and kept differences, merged in plan order at the end."""
 
-    volume: dict[str, Any]
+    volume: PlanVolume
     verdict: VolumeVerdict | None = None
     differences: list[dict[str, str]] = field(default_factory=list)
     dropped: bool = False
@@ -211,7 +212,7 @@ def _record(
 
 
 def _verify_volume(
-    plan: Plan, volume: dict[str, Any], context: RunContext, observer: VerifyObserver, slot: _Slot,
+    plan: Plan, volume: PlanVolume, context: RunContext, observer: VerifyObserver, slot: _Slot,
     sample: float | None, strict_metadata: bool, cache: bool, shared: _Shared,
 ) -> VolumeVerdict:  # fmt: skip
     name = volume["name"]
@@ -246,7 +247,7 @@ def _verify_volume(
 
 
 def verify_manifest(
-    plan: Plan, volume: dict[str, Any], sample: float | None, strict_metadata: bool, cache: bool
+    plan: Plan, volume: PlanVolume, sample: float | None, strict_metadata: bool, cache: bool
 ) -> dict[str, Any]:
     """The volume's verify Job as reviewed in ``jobs/<plan>/`` (``copy.jobs.verify``) with the
     run-time options applied, as ``run`` applies ``--recheck`` to its copy Jobs; built now for a
@@ -254,5 +255,6 @@ def verify_manifest(
     if "verify" in volume["copy"]["jobs"]:
         manifest = load_manifest(plan, volume, "verify")
     else:
-        manifest = build_verify_job(plan.document, volume)
+        # the manifests take plain dicts until converted to the plan model (#14)
+        manifest = build_verify_job(plan.document, cast(dict[str, Any], volume))
     return with_verify_options(manifest, sample, strict_metadata, cache)

@@ -4,12 +4,14 @@ pods to go, remembering in the journal what to bring back."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from migrator.errors import OperationFailedError
 from migrator.journal import Journal
 from migrator.kube import KubeClient
 from migrator.plan import Plan
+from migrator.planmodel import PlanVolume
 from migrator.workflows.runtime.workloads import (
     patch_release,
     read_release,
@@ -35,14 +37,9 @@ class Quiescer:
             timeout,
         )
 
-    def __call__(self, volumes: list[dict[str, Any]], dry_run: bool) -> list[str]:
+    def __call__(self, volumes: list[PlanVolume], dry_run: bool) -> list[str]:
         workloads = sorted(
-            {
-                (w["kind"], w["name"])
-                for v in volumes
-                for w in v.get("workloads", [])
-                if w["kind"] != "Pod"
-            }
+            {(w["kind"], w["name"]) for v in volumes for w in v["workloads"] if w["kind"] != "Pod"}
         )
         releases = self._releases_of(workloads)
         prefix = "(dry run) " if dry_run else ""
@@ -58,12 +55,12 @@ class Quiescer:
             self._wait_for_no_pods(kind, name)
         return notes
 
-    def _releases_of(self, workloads: list[tuple[str, str]]) -> list[str]:
+    def _releases_of(self, workloads: Sequence[tuple[str, str]]) -> list[str]:
         wanted = {f"{kind}/{name}" for kind, name in workloads}
         return sorted(
             r["name"]
-            for r in self.plan.spec.get("releases", [])
-            if wanted & set(r.get("workloads", []))
+            for r in self.plan.model["spec"]["releases"]
+            if wanted & set(r["workloads"])
         )
 
     def _suspend(self, release: str) -> None:
