@@ -89,7 +89,7 @@ def work_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-SEAWEEDFS_FIXTURES = {"seaweedfs", "offsite_seaweedfs"}
+SEAWEEDFS_FIXTURES = {"seaweedfs", "offsite_seaweedfs", "tls"}  # tls: test_tls.py's own server
 CLUSTER_FIXTURES = {"control_plane", "kubelet"}
 
 

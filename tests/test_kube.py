@@ -95,6 +95,7 @@ def migrator(*args: str, cwd: Path, ceiling: float) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
+@pytest.mark.slow  # it waits out one read timeout (20 s)
 def test_an_api_server_that_never_answers_fails_plan_with_one_line(tmp_path: Path) -> None:
     accepted: list[socket.socket] = []
     with silent_api_server(accepted) as address:
