@@ -53,7 +53,7 @@ def _api_client(configuration: Any) -> Any:
     does not repeat a request whose answer timed out (that would multiply the wait)."""
     import urllib3
     from kubernetes import client
-    from urllib3.exceptions import ReadTimeoutError
+    from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
     class _Retry(urllib3.Retry):
         def increment(
@@ -65,8 +65,12 @@ def _api_client(configuration: Any) -> Any:
             _pool: Any = None,
             _stacktrace: Any = None,
         ) -> Self:
-            if isinstance(error, ReadTimeoutError):
+            if isinstance(error, ReadTimeoutError):  # repeating it multiplies the wait
                 raise error
+            # A certificate that is not trusted stays so: give up as when the retries are used
+            # up (urllib3 counts it an "other" error and tried it 4 times).
+            if error is not None and _untrusted_certificate(error):
+                raise MaxRetryError(_pool, url or "", error) from error
             return super().increment(method, url, response, error, _pool, _stacktrace)
 
     class _BoundedApiClient(client.ApiClient):  # type: ignore[misc]

@@ -89,6 +89,24 @@ def work_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+SEAWEEDFS_FIXTURES = {"seaweedfs", "offsite_seaweedfs", "tls"}  # tls: test_tls.py's own server
+CLUSTER_FIXTURES = {"control_plane", "kubelet"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by what a test uses, so that ``pytest -m "not slow"`` is the inner loop: a test on a
+    real SeaweedFS gets ``seaweedfs`` and ``slow``, one on the real control plane ``cluster``
+    and ``slow`` (fixtures reached through others count: ``bucket`` needs ``seaweedfs``)."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SEAWEEDFS_FIXTURES:
+            item.add_marker(pytest.mark.seaweedfs)
+            item.add_marker(pytest.mark.slow)
+        if used & CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.cluster)
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the real control plane before any test runs when a collected test needs it: the
     first build takes minutes, which must not count against a test's own timeout."""

@@ -33,6 +33,7 @@ class FaultProxy:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)  # the accept loop sees close() within this
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
@@ -46,6 +47,7 @@ class FaultProxy:
         self._throttle: float | None = None  # bytes per second, both directions
         self._closing = threading.Event()
         self._sockets: set[socket.socket] = set()
+        self.connections = 0  # accepted; final after close(), which takes the queued ones too
         self.requests = 0  # request heads seen (pipelined ones included)
         self.answered_slow_down = 0
         self.cuts = 0
@@ -116,8 +118,17 @@ class FaultProxy:
         self.close()
 
     def close(self) -> None:
+        """Stop: every connection a client made by now is counted in :attr:`connections` (the
+        ones the kernel still queues are taken and closed), whatever the machine's load."""
         self._closing.set()
         self._stalled.clear()
+        if self._thread.is_alive():
+            self._thread.join()
+        with contextlib.suppress(OSError):
+            self._listener.setblocking(False)
+            while True:
+                self._listener.accept()[0].close()
+                self.connections += 1
         with contextlib.suppress(OSError):
             self._listener.close()
         self.drop_all()
@@ -126,8 +137,11 @@ class FaultProxy:
         while not self._closing.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _track(self, *sockets: socket.socket) -> None:

@@ -255,6 +255,8 @@ def test_agent_killed_mid_file_then_rerun_completes(
     assert set(state_in_s3(seaweedfs, bucket)) == set(files)
 
 
+@pytest.mark.seaweedfs  # its own server, which it kills
+@pytest.mark.slow
 def test_seaweedfs_killed_and_restarted_mid_copy(tmp_path: Path) -> None:
     server = SeaweedFS(tmp_path / "weed").start()  # our own: the session one is never killed
     try:

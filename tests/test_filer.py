@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,7 +238,7 @@ def test_entry_edit_keeps_every_other_field() -> None:
     assert filer.chunk_fids(edited) == ["3,01637037d6"]
     fields = {f.number: f for f in filer.parse(edited)}
     assert fields[3].raw == filer.parse(entry)[1].raw and fields[5].raw == filer.parse(entry)[3].raw
-    new_attrs = {f.number: f.value for f in filer.parse(bytes(fields[4].value))}  # type: ignore[arg-type]
+    new_attrs = {f.number: f.value for f in filer.parse(bytes(fields[4].value))}
     assert new_attrs[1] == 5 and new_attrs[7] == b"video/x-matroska" and new_attrs[99] == 7
 
 
@@ -256,7 +257,7 @@ def plan_with_filer(tmp_path: Path, server: SeaweedFS, bucket: str, source: Path
     return tmp_path / "plans" / "local.yaml"
 
 
-def verify(plan: Path) -> tuple[int, dict[str, object]]:
+def verify(plan: Path) -> tuple[int, dict[str, Any]]:
     result = run_cli("verify", "--plan", str(plan), "--strict-metadata", "--json")
     return result.exit_code, json.loads(result.stdout)
 
@@ -297,7 +298,7 @@ def test_plan_run_verify_and_the_mount_agree(
     os.chown(source / "private", SONARR, SONARR)  # and a directory handed to another app
     code, report = verify(plan)
     assert code == 1, report
-    kinds = {(d["path"], d["kind"]) for d in report["differences"]}  # type: ignore[index, union-attr]
+    kinds = {(d["path"], d["kind"]) for d in report["differences"]}
     assert kinds == {
         ("shows/Show/ep1.mkv", "mode"), ("shows/Show/ep1.mkv", "owner"),
         ("shows/Show/ep1.mkv", "mtime"), ("movies/Movie/movie.mkv", "mode"),

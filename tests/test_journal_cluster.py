@@ -71,7 +71,7 @@ def hold_lease(cluster: Cluster, name: str, holder: str = OTHER, renewed: str = 
     path = lease_path(cluster, name)
     kube = admin(cluster)
     spec = {"holderIdentity": holder, "leaseDurationSeconds": 60, "renewTime": renewed or now()}
-    body = {"apiVersion": LEASE, "kind": "Lease", "spec": spec,
+    body: dict[str, Any] = {"apiVersion": LEASE, "kind": "Lease", "spec": spec,
             "metadata": {"name": name, "namespace": cluster.namespace}}  # fmt: skip
     if kube.send("test reads the Lease", "GET", path, missing_ok=True) is None:
         kube.send("test takes the Lease", "POST", path.rsplit("/", 1)[0], body)
@@ -171,7 +171,7 @@ def test_lease_times_are_written_as_the_api_server_parses_them(cluster: Cluster)
     400; so every ``migrator run`` failed to start on a real cluster."""
     kube = account(cluster)
     path = f"/apis/{LEASE}/namespaces/{cluster.namespace}/leases"
-    body = {"apiVersion": LEASE, "kind": "Lease", "metadata": {"name": "by-the-second"},
+    body: dict[str, Any] = {"apiVersion": LEASE, "kind": "Lease", "metadata": {"name": "by-the-second"},
             "spec": {"holderIdentity": "x/1",
                      "renewTime": "2030-01-02T03:04:05.000000Z"}}  # fmt: skip
     created = kube.send("writing a Lease", "POST", path, body) or {}

@@ -68,10 +68,11 @@ def test_a_watch_that_ends_with_gone_or_a_drop_is_followed_by_a_fresh_list() -> 
         Response(items([obj("d")])),
     ])  # fmt: skip
     changes: list[list[str]] = []
+    errors: list[BaseException] = []
     informer = Informer(
         KubeClient(client.ApiClient()), "things", api.list,
         lambda: changes.append(sorted(o["metadata"]["name"] for o in informer.items())),
-        errors := [], field_selector="spec.nodeName=n1",
+        errors, field_selector="spec.nodeName=n1",
     )  # fmt: skip
     informer.start()
     assert api.done.wait(10)

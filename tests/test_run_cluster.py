@@ -39,6 +39,12 @@ class Cozy:
     def ns(self) -> str:
         return self.cluster.namespace
 
+    @property
+    def media_dir(self) -> Path:
+        """The sample tree's media library (the fixture always makes one)."""
+        assert self.tree.media_dir is not None
+        return self.tree.media_dir
+
     def plan(self, *extra: str) -> Path:
         result = run_cli(
             "plan", "-n", self.ns, "--kubeconfig", str(self.cluster.kubeconfig_path),
@@ -96,7 +102,7 @@ def test_preseed_then_cutover_through_jobs(cozy: Cozy) -> None:
     assert document["volumes"]["media"]["preseed"]["status"] == "done"
     assert cluster.get_object("coordination.k8s.io/v1", "Lease", ns, f"migrator-{ns}") is None
 
-    (tree.media_dir / "tv" / "new episode.mkv").write_bytes(b"x" * 1000)
+    (cozy.media_dir / "tv" / "new episode.mkv").write_bytes(b"x" * 1000)
     code, summary = cozy.run(plan_path, "--phase", "all", "--cutover")
     assert code == 0, summary
     for name in ("sonarr", "radarr", "prowlarr"):
@@ -154,4 +160,4 @@ def test_deleted_pod_is_replaced_and_the_copy_completes(cozy: Cozy) -> None:
     killer.join()
     assert deleted
     assert code == 0, summary
-    assert_identical(cozy.server, cozy.tree.media_dir, f"s3:{cozy.bucket}/migrated/media")
+    assert_identical(cozy.server, cozy.media_dir, f"s3:{cozy.bucket}/migrated/media")

@@ -90,7 +90,7 @@ def test_preseed_change_cutover_and_verify(tmp_path: Path, s3_env: SeaweedFS, bu
     data[-1] ^= 0xFF
     poster.write_bytes(bytes(data))
     (sonarr / "MediaCover" / "1" / "fanart.jpg").write_bytes(b"new")
-    (tree.media_dir / "movies" / "Movie's Name 0 (1980)" / "movie.nfo").unlink()  # type: ignore[operator]
+    (tree.media_dir / "movies" / "Movie's Name 0 (1980)" / "movie.nfo").unlink()
 
     again = by_volume(run(plan, "--phase", "all"))
     assert (

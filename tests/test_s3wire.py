@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import boto3
@@ -58,14 +57,15 @@ def test_trickling_server_is_cut_off_by_the_whole_request_deadline(
     # request ends it; before it, this GET took 16384 * 0.05 s = 13+ minutes.
     client = client_via(proxy, seaweedfs, 1.0)
     proxy.trickle(1, 0.05)
-    started = time.monotonic()
     # the head trickles too, so the GET itself may be what times out (after its retries)
     with pytest.raises((TimeoutError, WireError)) as caught:
         client.get(stored, "a/blob").read()
-    assert time.monotonic() - started < 30  # deadline ~1 s; generous for a busy machine
     message = str(caught.value)
     assert "Errno" not in message
-    assert "timed out" in message and "1 s" in message
+    # the whole-request deadline, not the per-recv timeout (which every byte resets)
+    assert "did not complete the request within its deadline" in message and "1 s" in message
+    proxy.close()
+    assert proxy.connections == 4  # the GET's attempts, each cut off by its deadline
 
 
 def test_stalled_server_reports_a_timeout_not_errno_11(
@@ -73,10 +73,10 @@ def test_stalled_server_reports_a_timeout_not_errno_11(
 ) -> None:
     client = client_via(proxy, seaweedfs, 0.5)
     proxy.stall()
-    started = time.monotonic()
     with pytest.raises(WireError) as caught:
         client.get(stored, "a/blob")
-    assert time.monotonic() - started < 30
+    proxy.close()
+    assert proxy.connections == 4  # each attempt timed out once, then it gave up
     message = str(caught.value)
     assert "Errno 11" not in message and "Resource temporarily unavailable" not in message
     assert "timed out" in message, message

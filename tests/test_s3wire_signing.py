@@ -16,7 +16,6 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from migrator import s3wire
 from migrator.objectstore import S3Settings
 from migrator.s3wire import Endpoint, Signer, object_path
 
@@ -31,7 +30,7 @@ KEY, SECRET, TOKEN = (
 @pytest.fixture(autouse=True)
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     frozen = NOW.timetuple()
-    monkeypatch.setattr(s3wire.time, "gmtime", lambda *_: time.struct_time(frozen))
+    monkeypatch.setattr(time, "gmtime", lambda *_: time.struct_time(frozen))
     monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: NOW.replace(tzinfo=None))
 
 

@@ -31,7 +31,7 @@ from tests.controlplane.helm import HelmControllerStandIn
 from tests.helpers import run_cli, validate_manifest
 
 HR = "helm.toolkit.fluxcd.io/v2"
-CSI_DRIVER = {
+CSI_DRIVER: dict[str, Any] = {
     "apiVersion": "storage.k8s.io/v1",
     "kind": "CSIDriver",
     "metadata": {"name": "seaweedfs-csi-driver"},
@@ -484,7 +484,7 @@ def helm_controller(cluster: Cluster) -> Iterator[HelmControllerStandIn]:
 
 def ready(cluster: Cluster, name: str) -> bool:
     deployment = cluster.get_object("apps/v1", "Deployment", cluster.namespace, name) or {}
-    return (
+    return bool(
         (deployment.get("status") or {}).get("readyReplicas", 0)
         >= deployment["spec"]["replicas"]
         > 0
@@ -643,7 +643,7 @@ def test_partial_swap_keeps_the_failed_app_stopped_and_rollback_undoes_the_rest(
 ) -> None:
     ns = cluster.namespace
     plan = plan_of(cluster, tmp_path, "--move-config")
-    squatter = {
+    squatter: dict[str, Any] = {
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": f"{ns}-sonarr-config-seaweedfs"},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],

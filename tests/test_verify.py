@@ -92,7 +92,10 @@ def test_each_kind_of_damage_is_named(copied: dict[str, Any], tmp_path: Path) ->
     code, report = verify(copied["plan"], "--report", str(report_file))
     assert code == 1 and report["ok"] is False
     found = {(d["kind"], d["volume"], d["path"]) for d in report["differences"]}
-    rel = lambda key, pre=prefix: key[len(pre) :]  # noqa: E731
+
+    def rel(key: str, pre: str = prefix) -> str:
+        return key[len(pre) :]
+
     assert ("checksum", "sonarr-config", rel(flipped)) in found
     assert ("size", "sonarr-config", rel(truncated)) in found
     assert ("missing", "sonarr-config", rel(deleted)) in found

@@ -65,8 +65,8 @@ def agent_group() -> None:
 def agent_copy(**options: Any) -> None:
     """Delta-copy one volume with rclone; prints one JSON event per line on stdout."""
     from migrator.copier import CopyRequest, run_copy
-    from migrator.sourcetree import Shard
     from migrator.events import json_lines
+    from migrator.sourcetree import Shard
 
     request = CopyRequest(
         source=Path(options["source"]),

@@ -85,6 +85,7 @@ class Informer:
             f"listing {self.what}",
             lambda: self.list_function(_preload_content=False, **self.selectors),
         )
+        assert answer is not None  # a list is never missing_ok
         found = json.loads(answer.data)
         with self._lock:
             self._objects = {o["metadata"]["uid"]: o for o in found["items"]}
