@@ -116,34 +116,53 @@ def run(args: argparse.Namespace) -> list[Result]:
         )
         with SeaweedFS(work / "weed", volume_size_limit_mb=4096) as server:
             aws = {
-                **os.environ, "AWS_ENDPOINT_URL": server.s3_endpoint,
-                "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
-            }  # fmt: skip
+                **os.environ,
+                "AWS_ENDPOINT_URL": server.s3_endpoint,
+                "AWS_ACCESS_KEY_ID": server.access_key,
+                "AWS_SECRET_ACCESS_KEY": server.secret_key,
+            }
             rclone_env = {
-                **os.environ, "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "SeaweedFS",
+                **os.environ,
+                "RCLONE_CONFIG_S3_TYPE": "s3",
+                "RCLONE_CONFIG_S3_PROVIDER": "SeaweedFS",
                 "RCLONE_CONFIG_S3_ENDPOINT": server.s3_endpoint,
                 "RCLONE_CONFIG_S3_ACCESS_KEY_ID": server.access_key,
                 "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": server.secret_key,
-            }  # fmt: skip
+            }
             for bucket in ("bench-ours", "bench-rclone"):
                 subprocess.run(
-                    [str(BIN / "rclone"), "mkdir", f"s3:{bucket}"], env=rclone_env, check=True,
+                    [str(BIN / "rclone"), "mkdir", f"s3:{bucket}"],
+                    env=rclone_env,
+                    check=True,
                     capture_output=True,
-                )  # fmt: skip
+                )
             tar = f"tar -cf - -C {source} . | zstd -{args.level} -q -o {work / 'out.tar.zst'}"
             results = [timed("tar | zstd to a local file", server, ["sh", "-c", tar], aws, size)]
             rclone = [str(BIN / "rclone"), "copy", str(source), "s3:bench-rclone/config"]
             rclone += [*SMALL_FILES_FLAGS, *S3_FLAGS]
             results.append(timed("rclone copy to SeaweedFS", server, rclone, rclone_env, size))
             ours = [
-                str(BIN / "migrator"), "agent", "backup", "--to", "s3://bench-ours/backups",
-                "--volume", "config", str(source), "--tmp-dir", str(work), "--level", str(args.level),
-            ]  # fmt: skip
+                str(BIN / "migrator"),
+                "agent",
+                "backup",
+                "--to",
+                "s3://bench-ours/backups",
+                "--volume",
+                "config",
+                str(source),
+                "--tmp-dir",
+                str(work),
+                "--level",
+                str(args.level),
+            ]
             results.append(timed("migrator agent backup to SeaweedFS", server, ours, aws, size))
             done = subprocess.run(
                 [str(BIN / "rclone"), "cat", "--include", "*.json", "s3:bench-ours/backups/config"],
-                env=rclone_env, capture_output=True, text=True, check=True,
-            )  # fmt: skip
+                env=rclone_env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             record = json.loads(done.stdout)
         return report(results, record, args)
     finally:

@@ -146,9 +146,19 @@ def plan(work: Path, server: SeaweedFS, name: str, source: Path, role: str) -> P
     project = work / f"project-{name}"
     project.mkdir()
     command = [
-        migrator_bin(), "plan", "--source-dir", f"{volume}={source}", "--role", f"{volume}={role}",
-        "--target", f"s3://migrator-{name}", "--s3-endpoint", server.s3_endpoint, "--name", name,
-    ]  # fmt: skip
+        migrator_bin(),
+        "plan",
+        "--source-dir",
+        f"{volume}={source}",
+        "--role",
+        f"{volume}={role}",
+        "--target",
+        f"s3://migrator-{name}",
+        "--s3-endpoint",
+        server.s3_endpoint,
+        "--name",
+        name,
+    ]
     subprocess.run(command, env=migrator_env(server), cwd=project, check=True, capture_output=True)
     return project / "plans" / f"{name}.yaml"
 
@@ -258,16 +268,20 @@ def main() -> None:
     parser.add_argument(
         "--s3-clients", action="store_true", help="then compare the S3 clients' PUTs"
     )
-    parser.add_argument("--transports", help="instead: the uploader end to end over these "
-                        "clients, e.g. s3wire,obstore,boto3 (bench/fetchers.py)")  # fmt: skip
+    parser.add_argument(
+        "--transports",
+        help="instead: the uploader end to end over these "
+        "clients, e.g. s3wire,obstore,boto3 (bench/fetchers.py)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.media_gib, args.config_files, args.db_mib = 0.25, 2000, 20
     if args.transports:  # bench/fetchers.py: the uploader over obstore/boto3 (#14)
         from bench import fetchers
 
-        fetchers.copy_transports(fetchers.parse_names(args.transports), args.config_files,
-                                 max(args.repeat, 3))  # fmt: skip
+        fetchers.copy_transports(
+            fetchers.parse_names(args.transports), args.config_files, max(args.repeat, 3)
+        )
         return
     rng = random.Random(1)
     work = Path(tempfile.mkdtemp(prefix="migrator-bench-copy-"))

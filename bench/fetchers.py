@@ -53,8 +53,14 @@ TRANSPORTS = ("s3wire", "obstore", "boto3")
 class _Response:
     """A whole or ranged GET answer, read the way the engine reads s3wire's Response."""
 
-    def __init__(self, status: int, headers: dict[str, str], length: int | None,
-                 chunks: Iterator[Any] | None = None, whole: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        headers: dict[str, str],
+        length: int | None,
+        chunks: Iterator[Any] | None = None,
+        whole: Any = None,
+    ) -> None:
         self.status, self._headers, self.length = status, headers, length
         self._chunks, self._whole = chunks, whole
         self._pending: memoryview | None = None
@@ -112,10 +118,14 @@ class ObstoreClient:
             if self.endpoint.session_token:
                 extra["session_token"] = self.endpoint.session_token
             store = self._stores[bucket] = S3Store(
-                bucket, endpoint=f"{self.endpoint.scheme}://{self.endpoint.host}",
-                access_key_id=self.endpoint.access_key, secret_access_key=self.endpoint.secret_key,
-                region=self.endpoint.region, virtual_hosted_style_request=False, **extra,
-            )  # fmt: skip
+                bucket,
+                endpoint=f"{self.endpoint.scheme}://{self.endpoint.host}",
+                access_key_id=self.endpoint.access_key,
+                secret_access_key=self.endpoint.secret_key,
+                region=self.endpoint.region,
+                virtual_hosted_style_request=False,
+                **extra,
+            )
         return store
 
     def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None) -> _Response:
@@ -145,9 +155,14 @@ class ObstoreClient:
     def put(self, bucket: str, key: str, body: Body, headers: dict[str, str]) -> Answer:
         import obstore
 
-        attributes: Any = {("Content-Type" if name.lower() == "content-type"
-                            else name.removeprefix("x-amz-meta-")): value
-                           for name, value in headers.items()}  # fmt: skip
+        attributes: Any = {
+            (
+                "Content-Type"
+                if name.lower() == "content-type"
+                else name.removeprefix("x-amz-meta-")
+            ): value
+            for name, value in headers.items()
+        }
         try:
             if body.fd is None:
                 obstore.put(self._store(bucket), key, body.data, attributes=attributes)
@@ -164,12 +179,17 @@ class ObstoreClient:
         pass  # obstore keeps its own pool
 
 
-def _obstore_listing(endpoint: Endpoint, bucket: str, prefix: str) -> list[tuple[str, int, str, str]]:
+def _obstore_listing(
+    endpoint: Endpoint, bucket: str, prefix: str
+) -> list[tuple[str, int, str, str]]:
     import obstore
 
     store = ObstoreClient(endpoint)._store(bucket)
-    return [(meta["path"], int(meta["size"]), str(meta["e_tag"]), meta["last_modified"].isoformat())
-            for batch in obstore.list(store, prefix) for meta in batch]  # fmt: skip
+    return [
+        (meta["path"], int(meta["size"]), str(meta["e_tag"]), meta["last_modified"].isoformat())
+        for batch in obstore.list(store, prefix)
+        for meta in batch
+    ]
 
 
 @dataclass(frozen=True)
@@ -177,7 +197,9 @@ class ObstoreTransport(Transport):
     def client(self, endpoint: Endpoint) -> Any:
         return ObstoreClient(endpoint)
 
-    def list_objects(self, client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, int, str, str]]:
+    def list_objects(
+        self, client: Any, bucket: str, prefix: str
+    ) -> Iterator[tuple[str, int, str, str]]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -195,9 +217,13 @@ class Boto3Client:
     def __init__(self, endpoint: Endpoint) -> None:
         from migrator.objectstore import S3Settings, make_client
 
-        settings = S3Settings(f"{endpoint.scheme}://{endpoint.host}", endpoint.access_key,
-                              endpoint.secret_key, endpoint.region,
-                              session_token=endpoint.session_token)  # fmt: skip
+        settings = S3Settings(
+            f"{endpoint.scheme}://{endpoint.host}",
+            endpoint.access_key,
+            endpoint.secret_key,
+            endpoint.region,
+            session_token=endpoint.session_token,
+        )
         self.s3 = make_client(settings, flexible_checksums=False)
 
     def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None) -> _Response:
@@ -227,18 +253,27 @@ class Boto3Client:
     def put(self, bucket: str, key: str, body: Body, headers: dict[str, str]) -> Answer:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        metadata = {n.removeprefix("x-amz-meta-"): v for n, v in headers.items()
-                    if n.startswith("x-amz-meta-")}  # fmt: skip
+        metadata = {
+            n.removeprefix("x-amz-meta-"): v
+            for n, v in headers.items()
+            if n.startswith("x-amz-meta-")
+        }
         content_type = headers.get("Content-Type", "application/octet-stream")
         try:
             if body.fd is None:
                 data: Any = body.data
-                self.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                                   Metadata=metadata)  # fmt: skip
+                self.s3.put_object(
+                    Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata
+                )
             else:
                 with open(body.fd, "rb", closefd=False) as source:
-                    self.s3.put_object(Bucket=bucket, Key=key, Body=source,
-                                       ContentType=content_type, Metadata=metadata)  # fmt: skip
+                    self.s3.put_object(
+                        Bucket=bucket,
+                        Key=key,
+                        Body=source,
+                        ContentType=content_type,
+                        Metadata=metadata,
+                    )
                 if body.on_sent is not None:
                     body.on_sent(body.length)
         except ClientError as exc:
@@ -258,11 +293,18 @@ class Boto3Transport(Transport):
     def client(self, endpoint: Endpoint) -> Any:
         return Boto3Client(endpoint)
 
-    def list_objects(self, client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, int, str, str]]:
+    def list_objects(
+        self, client: Any, bucket: str, prefix: str
+    ) -> Iterator[tuple[str, int, str, str]]:
         from migrator.objectstore import list_objects
 
         for item in list_objects(client.s3, bucket, prefix):
-            yield item["Key"], int(item["Size"]), str(item["ETag"]), item["LastModified"].isoformat()
+            yield (
+                item["Key"],
+                int(item["Size"]),
+                str(item["ETag"]),
+                item["LastModified"].isoformat(),
+            )
 
 
 def transport(name: str) -> Transport:
@@ -285,8 +327,11 @@ def upload_client(name: str, endpoint: Endpoint, timeout: float) -> Any:
 def _endpoint() -> Endpoint:
     from migrator.objectstore import S3Settings
 
-    return Endpoint.from_settings(S3Settings(os.environ["BENCH_ENDPOINT"],
-                                             os.environ["BENCH_KEY"], os.environ["BENCH_SECRET"]))  # fmt: skip
+    return Endpoint.from_settings(
+        S3Settings(
+            os.environ["BENCH_ENDPOINT"], os.environ["BENCH_KEY"], os.environ["BENCH_SECRET"]
+        )
+    )
 
 
 def child_verify(name: str, root: str, bucket: str, prefix: str) -> None:
@@ -295,10 +340,13 @@ def child_verify(name: str, root: str, bucket: str, prefix: str) -> None:
     from migrator.objectstore import S3Settings
 
     started = time.perf_counter()
-    settings = S3Settings(os.environ["BENCH_ENDPOINT"], os.environ["BENCH_KEY"],
-                          os.environ["BENCH_SECRET"])  # fmt: skip
-    result = compare(hash_tree(root, workers=2),
-                     hash_s3_prefix(settings, bucket, prefix, workers=2, transport=transport(name)))  # fmt: skip
+    settings = S3Settings(
+        os.environ["BENCH_ENDPOINT"], os.environ["BENCH_KEY"], os.environ["BENCH_SECRET"]
+    )
+    result = compare(
+        hash_tree(root, workers=2),
+        hash_s3_prefix(settings, bucket, prefix, workers=2, transport=transport(name)),
+    )
     if not result.ok:
         raise SystemExit(f"{name}: the verify found differences: {result.summary()}")
     print(time.perf_counter() - started)
@@ -306,7 +354,8 @@ def child_verify(name: str, root: str, bucket: str, prefix: str) -> None:
 
 def child_upload(name: str, root: str, bucket: str, prefix: str, threads: int) -> None:
     """Store every file under ``root`` with the copy agent's uploader over ``name``."""
-    from migrator.uploader import Destination, Uploader
+    from migrator.uploader import Uploader
+    from migrator.uploadtarget import Destination
 
     started = time.perf_counter()
     endpoint = _endpoint()
@@ -317,8 +366,13 @@ def child_upload(name: str, root: str, bucket: str, prefix: str, threads: int) -
             path = os.path.relpath(os.path.join(directory, file_name), root)
             st = os.stat(os.path.join(root, path))
             files[path] = (st.st_size, st.st_mtime_ns)
-    uploader = Uploader(destination, root, threads, {".jpg": "image/jpeg"},
-                        client=upload_client(name, endpoint, destination.timeout))  # fmt: skip
+    uploader = Uploader(
+        destination,
+        root,
+        threads,
+        {".jpg": "image/jpeg"},
+        client=upload_client(name, endpoint, destination.timeout),
+    )
     report = uploader.run(list(files), lambda *_: None, lambda _: None, files)
     if report.failures or report.uploaded != len(files):
         raise SystemExit(f"{name}: {report.uploaded} of {len(files)} stored: {report.failures[:3]}")
@@ -350,27 +404,44 @@ def _children_cpu() -> float:
 
 def _measure(name: str, task: str, argv: list[str], env: dict[str, str], weed_pid: int) -> Run:
     cpu0, weed0, started = _children_cpu(), _weed_cpu(weed_pid), time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, *argv], env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"{name} {task} failed:\n{done.stderr[-3000:]}")
-    run = Run(name, task, seconds, float(done.stdout.split()[-1]), _children_cpu() - cpu0,
-              _weed_cpu(weed_pid) - weed0)  # fmt: skip
-    print(f"  {task:14} {name:8} {run.seconds:7.2f} s (engine {run.inside:.2f} s), "
-          f"client CPU {run.cpu:.2f} s, weed CPU {run.weed_cpu:.2f} s", flush=True)  # fmt: skip
+    run = Run(
+        name,
+        task,
+        seconds,
+        float(done.stdout.split()[-1]),
+        _children_cpu() - cpu0,
+        _weed_cpu(weed_pid) - weed0,
+    )
+    print(
+        f"  {task:14} {name:8} {run.seconds:7.2f} s (engine {run.inside:.2f} s), "
+        f"client CPU {run.cpu:.2f} s, weed CPU {run.weed_cpu:.2f} s",
+        flush=True,
+    )
     return run
 
 
 def _env(server: Any) -> dict[str, str]:
-    return {**os.environ, "BENCH_ENDPOINT": server.s3_endpoint, "BENCH_KEY": server.access_key,
-            "BENCH_SECRET": server.secret_key, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    return {
+        **os.environ,
+        "BENCH_ENDPOINT": server.s3_endpoint,
+        "BENCH_KEY": server.access_key,
+        "BENCH_SECRET": server.secret_key,
+        "PYTHONPATH": str(ROOT),
+    }
 
 
-def _rounds(names: list[str], repeat: int, tasks: list[str],
-            measure: Callable[[str, str, int], Run]) -> list[Run]:  # fmt: skip
+def _rounds(
+    names: list[str], repeat: int, tasks: list[str], measure: Callable[[str, str, int], Run]
+) -> list[Run]:
     best: dict[tuple[str, str], Run] = {}
     for round_ in range(repeat):
-        order = names[round_ % len(names):] + names[: round_ % len(names)]
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
         print(f" round {round_ + 1}: {', '.join(order)}", flush=True)
         for task in tasks:
             for name in order:
@@ -383,21 +454,32 @@ def _rounds(names: list[str], repeat: int, tasks: list[str],
 def report(runs: list[Run], repeat: int) -> str:
     """A markdown table: each transport against s3wire, end to end."""
     load = os.getloadavg()
-    lines = [f"End to end through the product's engine, best of {repeat}, {os.cpu_count()} cores, "
-             f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}", "",
-             "| task | transport | seconds (process) | engine s | client CPU s | weed CPU s "
-             "| s3wire faster by |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"End to end through the product's engine, best of {repeat}, {os.cpu_count()} cores, "
+        f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+        "",
+        "| task | transport | seconds (process) | engine s | client CPU s | weed CPU s "
+        "| s3wire faster by |",
+        "|---|---|---|---|---|---|---|",
+    ]
     ref = {r.task: r for r in runs if r.transport == "s3wire"}
     for r in runs:
         ratio = f"{r.seconds / ref[r.task].seconds:.2f}x" if r.task in ref else "-"
-        lines.append(f"| {r.task} | {r.transport} | {r.seconds:.2f} | {r.inside:.2f} "
-                     f"| {r.cpu:.2f} | {r.weed_cpu:.2f} | {ratio} |")  # fmt: skip
+        lines.append(
+            f"| {r.task} | {r.transport} | {r.seconds:.2f} | {r.inside:.2f} "
+            f"| {r.cpu:.2f} | {r.weed_cpu:.2f} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
-def verify_transports(names: list[str], media_mib: int, small_files: int, repeat: int,
-                      build_media: Callable[[Path, int, int], None],
-                      build_small: Callable[[Path, int, int], None]) -> str:  # fmt: skip
+def verify_transports(
+    names: list[str],
+    media_mib: int,
+    small_files: int,
+    repeat: int,
+    build_media: Callable[[Path, int, int], None],
+    build_small: Callable[[Path, int, int], None],
+) -> str:
     """Deep verify of media and of small files over each transport; returns the table."""
     import shutil
 
@@ -412,16 +494,32 @@ def verify_transports(names: list[str], media_mib: int, small_files: int, repeat
         with SeaweedFS(work / "weed", volume_size_limit_mb=1024) as server:
             assert server.process is not None
             env = _env(server)
-            renv = {**os.environ, "RCLONE_CONFIG": os.devnull, "RCLONE_CONFIG_SW_TYPE": "s3",
-                    "RCLONE_CONFIG_SW_PROVIDER": "SeaweedFS",
-                    "RCLONE_CONFIG_SW_ENDPOINT": server.s3_endpoint,
-                    "RCLONE_CONFIG_SW_ACCESS_KEY_ID": server.access_key,
-                    "RCLONE_CONFIG_SW_SECRET_ACCESS_KEY": server.secret_key}  # fmt: skip
+            renv = {
+                **os.environ,
+                "RCLONE_CONFIG": os.devnull,
+                "RCLONE_CONFIG_SW_TYPE": "s3",
+                "RCLONE_CONFIG_SW_PROVIDER": "SeaweedFS",
+                "RCLONE_CONFIG_SW_ENDPOINT": server.s3_endpoint,
+                "RCLONE_CONFIG_SW_ACCESS_KEY_ID": server.access_key,
+                "RCLONE_CONFIG_SW_SECRET_ACCESS_KEY": server.secret_key,
+            }
             rclone = find_rclone()
             subprocess.run([rclone, "mkdir", "sw:bench"], env=renv, check=True)
             for shape, root in trees.items():
-                subprocess.run([rclone, "copy", "--metadata", "--links", "--transfers", "16",
-                                str(root), f"sw:bench/{shape}"], env=renv, check=True)  # fmt: skip
+                subprocess.run(
+                    [
+                        rclone,
+                        "copy",
+                        "--metadata",
+                        "--links",
+                        "--transfers",
+                        "16",
+                        str(root),
+                        f"sw:bench/{shape}",
+                    ],
+                    env=renv,
+                    check=True,
+                )
             pid = server.process.pid
 
             def measure(name: str, task: str, _round: int) -> Run:
@@ -452,7 +550,9 @@ def copy_transports(names: list[str], files: int, repeat: int, threads: int = 8)
         for index in range(files):
             folder = root / "MediaCover" / str(index // 20)
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"poster-{index % 20}.jpg").write_bytes(rng.randbytes(rng.randint(1024, 64 * 1024)))
+            (folder / f"poster-{index % 20}.jpg").write_bytes(
+                rng.randbytes(rng.randint(1024, 64 * 1024))
+            )
         with SeaweedFS(work / "weed", volume_size_limit_mb=1024) as server:
             assert server.process is not None
             settings = S3Settings(server.s3_endpoint, server.access_key, server.secret_key)
@@ -460,8 +560,14 @@ def copy_transports(names: list[str], files: int, repeat: int, threads: int = 8)
             env, pid = _env(server), server.process.pid
 
             def measure(name: str, task: str, round_: int) -> Run:
-                argv = ["--child-upload", name, str(root), "bench", f"{name}-{round_}",
-                        str(threads)]  # fmt: skip
+                argv = [
+                    "--child-upload",
+                    name,
+                    str(root),
+                    "bench",
+                    f"{name}-{round_}",
+                    str(threads),
+                ]
                 return _measure(name, task, argv, env, pid)
 
             runs = _rounds(names, repeat, ["upload small"], measure)

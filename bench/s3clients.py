@@ -54,8 +54,12 @@ PIPELINE = 4  # GETs per connection at once (migrator.checksum.s3.PIPELINE_DEPTH
 
 def metadata(path: str) -> dict[str, str]:
     st = os.stat(path)
-    return {"mtime": str(st.st_mtime_ns // 10**9), "mode": f"{st.st_mode:o}",
-            "uid": str(st.st_uid), "gid": str(st.st_gid)}  # fmt: skip
+    return {
+        "mtime": str(st.st_mtime_ns // 10**9),
+        "mode": f"{st.st_mode:o}",
+        "uid": str(st.st_uid),
+        "gid": str(st.st_gid),
+    }
 
 
 # --- the clients (each used as the product would use it) ---------------------------------------
@@ -73,8 +77,10 @@ class S3Wire:
     def put(self, key: str, path: str) -> None:
         from migrator.s3wire import Body
 
-        headers = {"Content-Type": CONTENT_TYPE,
-                   **{f"x-amz-meta-{k}": v for k, v in metadata(path).items()}}  # fmt: skip
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            **{f"x-amz-meta-{k}": v for k, v in metadata(path).items()},
+        }
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
@@ -144,8 +150,13 @@ class Boto3:
 
     def put(self, key: str, path: str) -> None:
         with open(path, "rb") as body:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                   ContentType=CONTENT_TYPE, Metadata=metadata(path))  # fmt: skip
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=CONTENT_TYPE,
+                Metadata=metadata(path),
+            )
 
     def get(self, key: str, buffer: memoryview) -> int:
         body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
@@ -156,8 +167,12 @@ class Boto3:
 
 
 def make(name: str, endpoint: str, key: str, secret: str, bucket: str) -> Any:
-    kinds: dict[str, Callable[..., Any]] = {"s3wire": S3Wire, "s3wire-pipelined": S3Wire,
-                                            "obstore": Obstore, "boto3": Boto3}  # fmt: skip
+    kinds: dict[str, Callable[..., Any]] = {
+        "s3wire": S3Wire,
+        "s3wire-pipelined": S3Wire,
+        "obstore": Obstore,
+        "boto3": Boto3,
+    }
     return kinds[name](endpoint, key, secret, bucket)
 
 
@@ -257,13 +272,19 @@ def run_all(args: argparse.Namespace) -> list[Row]:
             settings = S3Settings(server.s3_endpoint, server.access_key, server.secret_key)
             boto = make_client(settings)
             boto.create_bucket(Bucket="bench")
-            base = {"endpoint": server.s3_endpoint, "key": server.access_key,
-                    "secret": server.secret_key, "bucket": "bench",
-                    "warmup_file": shapes["small"][0], "warmup_key": "warmup"}  # fmt: skip
+            base = {
+                "endpoint": server.s3_endpoint,
+                "key": server.access_key,
+                "secret": server.secret_key,
+                "bucket": "bench",
+                "warmup_file": shapes["small"][0],
+                "warmup_key": "warmup",
+            }
             # GETs read one common set of objects, stored once by single PUTs (as the copy
             # agent and rclone store files up to their multipart cutoffs).
-            writer = make("s3wire", server.s3_endpoint, server.access_key, server.secret_key,
-                          "bench")  # fmt: skip
+            writer = make(
+                "s3wire", server.s3_endpoint, server.access_key, server.secret_key, "bench"
+            )
             for shape, files in shapes.items():
                 for index, path in enumerate(files):
                     writer.put(f"common/{shape}/{index}", path)
@@ -279,28 +300,50 @@ def run_all(args: argparse.Namespace) -> list[Row]:
                             clients.append("s3wire-pipelined")
                         for client in clients:
                             # PUTs write fresh keys; GETs all read the common set.
-                            keys = [f"{client}-{round_}/{shape}/{i}" if op == "put"
-                                    else f"common/{shape}/{i}" for i in range(len(files))]  # fmt: skip
+                            keys = [
+                                f"{client}-{round_}/{shape}/{i}"
+                                if op == "put"
+                                else f"common/{shape}/{i}"
+                                for i in range(len(files))
+                            ]
                             passes = args.large_get_passes if (op, shape) == ("get", "large") else 1
                             keys *= passes
-                            spec = {**base, "client": client, "op": op, "files": files * passes,
-                                    "keys": keys, "threads": threads}  # fmt: skip
+                            spec = {
+                                **base,
+                                "client": client,
+                                "op": op,
+                                "files": files * passes,
+                                "keys": keys,
+                                "threads": threads,
+                            }
                             spec_path = work / "spec.json"
                             spec_path.write_text(json.dumps(spec))
                             weed0 = weed_cpu(server.process.pid)
                             result = subprocess.run(
                                 [sys.executable, __file__, "--child", str(spec_path)],
-                                capture_output=True, text=True, check=False,
-                            )  # fmt: skip
+                                capture_output=True,
+                                text=True,
+                                check=False,
+                            )
                             if result.returncode:
                                 raise SystemExit(f"{client} {op} {shape}:\n{result.stderr}")
                             measured = json.loads(result.stdout.strip().splitlines()[-1])
-                            row = Row(client, op, shape, len(keys), sizes[shape] * passes,
-                                      measured["seconds"], measured["cpu"],
-                                      weed_cpu(server.process.pid) - weed0)  # fmt: skip
-                            print(f"  round {round_ + 1} {client:16} {op} {shape}: "
-                                  f"{row.seconds:.2f} s, {row.per_object_us:.0f} us/object",
-                                  file=sys.stderr, flush=True)  # fmt: skip
+                            row = Row(
+                                client,
+                                op,
+                                shape,
+                                len(keys),
+                                sizes[shape] * passes,
+                                measured["seconds"],
+                                measured["cpu"],
+                                weed_cpu(server.process.pid) - weed0,
+                            )
+                            print(
+                                f"  round {round_ + 1} {client:16} {op} {shape}: "
+                                f"{row.seconds:.2f} s, {row.per_object_us:.0f} us/object",
+                                file=sys.stderr,
+                                flush=True,
+                            )
                             slot = (client, op, shape)
                             if slot not in best or row.seconds < best[slot].seconds:
                                 best[slot] = row
@@ -310,8 +353,13 @@ def run_all(args: argparse.Namespace) -> list[Row]:
                 for client in CLIENTS:
                     keys = [o["Key"] for o in list_objects(boto, "bench", f"{client}-{round_}/")]
                     delete_objects(boto, "bench", keys)
-        return [best[(c, op, shape)] for shape in ("small", "large") for op in args.ops
-                for c in (*CLIENTS, "s3wire-pipelined") if (c, op, shape) in best]  # fmt: skip
+        return [
+            best[(c, op, shape)]
+            for shape in ("small", "large")
+            for op in args.ops
+            for c in (*CLIENTS, "s3wire-pipelined")
+            if (c, op, shape) in best
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -350,8 +398,12 @@ def main() -> None:
     parser.add_argument("--small-objects", type=int, default=2000)
     parser.add_argument("--large-objects", type=int, default=8)
     parser.add_argument("--large-mib", type=int, default=64)
-    parser.add_argument("--large-get-passes", type=int, default=3,
-                        help="large GETs read the set this many times (one pass is too short)")  # fmt: skip
+    parser.add_argument(
+        "--large-get-passes",
+        type=int,
+        default=3,
+        help="large GETs read the set this many times (one pass is too short)",
+    )
     parser.add_argument("--threads-small", type=int, default=8)
     parser.add_argument("--threads-large", type=int, default=4)
     parser.add_argument("--ops", nargs="+", choices=["put", "get"], default=["put", "get"])

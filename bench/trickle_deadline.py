@@ -24,16 +24,21 @@ from tests.faultproxy import FaultProxy
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch, SeaweedFS(Path(scratch)) as server:
         s3 = boto3.client(
-            "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key, region_name="us-east-1",
-        )  # fmt: skip
+            "s3",
+            endpoint_url=server.s3_endpoint,
+            aws_access_key_id=server.access_key,
+            aws_secret_access_key=server.secret_key,
+            region_name="us-east-1",
+        )
         s3.create_bucket(Bucket="trickle")
         s3.put_object(Bucket="trickle", Key="object", Body=b"x" * 4096)
         with FaultProxy("127.0.0.1", int(server.s3_endpoint.rsplit(":", 1)[1])) as proxy:
             settings = S3Settings(
-                endpoint=proxy.url, access_key=server.access_key,
-                secret_key=server.secret_key, region="us-east-1",
-            )  # fmt: skip
+                endpoint=proxy.url,
+                access_key=server.access_key,
+                secret_key=server.secret_key,
+                region="us-east-1",
+            )
             for retry in (True, False):
                 proxy.trickle(1, 1.5)
                 client = Client(Endpoint.from_settings(settings), 2.0, retry_timeouts=retry)

@@ -355,8 +355,20 @@ def bench_cli(
     project = work / "cli-project"
     project.mkdir()
     env = cli_env(server)
-    command = [migrator_cli(), "plan", "--target", "s3://cli", "--s3-endpoint", server.s3_endpoint,
-               "--name", "bench", "--role", "small=config", "--role", "media=media"]  # fmt: skip
+    command = [
+        migrator_cli(),
+        "plan",
+        "--target",
+        "s3://cli",
+        "--s3-endpoint",
+        server.s3_endpoint,
+        "--name",
+        "bench",
+        "--role",
+        "small=config",
+        "--role",
+        "media=media",
+    ]
     for shape, root in trees.items():
         command += ["--source-dir", f"{shape}={root}"]
     subprocess.run(command, env=env, cwd=project, check=True, capture_output=True)
@@ -384,8 +396,13 @@ def bench_cli(
         download, ours = min(times["rclone"]), min(times["ours"])
         task = f"CLI verify {shape}"
         table.add(task, "rclone check --download", download, rate_of(files, size, download))
-        table.add(task, "migrator verify --no-cache (deep)", ours, rate_of(files, size, ours),
-                  f"{download / ours:.2f}x vs check --download")  # fmt: skip
+        table.add(
+            task,
+            "migrator verify --no-cache (deep)",
+            ours,
+            rate_of(files, size, ours),
+            f"{download / ours:.2f}x vs check --download",
+        )
     files = sum(tree_size(root)[0] for root in trees.values())
     size = sum(tree_size(root)[1] for root in trees.values())
     first: list[float] = []
@@ -398,10 +415,16 @@ def bench_cli(
         run(verify, env=env)
         again.append(time.perf_counter() - start)
     task = "CLI verify both"
-    table.add(task, "migrator verify --no-cache (2 volumes)", min(first),
-              rate_of(files, size, min(first)))  # fmt: skip
-    table.add(task, "migrator verify, cached repeat", min(again), rate_of(files, size, min(again)),
-              f"{min(first) / min(again):.1f}x faster than --no-cache")  # fmt: skip
+    table.add(
+        task, "migrator verify --no-cache (2 volumes)", min(first), rate_of(files, size, min(first))
+    )
+    table.add(
+        task,
+        "migrator verify, cached repeat",
+        min(again),
+        rate_of(files, size, min(again)),
+        f"{min(first) / min(again):.1f}x faster than --no-cache",
+    )
 
 
 def bench_manifest_memory(table: Table, work: Path, entries: int) -> None:
@@ -446,14 +469,23 @@ def main() -> None:
         action="store_true",
         help="then compare the S3 clients' GETs (bench/s3clients.py --ops get)",
     )
-    parser.add_argument("--transports", help="instead: deep verify end to end over these "
-                        "engine transports, e.g. s3wire,obstore,boto3 (bench/fetchers.py)")  # fmt: skip
+    parser.add_argument(
+        "--transports",
+        help="instead: deep verify end to end over these "
+        "engine transports, e.g. s3wire,obstore,boto3 (bench/fetchers.py)",
+    )
     args = parser.parse_args()
     if args.transports:  # bench/fetchers.py: the engine over obstore/boto3 (#14)
         from bench import fetchers
 
-        fetchers.verify_transports(fetchers.parse_names(args.transports), args.media_mib,
-                                   args.small_files, args.repeat, build_media, build_small)  # fmt: skip
+        fetchers.verify_transports(
+            fetchers.parse_names(args.transports),
+            args.media_mib,
+            args.small_files,
+            args.repeat,
+            build_media,
+            build_small,
+        )
         return
 
     work = Path(tempfile.mkdtemp(prefix="migrator-bench-", dir=args.workdir))

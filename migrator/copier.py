@@ -21,12 +21,9 @@ on a file system.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
 import stat
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,14 +41,13 @@ from migrator.errors import BadInputError, InterruptedRunError, OperationFailedE
 from migrator.events import Emit
 from migrator.rclone import NO_SPACE, Rclone, is_not_found, rclone_content_types, rclone_error
 from migrator.rclone_names import ENCODING_FLAG, QUOTE, standard_path
+from migrator.rclonerun import Interrupted, SignalGuard, follow_rclone
 from migrator.sourcetree import LINK_SUFFIX, Shard, Signature, SourceTree, walk_source
-from migrator.uploader import (
+from migrator.uploader import Uploader, UploadReport, extension
+from migrator.uploadtarget import (
     Destination,
-    Uploader,
-    UploadReport,
     can_upload,
     check_remote_trust,
-    extension,
     flag_value,
     native_destination,
 )
@@ -133,9 +129,17 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         else sorted(tree.empty_dirs)
     )
     todo_bytes = sum(tree.files[p][0] for p in todo)
-    emit({"event": "plan", "files": len(tree.files), "bytes": tree.total_bytes,
-          "toCopy": len(todo), "toCopyBytes": todo_bytes, "skippedSqlite": tree.skipped_sqlite,
-          "recheckDropped": recorded - len(previous)})  # fmt: skip
+    emit(
+        {
+            "event": "plan",
+            "files": len(tree.files),
+            "bytes": tree.total_bytes,
+            "toCopy": len(todo),
+            "toCopyBytes": todo_bytes,
+            "skippedSqlite": tree.skipped_sqlite,
+            "recheckDropped": recorded - len(previous),
+        }
+    )
     recorder = StateRecorder(rclone, location, previous, tree.files)
     destination = None
     if todo and location and request.uploader == "auto":
@@ -151,9 +155,15 @@ def run_copy(request: CopyRequest, emit: Emit, rclone: Rclone | None = None) -> 
         emit_rest = _with_offset(emit, len(native), todo_bytes - rest_bytes, len(todo), todo_bytes)
         if readable:
             _transfer(
-                request, rclone, readable, rest_bytes, recorder, emit_rest,
-                trusted=location is not None, sizes=tree.files,
-            )  # fmt: skip
+                request,
+                rclone,
+                readable,
+                rest_bytes,
+                recorder,
+                emit_rest,
+                trusted=location is not None,
+                sizes=tree.files,
+            )
         left = [p for p in rest if p not in recorder.done]
         if left:
             _copy_left_over(request, rclone, left, len(todo), tree, recorder, emit)
@@ -238,12 +248,21 @@ def _upload(
         sent = min(uploader.bytes_sent, todo_bytes)
         speed = sent / max(time.monotonic() - started, 1e-3)
         eta = (todo_bytes - sent) / speed if speed > 0 else None
-        emit({"event": "progress", "bytes": sent, "totalBytes": todo_bytes,
-              "files": report.uploaded, "totalFiles": len(todo), "speed": speed,
-              "eta": eta, "errors": len(report.failures)})  # fmt: skip
+        emit(
+            {
+                "event": "progress",
+                "bytes": sent,
+                "totalBytes": todo_bytes,
+                "files": report.uploaded,
+                "totalFiles": len(todo),
+                "speed": speed,
+                "eta": eta,
+                "errors": len(report.failures),
+            }
+        )
 
     try:
-        with _SignalGuard():
+        with SignalGuard():
             report = uploader.run(paths, recorder.copied, tick, tree.files)
     except (Interrupted, KeyboardInterrupt):
         recorder.checkpoint()
@@ -273,8 +292,13 @@ def _with_offset(emit: Emit, files: int, size: int, total_files: int, total_byte
 
     def emit_with_offset(event: dict[str, Any]) -> None:
         if event.get("event") == "progress":
-            event = {**event, "files": event["files"] + files, "bytes": event["bytes"] + size,
-                     "totalFiles": total_files, "totalBytes": total_bytes}  # fmt: skip
+            event = {
+                **event,
+                "files": event["files"] + files,
+                "bytes": event["bytes"] + size,
+                "totalFiles": total_files,
+                "totalBytes": total_bytes,
+            }
         emit(event)
 
     return emit_with_offset
@@ -315,7 +339,7 @@ def _transfer(
         "NOTICE",
     ]
     try:
-        code, last_error = _follow_rclone(args, todo, todo_bytes, recorder, emit)
+        code, last_error = follow_rclone(args, todo, todo_bytes, recorder, emit)
     finally:
         os.unlink(listing)
     if code != 0:
@@ -360,9 +384,18 @@ def _record_present(
     links = ["--links"] if "--links" in request.rclone_flags else []
     try:
         result = rclone.run(
-            "lsf", "-R", "--files-only", "--format", "sp", "--separator", "\t",
-            "--files-from-raw", listing, *links, request.dest,
-        )  # fmt: skip
+            "lsf",
+            "-R",
+            "--files-only",
+            "--format",
+            "sp",
+            "--separator",
+            "\t",
+            "--files-from-raw",
+            listing,
+            *links,
+            request.dest,
+        )
     finally:
         os.unlink(listing)
     if result.returncode != 0 and not is_not_found(result.stderr):
@@ -434,85 +467,6 @@ def _copy_locally(source: Path, dest: Path, path: str) -> Signature | None:
     return (st.st_size, st.st_mtime_ns)
 
 
-class Interrupted(Exception):
-    """SIGTERM (a deleted pod) or SIGINT (Ctrl-C) while rclone runs."""
-
-
-class _SignalGuard:
-    """The first SIGINT/SIGTERM raises Interrupted; later ones are ignored, so that saving the
-    progress is never cut short by a second signal (Ctrl-C and an executor's SIGTERM together)."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _SignalGuard:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-            raise Interrupted(self.received)
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
-def _follow_rclone(
-    args: list[str], todo: list[str], todo_bytes: int, recorder: StateRecorder, emit: Emit
-) -> tuple[int, str]:
-    """Run rclone, recording each copied file; on SIGTERM/SIGINT stop it and save what is done.
-    Returns its exit code and the last error it logged."""
-    last_error = ""
-    names = {standard_path(p): p for p in todo}  # rclone logs names in its standard encoding
-    with _SignalGuard():
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert process.stderr is not None
-        try:
-            for raw in process.stderr:
-                last_error = (
-                    _handle_rclone_line(raw, names, todo_bytes, recorder, emit) or last_error
-                )
-        except (Interrupted, KeyboardInterrupt):
-            process.terminate()
-            for raw in process.stderr:  # the files finished before rclone stopped still count
-                _handle_rclone_line(raw, names, todo_bytes, recorder, emit)
-            process.wait()
-            recorder.checkpoint()
-            emit({"event": "error", "message": "interrupted: progress saved, re-run to resume"})
-            raise InterruptedRunError("interrupted: progress saved, re-run to resume") from None
-        code = process.wait()
-    if code != 0 and last_error:
-        emit({"event": "error", "message": f"rclone: {last_error}"})
-    return code, last_error
-
-
-def _handle_rclone_line(
-    raw: bytes, names: dict[str, str], todo_bytes: int, recorder: StateRecorder, emit: Emit
-) -> str | None:
-    """Act on one rclone JSON log line; returns an error message when the line is one."""
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    message = str(record.get("msg", ""))
-    if message.startswith("Copied"):
-        name = str(record.get("object", ""))
-        recorder.copied(names.get(name, name))
-    elif "stats" in record:
-        stats = record["stats"]
-        emit({"event": "progress", "bytes": stats.get("bytes", 0), "totalBytes": todo_bytes,
-              "files": stats.get("transfers", 0), "totalFiles": len(names),
-              "speed": stats.get("speed", 0.0), "eta": stats.get("eta"), "errors": stats.get("errors", 0)})  # fmt: skip
-    elif record.get("level") == "error":
-        emit({"event": "error", "message": message, "object": record.get("object")})
-        return message
-    return None
-
-
 def _source_name(name: str) -> str:
     return name[: -len(LINK_SUFFIX)] if name.endswith(LINK_SUFFIX) else name
 
@@ -538,8 +492,15 @@ def _set_attributes(request: CopyRequest, tree: SourceTree, emit: Emit) -> None:
         wanted.update(source_entries(root, rel))
     with FilerClient(request.filer or "") as client:
         report = apply_attributes(client, filer_directory(request.dest), wanted)
-    emit({"event": "attributes", "checked": report.checked, "updated": report.updated,
-          "missing": report.missing, "errors": len(report.failures or [])})  # fmt: skip
+    emit(
+        {
+            "event": "attributes",
+            "checked": report.checked,
+            "updated": report.updated,
+            "missing": report.missing,
+            "errors": len(report.failures or []),
+        }
+    )
     if report.failures:
         raise OperationFailedError(
             f"{len(report.failures)} filer entries kept the wrong owner/mode/mtime (first: "

@@ -20,8 +20,6 @@ VERIFY_DIFFERENCES = "verify-differences.gz"
 CHECKPOINT_SECONDS = 30.0
 
 
-
-
 def encode_state(files: dict[str, Signature]) -> bytes:
     """Gzip'd lines ``"path"\\tsize\\tmtime_ns`` sorted by path; paths JSON-quoted (any name)."""
     buffer = io.BytesIO()

@@ -148,9 +148,13 @@ class KubeClient:
             raise ClusterUnreachableError(f"{what}: {self._unreachable(exc)}") from None
 
     def send(
-        self, what: str, method: str, path: str, body: dict[str, Any] | None = None,
+        self,
+        what: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
         missing_ok: bool = False,
-    ) -> dict[str, Any] | None:  # fmt: skip
+    ) -> dict[str, Any] | None:
         """One request whose JSON body goes out exactly as given; its answer as a dict.
 
         The typed client turns a body into its model first, and the model writes a MicroTime
@@ -166,9 +170,12 @@ class KubeClient:
 
         def request() -> dict[str, Any]:
             serialized = client.param_serialize(
-                method=method, resource_path=path, header_params=headers, body=body,
+                method=method,
+                resource_path=path,
+                header_params=headers,
+                body=body,
                 auth_settings=["BearerToken"],
-            )  # fmt: skip
+            )
             answer = client.call_api(*serialized)
             answer.read()
             text = (answer.data or b"").decode("utf-8", "replace")
@@ -212,10 +219,13 @@ class KubeClient:
                 seconds: int = max(1, int(min(remaining, slice_seconds))),
             ) -> None:
                 bounded_watch(
-                    watch, seconds,
+                    watch,
+                    seconds,
                     lambda event: woken(str(event.get("type")), self._dict(event["object"])),
-                    *args, resource_version=version, **kwargs,
-                )  # fmt: skip
+                    *args,
+                    resource_version=version,
+                    **kwargs,
+                )
 
             self.call(what, watch_slice)
 
@@ -444,9 +454,7 @@ def _certificate_problem(error: BaseException) -> str:
     return "certificate verify failed"
 
 
-def bounded_watch(
-    list_function: Any, seconds: int, stop: Any, *args: Any, **kwargs: Any
-) -> None:
+def bounded_watch(list_function: Any, seconds: int, stop: Any, *args: Any, **kwargs: Any) -> None:
     """Watch ``list_function(*args, **kwargs)`` for ``seconds``, or until ``stop(event)``.
 
     The waiting is bounded here, not by the connection: a silent half-open one (which urllib3
@@ -463,9 +471,12 @@ def bounded_watch(
     def consume() -> None:
         try:
             stream = watch.Watch().stream(
-                list_function, *args, timeout_seconds=seconds,
-                _request_timeout=(10, seconds + 10), **kwargs,
-            )  # fmt: skip
+                list_function,
+                *args,
+                timeout_seconds=seconds,
+                _request_timeout=(10, seconds + 10),
+                **kwargs,
+            )
             for event in stream:
                 if stop(event):
                     break

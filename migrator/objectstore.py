@@ -318,10 +318,14 @@ class MultipartWriter:
         response = s3_call(
             f"{self.what} (part {number})",
             lambda: self.client.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number,
-                Body=data, ContentMD5=base64.b64encode(digest).decode(),
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=data,
+                ContentMD5=base64.b64encode(digest).decode(),
             ),
-        )  # fmt: skip
+        )
         etag = str(response["ETag"])
         if _MD5_HEX.match(etag.strip('"')) and etag.strip('"') != digest.hex():
             raise StorageError(
@@ -356,10 +360,13 @@ class MultipartWriter:
         s3_call(
             self.what,
             lambda: self.client.put_object(
-                Bucket=self.bucket, Key=self.key, Body=data, ContentType=self.content_type,
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=data,
+                ContentType=self.content_type,
                 ContentMD5=base64.b64encode(digest).decode(),
             ),
-        )  # fmt: skip
+        )
         return digest.hex()
 
     def _complete(self) -> str:
@@ -368,10 +375,12 @@ class MultipartWriter:
         s3_call(
             self.what,
             lambda: self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
                 MultipartUpload={"Parts": listing},
             ),
-        )  # fmt: skip
+        )
         self._upload_id = None  # completed: nothing to abort any more
         combined = hashlib.md5(b"".join(digest for _, _, digest in results)).hexdigest()
         return f"{combined}-{len(results)}"
@@ -551,8 +560,10 @@ def abort_stale_uploads(client: Any, bucket: str, prefix: str, older_than: float
                 f"aborting the upload of {upload['Key']}",
                 functools.partial(
                     client.abort_multipart_upload,
-                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"],
+                    Bucket=bucket,
+                    Key=upload["Key"],
+                    UploadId=upload["UploadId"],
                 ),
-            )  # fmt: skip
+            )
             aborted.append(str(upload["Key"]))
     return aborted

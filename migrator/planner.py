@@ -269,7 +269,12 @@ def _volume_section(volume: Volume, request: PlanRequest, target: Target) -> Pla
     # Without workloads in the file (none found), the schema's default [] applies when loaded.
     section = cast(
         PlanVolume,
-        {"name": volume.name, "role": volume.role, "roleReason": volume.role_reason, "action": action},
+        {
+            "name": volume.name,
+            "role": volume.role,
+            "roleReason": volume.role_reason,
+            "action": action,
+        },
     )
     if volume.release:
         section["release"] = volume.release
@@ -362,13 +367,16 @@ def _shards(volume: Volume, request: PlanRequest) -> int:
 
 def _release_section(release: Release) -> PlanRelease:
     # Filled in the order the file shows them (kustomization before workloads).
-    section = cast(PlanRelease, {
-        "name": release.name,
-        "namespace": release.namespace,
-        "chart": release.chart,
-        "suspended": release.suspended,
-        "driftDetection": release.drift_detection,
-    })  # fmt: skip
+    section = cast(
+        PlanRelease,
+        {
+            "name": release.name,
+            "namespace": release.namespace,
+            "chart": release.chart,
+            "suspended": release.suspended,
+            "driftDetection": release.drift_detection,
+        },
+    )
     if release.kustomization:
         section["kustomization"] = release.kustomization
     section["workloads"] = list(release.workloads)
@@ -407,21 +415,25 @@ def lint_sqlite_on_network(
         if volume["role"] != "config":
             continue
         if volume["action"] == "move":
-            findings.append(_finding(
-                "sqlite-on-network-fs",
-                f"config volume {volume['name']} would land on a FUSE/network file system "
-                f"({target.provisioner or 'SeaweedFS via CSI'}): SQLite databases corrupt there "
-                "(Servarr wiki; seaweedfs#3384). Keep config on block storage: drop --move-config.",
-                volume["name"],
-            ))  # fmt: skip
+            findings.append(
+                _finding(
+                    "sqlite-on-network-fs",
+                    f"config volume {volume['name']} would land on a FUSE/network file system "
+                    f"({target.provisioner or 'SeaweedFS via CSI'}): SQLite databases corrupt there "
+                    "(Servarr wiki; seaweedfs#3384). Keep config on block storage: drop --move-config.",
+                    volume["name"],
+                )
+            )
         else:
-            findings.append(_finding(
-                "config-stays",
-                f"config volume {volume['name']} stays on its block storage (SQLite is unsafe on "
-                "FUSE/network file systems); the target gets a copy. Pass --move-config to move it.",
-                volume["name"],
-                severity="info",
-            ))  # fmt: skip
+            findings.append(
+                _finding(
+                    "config-stays",
+                    f"config volume {volume['name']} stays on its block storage (SQLite is unsafe on "
+                    "FUSE/network file systems); the target gets a copy. Pass --move-config to move it.",
+                    volume["name"],
+                    severity="info",
+                )
+            )
     return findings
 
 
@@ -434,12 +446,14 @@ def lint_capacity(document: PlanDocument, inventory: Inventory, target: Target) 
         for volume in spec["volumes"]:
             used = volume["source"].get("usedBytes") or volume["source"].get("capacityBytes") or 0
             if volume["target"]["sizeBytes"] < used:
-                findings.append(_finding(
-                    "capacity",
-                    f"new claim {volume['target']['pvc']} ({human_bytes(volume['target']['sizeBytes'])}) "
-                    f"is smaller than what {volume['name']} holds ({human_bytes(used)})",
-                    volume["name"],
-                ))  # fmt: skip
+                findings.append(
+                    _finding(
+                        "capacity",
+                        f"new claim {volume['target']['pvc']} ({human_bytes(volume['target']['sizeBytes'])}) "
+                        f"is smaller than what {volume['name']} holds ({human_bytes(used)})",
+                        volume["name"],
+                    )
+                )
         return findings
     if capacity is None:
         return []
@@ -448,11 +462,13 @@ def lint_capacity(document: PlanDocument, inventory: Inventory, target: Target) 
         for v in spec["volumes"]
     )
     if capacity < used:
-        findings.append(_finding(
-            "capacity",
-            f"destination capacity {human_bytes(capacity)} is below the {human_bytes(used)} "
-            "the volumes use (capacity of claims where usage is unknown)",
-        ))  # fmt: skip
+        findings.append(
+            _finding(
+                "capacity",
+                f"destination capacity {human_bytes(capacity)} is below the {human_bytes(used)} "
+                "the volumes use (capacity of claims where usage is unknown)",
+            )
+        )
     return findings
 
 
@@ -468,12 +484,14 @@ def lint_rwo_nodes(document: PlanDocument, inventory: Inventory, target: Target)
             node = nodes.get(node_name)
             problem = _node_problem(node_name, node)
             if problem:
-                findings.append(_finding(
-                    "rwo-node-unreachable",
-                    f"{volume['name']} is ReadWriteOnce and attached on {node_name}, which {problem}: "
-                    "the copy pod cannot be scheduled there. Uncordon it or stop the app first.",
-                    volume["name"],
-                ))  # fmt: skip
+                findings.append(
+                    _finding(
+                        "rwo-node-unreachable",
+                        f"{volume['name']} is ReadWriteOnce and attached on {node_name}, which {problem}: "
+                        "the copy pod cannot be scheduled there. Uncordon it or stop the app first.",
+                        volume["name"],
+                    )
+                )
     return findings
 
 
@@ -494,24 +512,26 @@ def lint_flux(document: PlanDocument, inventory: Inventory, target: Target) -> l
     findings = []
     for release in document["spec"]["releases"]:
         if release["driftDetection"] == "enabled":
-            findings.append(_finding(
-                "helm-drift-detection",
-                f"HelmRelease {release['name']} has driftDetection enabled: helm-controller reverts "
-                "a manual scale-down unless the release is suspended first (migrator suspends it at cutover).",
-            ))  # fmt: skip
+            findings.append(
+                _finding(
+                    "helm-drift-detection",
+                    f"HelmRelease {release['name']} has driftDetection enabled: helm-controller reverts "
+                    "a manual scale-down unless the release is suspended first (migrator suspends it at cutover).",
+                )
+            )
         if release.get("kustomization"):
-            findings.append(_finding(
-                "kustomization-reconciles",
-                f"HelmRelease {release['name']} is applied by Kustomization {release['kustomization']}: "
-                "if Git sets spec.suspend, Flux re-asserts it and un-suspends the release mid-migration. "
-                "Suspend the Kustomization too, or commit suspend: true during the cutover.",
-            ))  # fmt: skip
+            findings.append(
+                _finding(
+                    "kustomization-reconciles",
+                    f"HelmRelease {release['name']} is applied by Kustomization {release['kustomization']}: "
+                    "if Git sets spec.suspend, Flux re-asserts it and un-suspends the release mid-migration. "
+                    "Suspend the Kustomization too, or commit suspend: true during the cutover.",
+                )
+            )
     return findings
 
 
-def lint_csi_driver(
-    document: PlanDocument, inventory: Inventory, target: Target
-) -> list[Finding]:
+def lint_csi_driver(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """Swapping to an s3 target mounts the bucket through seaweedfs-csi-driver."""
     if inventory.mode != "cluster" or target.type != "s3":
         return []
@@ -519,12 +539,14 @@ def lint_csi_driver(
         return []
     if not any(v["action"] == "move" for v in document["spec"]["volumes"]):
         return []
-    return [_finding(
-        "csi-driver-missing",
-        "the cluster has no CSIDriver seaweedfs-csi-driver: the copy works, but swapping apps onto "
-        "the bucket needs it (Cozystack ships SeaweedFS S3-only; see docs/how-to/cozystack-migration.md).",
-        severity="info",
-    )]  # fmt: skip
+    return [
+        _finding(
+            "csi-driver-missing",
+            "the cluster has no CSIDriver seaweedfs-csi-driver: the copy works, but swapping apps onto "
+            "the bucket needs it (Cozystack ships SeaweedFS S3-only; see docs/how-to/cozystack-migration.md).",
+            severity="info",
+        )
+    ]
 
 
 def lint_filer(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
@@ -534,12 +556,14 @@ def lint_filer(document: PlanDocument, inventory: Inventory, target: Target) -> 
         return []
     if not any(v["action"] == "move" for v in document["spec"]["volumes"]):
         return []
-    return [_finding(
-        "no-filer-attributes",
-        "no --filer-grpc: a weed mount of the bucket (seaweedfs-csi-driver) will show every file as "
-        "uid 0, gid 0, mode 0660 (directories 0771) with the copy time as mtime, so apps running "
-        "as another user cannot read it; swap will refuse. Re-plan with --filer-grpc HOST:PORT.",
-    )]  # fmt: skip
+    return [
+        _finding(
+            "no-filer-attributes",
+            "no --filer-grpc: a weed mount of the bucket (seaweedfs-csi-driver) will show every file as "
+            "uid 0, gid 0, mode 0660 (directories 0771) with the copy time as mtime, so apps running "
+            "as another user cannot read it; swap will refuse. Re-plan with --filer-grpc HOST:PORT.",
+        )
+    ]
 
 
 def lint_probe(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
@@ -555,9 +579,7 @@ def lint_probe(document: PlanDocument, inventory: Inventory, target: Target) -> 
     ]
 
 
-def lint_restricted(
-    document: PlanDocument, inventory: Inventory, target: Target
-) -> list[Finding]:
+def lint_restricted(document: PlanDocument, inventory: Inventory, target: Target) -> list[Finding]:
     """In restricted mode, the volumes whose agents must stay root (and so are refused)."""
     from migrator.manifests.pod import volume_owner
 
@@ -571,13 +593,15 @@ def lint_restricted(
             why = "a pvc: target is written as root to keep every file's owner"
         elif owner is not None:
             continue
-        findings.append(_finding(
-            "restricted-root-agent",
-            f"its Jobs cannot run as a non-root user: {why}; they run as root, which a namespace "
-            "enforcing restricted refuses (set runAsUser or PUID on the workload, or label the "
-            "namespace pod-security.kubernetes.io/enforce=baseline for the migration)",
-            volume["name"],
-        ))  # fmt: skip
+        findings.append(
+            _finding(
+                "restricted-root-agent",
+                f"its Jobs cannot run as a non-root user: {why}; they run as root, which a namespace "
+                "enforcing restricted refuses (set runAsUser or PUID on the workload, or label the "
+                "namespace pod-security.kubernetes.io/enforce=baseline for the migration)",
+                volume["name"],
+            )
+        )
     return findings
 
 
@@ -586,13 +610,15 @@ def lint_image(document: PlanDocument, inventory: Inventory, target: Target) -> 
     image = document["spec"]["image"]
     if image != DEFAULT_IMAGE:
         return []
-    return [_finding(
-        "default-agent-image",
-        f"the Jobs will run the built-in default image {image}, which may not be published: "
-        "if it is not in the registry every Job sits in ImagePullBackOff. Build and push "
-        "jobs/Containerfile to a registry the cluster can pull from and re-plan with "
-        "--image REGISTRY/migrator-agent:TAG (see README, 'The agent image').",
-    )]  # fmt: skip
+    return [
+        _finding(
+            "default-agent-image",
+            f"the Jobs will run the built-in default image {image}, which may not be published: "
+            "if it is not in the registry every Job sits in ImagePullBackOff. Build and push "
+            "jobs/Containerfile to a registry the cluster can pull from and re-plan with "
+            "--image REGISTRY/migrator-agent:TAG (see README, 'The agent image').",
+        )
+    ]
 
 
 LINTS: list[Callable[[PlanDocument, Inventory, Target], list[Finding]]] = [

@@ -23,8 +23,6 @@ BOUNDED_FLAGS = ("--contimeout", "10s", "--timeout", "60s")
 FAIL_FAST_FLAGS = ("--low-level-retries", "1", "--retries", "1")
 
 
-
-
 def find_rclone() -> str:
     beside = Path(sys.executable).parent / "rclone"
     if beside.exists():
@@ -130,5 +128,3 @@ def rclone_error(stderr: bytes) -> str:
         if "error" in line.lower() or "failed" in line.lower():
             return line.strip()[-300:]
     return lines[-1].strip()[-300:] if lines else "rclone failed"
-
-

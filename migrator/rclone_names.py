@@ -32,8 +32,9 @@ FULL_BACKSLASH = "\uff3c"
 # rclone's default S3 encoding plus BackSlash: what every rclone call on an S3 destination uses.
 S3_ENCODING = "Slash,InvalidUtf8,Dot,BackSlash"
 ENCODING_FLAG = f"--s3-encoding={S3_ENCODING}"
-_SPECIAL = re.compile("[\x00-\x1f\x7f" + QUOTE + SYMBOL_NUL + "-\u241f" + SYMBOL_DEL
-                      + FULL_SLASH + FULL_DOT + "]")  # fmt: skip
+_SPECIAL = re.compile(
+    "[\x00-\x1f\x7f" + QUOTE + SYMBOL_NUL + "-\u241f" + SYMBOL_DEL + FULL_SLASH + FULL_DOT + "]"
+)
 _INVALID_BYTE = re.compile(QUOTE + "([89A-F][0-9A-F])")
 
 
@@ -54,11 +55,25 @@ def key_path(path: str) -> str:
 
 
 # From the first character rclone's encoder must replace on, it replaces or quotes these.
-_BACKSLASH_ENCODED = {"\\": FULL_BACKSLASH, FULL_BACKSLASH: QUOTE + FULL_BACKSLASH,
-                      QUOTE: QUOTE + QUOTE, SYMBOL_NUL: QUOTE + SYMBOL_NUL,
-                      FULL_SLASH: QUOTE + FULL_SLASH}  # fmt: skip
-_BACKSLASH_DECODED = re.compile(QUOTE + "[" + QUOTE + SYMBOL_NUL + FULL_SLASH + FULL_BACKSLASH
-                                + "]|" + QUOTE + "[89A-F][0-9A-F]|" + FULL_BACKSLASH)  # fmt: skip
+_BACKSLASH_ENCODED = {
+    "\\": FULL_BACKSLASH,
+    FULL_BACKSLASH: QUOTE + FULL_BACKSLASH,
+    QUOTE: QUOTE + QUOTE,
+    SYMBOL_NUL: QUOTE + SYMBOL_NUL,
+    FULL_SLASH: QUOTE + FULL_SLASH,
+}
+_BACKSLASH_DECODED = re.compile(
+    QUOTE
+    + "["
+    + QUOTE
+    + SYMBOL_NUL
+    + FULL_SLASH
+    + FULL_BACKSLASH
+    + "]|"
+    + QUOTE
+    + "[89A-F][0-9A-F]|"
+    + FULL_BACKSLASH
+)
 
 
 def _backslash_encode(name: str) -> str:
@@ -102,10 +117,18 @@ def local_path_of_key(relative: str) -> bytes:
     return bytes(out)
 
 
-_DOTS = {FULL_DOT: ".", FULL_DOT * 2: "..", QUOTE + FULL_DOT: FULL_DOT,
-         (QUOTE + FULL_DOT) * 2: FULL_DOT * 2}  # fmt: skip
-_DOTS_BACK = {".": FULL_DOT, "..": FULL_DOT * 2, FULL_DOT: QUOTE + FULL_DOT,
-              FULL_DOT * 2: (QUOTE + FULL_DOT) * 2}  # fmt: skip
+_DOTS = {
+    FULL_DOT: ".",
+    FULL_DOT * 2: "..",
+    QUOTE + FULL_DOT: FULL_DOT,
+    (QUOTE + FULL_DOT) * 2: FULL_DOT * 2,
+}
+_DOTS_BACK = {
+    ".": FULL_DOT,
+    "..": FULL_DOT * 2,
+    FULL_DOT: QUOTE + FULL_DOT,
+    FULL_DOT * 2: (QUOTE + FULL_DOT) * 2,
+}
 
 
 def _base_decode(name: str) -> str:

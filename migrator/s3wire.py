@@ -158,8 +158,12 @@ class Signer:
         day = stamp[:8]
         scope = f"{day}/{self._endpoint.region}/s3/aws4_request"
         if amz:
-            signed = {"host": host, "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
-                      "x-amz-date": stamp, **amz}  # fmt: skip
+            signed = {
+                "host": host,
+                "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+                "x-amz-date": stamp,
+                **amz,
+            }
             names = sorted(signed)
             canonical_headers = "".join(f"{name}:{signed[name]}\n" for name in names)
             signed_names = ";".join(names)

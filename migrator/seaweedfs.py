@@ -144,9 +144,12 @@ class SeaweedFS:
             "-filer",
             "-s3",
             f"-s3.config={self._write_s3_config()}",
-            *([f"-s3.cert.file={self.tls_cert}", f"-s3.key.file={self.tls_key}"]
-              if self.tls_cert else []),
-        ]  # fmt: skip
+            *(
+                [f"-s3.cert.file={self.tls_cert}", f"-s3.key.file={self.tls_key}"]
+                if self.tls_cert
+                else []
+            ),
+        ]
 
     def start(self, timeout: float = 60.0) -> SeaweedFS:
         """Start the server and wait until its S3 gateway answers.

@@ -121,5 +121,3 @@ def _without_live_sqlite(names: list[Any], tree: SourceTree) -> list[Any]:
     skipped = databases | {db + suffix for db in databases for suffix in SQLITE_COMPANIONS}
     tree.skipped_sqlite.extend(sorted(rel for rel, _f, _s in names if rel in skipped))
     return [item for item in names if item[0] not in skipped]
-
-

@@ -187,9 +187,15 @@ def show_run_summary(summary: Any) -> None:
         table.add_column(column, overflow="fold")
     for v in summary.volumes:
         table.add_row(
-            v.volume, v.status, str(v.files), human_bytes(v.bytes), str(v.copied),
-            human_bytes(v.copied_bytes), str(v.deleted), v.message,
-        )  # fmt: skip
+            v.volume,
+            v.status,
+            str(v.files),
+            human_bytes(v.bytes),
+            str(v.copied),
+            human_bytes(v.copied_bytes),
+            str(v.deleted),
+            v.message,
+        )
     out.print(table)
     for note in summary.notes:
         out.print(escape(note), markup=True)

@@ -68,9 +68,14 @@ class Change:
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "document": self.document, "path": self.path, "line": self.line, "old": self.old,
-            "new": self.new, "oldText": self.old_text, "newText": self.new_text,
-        }  # fmt: skip
+            "document": self.document,
+            "path": self.path,
+            "line": self.line,
+            "old": self.old,
+            "new": self.new,
+            "oldText": self.old_text,
+            "newText": self.new_text,
+        }
         if self.release:
             data["release"] = self.release
         return data
@@ -78,9 +83,15 @@ class Change:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Change:
         return cls(
-            int(data["document"]), str(data["path"]), int(data.get("line", 0)), str(data["old"]),
-            str(data["new"]), str(data["oldText"]), str(data["newText"]), data.get("release"),
-        )  # fmt: skip
+            int(data["document"]),
+            str(data["path"]),
+            int(data.get("line", 0)),
+            str(data["old"]),
+            str(data["new"]),
+            str(data["oldText"]),
+            str(data["newText"]),
+            data.get("release"),
+        )
 
 
 @dataclass
@@ -108,8 +119,9 @@ def unified_diff(before: str, after: str, name: str) -> str:
         fromfile=f"a/{name.lstrip('/')}",
         tofile=f"b/{name.lstrip('/')}",
     )
-    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
-                   for line in lines)  # fmt: skip
+    return "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
 
 
 # --- locating ---------------------------------------------------------------------------------

@@ -69,8 +69,13 @@ class _Progress:
         return add
 
     def _send(self) -> None:
-        self.emit({"event": "verify-progress", **{f"{k}Files": v[0] for k, v in self.counts.items()},
-                   **{f"{k}Bytes": v[1] for k, v in self.counts.items()}})  # fmt: skip
+        self.emit(
+            {
+                "event": "verify-progress",
+                **{f"{k}Files": v[0] for k, v in self.counts.items()},
+                **{f"{k}Bytes": v[1] for k, v in self.counts.items()},
+            }
+        )
 
 
 def run_verify(request: VerifyRequest, emit: Emit) -> bool:
@@ -82,37 +87,60 @@ def run_verify(request: VerifyRequest, emit: Emit) -> bool:
     stats = {"source": HashStats(), "destination": HashStats()}
     with _Caches(request) as caches:
         source = hash_tree(
-            request.source, workers=request.workers, sample=request.sample,
-            cache=caches.path("source"), progress=progress.side("source"), stats=stats["source"],
-        )  # fmt: skip
+            request.source,
+            workers=request.workers,
+            sample=request.sample,
+            cache=caches.path("source"),
+            progress=progress.side("source"),
+            stats=stats["source"],
+        )
         mounted = _mounted_tree(request)
         destination = _destination_entries(
-            request, caches.path("destination"), progress.side("destination"), stats["destination"],
+            request,
+            caches.path("destination"),
+            progress.side("destination"),
+            stats["destination"],
             mounted,
-        )  # fmt: skip
+        )
         damaged: list[str] = []
 
         def on_difference(difference: Any) -> None:
-            emit({"event": "difference", "kind": difference.kind, "path": difference.name,
-                  "detail": difference.describe()})  # fmt: skip
+            emit(
+                {
+                    "event": "difference",
+                    "kind": difference.kind,
+                    "path": difference.name,
+                    "detail": difference.describe(),
+                }
+            )
             if difference.kind in REPAIRABLE:
                 damaged.append(difference.name)
 
         result = compare(
-            source, destination, strict_metadata=request.strict_metadata, limit=0,
+            source,
+            destination,
+            strict_metadata=request.strict_metadata,
+            limit=0,
             on_difference=on_difference,
-        )  # fmt: skip
+        )
         if mounted is not None and request.sample is None:
             _directory_differences(request.source, mounted, result, emit)
         caches.upload()
     if request.state:
         save_differences(request.state, damaged)
     progress._send()
-    emit({"event": "verify-done", **result.summary(), "sample": request.sample,
-          "files": result.source_entries, "bytes": result.source_bytes,
-          "hashedFiles": {side: s.hashed_files for side, s in stats.items()},
-          "cachedFiles": {side: s.cached_files for side, s in stats.items()},
-          "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+    emit(
+        {
+            "event": "verify-done",
+            **result.summary(),
+            "sample": request.sample,
+            "files": result.source_entries,
+            "bytes": result.source_bytes,
+            "hashedFiles": {side: s.hashed_files for side, s in stats.items()},
+            "cachedFiles": {side: s.cached_files for side, s in stats.items()},
+            "seconds": round(time.monotonic() - started, 3),
+        }
+    )
     return result.ok
 
 
@@ -136,22 +164,37 @@ def _destination_entries(
     if request.destination.startswith("s3://"):
         location = S3Location.parse(request.destination)
         entries = hash_s3_prefix(
-            S3Settings.from_environment(None), location.bucket, location.prefix + "/",
-            workers=request.workers, sample=request.sample, cache=cache, progress=progress, stats=stats,
-        )  # fmt: skip
+            S3Settings.from_environment(None),
+            location.bucket,
+            location.prefix + "/",
+            workers=request.workers,
+            sample=request.sample,
+            cache=cache,
+            progress=progress,
+            stats=stats,
+        )
         return entries if mounted is None else _as_mounted(entries, mounted)
     return hash_tree(
-        request.destination, workers=request.workers, sample=request.sample, cache=cache,
-        progress=progress, stats=stats,
-    )  # fmt: skip
+        request.destination,
+        workers=request.workers,
+        sample=request.sample,
+        cache=cache,
+        progress=progress,
+        stats=stats,
+    )
 
 
 def save_differences(state: str, names: list[str]) -> None:
     """Leave the files found missing or different beside the copy state (``s3://...``), where
     ``migrator agent copy --recheck`` reads them and copies them again."""
     location = S3Location.parse(state)
-    _put(_wire_client(), location.bucket, location.key(VERIFY_DIFFERENCES),
-         Body(encode_names(names)), "saving the verify differences")  # fmt: skip
+    _put(
+        _wire_client(),
+        location.bucket,
+        location.key(VERIFY_DIFFERENCES),
+        Body(encode_names(names)),
+        "saving the verify differences",
+    )
 
 
 # The caches and the differences go through migrator.s3wire, as the hashing does: importing boto3
@@ -217,8 +260,14 @@ def _directory_differences(
             kinds.append((OWNER, f"{st.st_uid}:{st.st_gid} != {there.uid}:{there.gid}"))
         for kind, detail in kinds:
             result.counts[kind] += 1
-            emit({"event": "difference", "kind": kind, "path": escape_path(os.fsencode(rel_dir)) + "/",
-                  "detail": f"{kind}\t{rel_dir}/: {detail}"})  # fmt: skip
+            emit(
+                {
+                    "event": "difference",
+                    "kind": kind,
+                    "path": escape_path(os.fsencode(rel_dir)) + "/",
+                    "detail": f"{kind}\t{rel_dir}/: {detail}",
+                }
+            )
 
 
 def _source_dirs(source: Path) -> Iterator[str]:
@@ -253,8 +302,13 @@ class _Caches:
         self.local_dir = Path(self.tmp.name)
         location, client = S3Location.parse(cache), _wire_client()
         for name in CACHE_NAMES.values():
-            _download(client, location.bucket, location.key(name), self.local_dir / name,
-                      "reading the verify cache")  # fmt: skip
+            _download(
+                client,
+                location.bucket,
+                location.key(name),
+                self.local_dir / name,
+                "reading the verify cache",
+            )
         return self
 
     def path(self, side: str) -> Path | None:
@@ -269,8 +323,9 @@ class _Caches:
             if path.exists():
                 with path.open("rb") as cache:
                     body = Body(fd=cache.fileno(), length=os.fstat(cache.fileno()).st_size)
-                    _put(client, location.bucket, location.key(name), body,
-                         "saving the verify cache")  # fmt: skip
+                    _put(
+                        client, location.bucket, location.key(name), body, "saving the verify cache"
+                    )
 
     def __exit__(self, *exc: object) -> None:
         if self.tmp is not None:

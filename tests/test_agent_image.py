@@ -23,9 +23,17 @@ def plan(tmp_path: Path, *extra: str) -> Any:
     source.mkdir(exist_ok=True)
     (source / "config.xml").write_text("<Config/>")
     return run_cli(
-        "plan", "--source-dir", f"sonarr-config={source}", "--target", "s3://media",
-        "--s3-endpoint", "http://127.0.0.1:9", "--no-probe", *extra, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"sonarr-config={source}",
+        "--target",
+        "s3://media",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+        "--no-probe",
+        *extra,
+        cwd=tmp_path,
+    )
 
 
 def test_plan_prints_the_default_image_and_warns_it_may_not_exist(tmp_path: Path) -> None:

@@ -41,9 +41,12 @@ class Project:
 
     def s3(self) -> Any:
         return boto3.client(
-            "s3", endpoint_url=self.server.s3_endpoint, aws_access_key_id=self.server.access_key,
-            aws_secret_access_key=self.server.secret_key, region_name="us-east-1",
-        )  # fmt: skip
+            "s3",
+            endpoint_url=self.server.s3_endpoint,
+            aws_access_key_id=self.server.access_key,
+            aws_secret_access_key=self.server.secret_key,
+            region_name="us-east-1",
+        )
 
     def repository(self) -> BackupRepository:
         settings = S3Settings(
@@ -73,10 +76,18 @@ def make_source(path: Path) -> Path:
 def project(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> Project:
     config = make_source(tmp_path / "src" / "sonarr")
     result = run_cli(
-        "plan", "--source-dir", f"{VOLUME}={config}", "--target", f"s3://{bucket}/migrated",
-        "--backup-target", f"s3://{bucket}/backups", "--s3-endpoint", s3_env.s3_endpoint,
-        "--no-probe", cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"{VOLUME}={config}",
+        "--target",
+        f"s3://{bucket}/migrated",
+        "--backup-target",
+        f"s3://{bucket}/backups",
+        "--s3-endpoint",
+        s3_env.s3_endpoint,
+        "--no-probe",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     return Project(tmp_path, tmp_path / "plans" / "local.yaml", config, bucket, s3_env)
 
@@ -148,9 +159,16 @@ def test_backup_while_the_app_writes_then_list_and_restore(project: Project) -> 
 
     target = project.root / "restored"
     code, report = cli_json(
-        "backup", "restore", "latest", "--plan", str(project.plan), "--volume", VOLUME,
-        "--to", str(target),
-    )  # fmt: skip
+        "backup",
+        "restore",
+        "latest",
+        "--plan",
+        str(project.plan),
+        "--volume",
+        VOLUME,
+        "--to",
+        str(target),
+    )
     assert code == 0, report
     assert report["ok"] and report["databases"] == ["logs.db", "sonarr.db"]
     assert not any(target.glob("*.db-wal")) and not any(target.glob("*.db-shm"))
@@ -174,16 +192,31 @@ def test_restore_refuses_a_non_empty_target_and_force_replaces_it(project: Proje
     target.mkdir()
     (target / "sonarr.db-wal").write_bytes(b"stale WAL of another database")
     result = run_cli(
-        "backup", "restore", "latest", "--plan", str(project.plan), "--volume", VOLUME,
-        "--to", str(target),
-    )  # fmt: skip
+        "backup",
+        "restore",
+        "latest",
+        "--plan",
+        str(project.plan),
+        "--volume",
+        VOLUME,
+        "--to",
+        str(target),
+    )
     assert result.exit_code == 2
     assert "is not empty (1 entries)" in only_error_line(result)
     assert (target / "sonarr.db-wal").exists()
     result = run_cli(
-        "backup", "restore", "latest", "--plan", str(project.plan), "--volume", VOLUME,
-        "--to", str(target), "--force",
-    )  # fmt: skip
+        "backup",
+        "restore",
+        "latest",
+        "--plan",
+        str(project.plan),
+        "--volume",
+        VOLUME,
+        "--to",
+        str(target),
+        "--force",
+    )
     assert result.exit_code == 0, result.output
     assert not (target / "sonarr.db-wal").exists()  # a stale WAL would corrupt the restore
     assert_same_tree(project.config, target, DATABASES)
@@ -251,9 +284,16 @@ def test_a_file_larger_than_the_part_size_round_trips(project: Project) -> None:
     assert head["ETag"].strip('"').endswith("-3")
     target = project.root / "restored"
     code, report = cli_json(
-        "backup", "restore", record["id"], "--plan", str(project.plan), "--volume", VOLUME,
-        "--to", str(target),
-    )  # fmt: skip
+        "backup",
+        "restore",
+        record["id"],
+        "--plan",
+        str(project.plan),
+        "--volume",
+        VOLUME,
+        "--to",
+        str(target),
+    )
     assert code == 0, report
     assert (target / "Backups" / "scheduled" / "big.zip").read_bytes() == big.read_bytes()
 
@@ -299,7 +339,17 @@ def test_error_paths_are_one_line_with_the_right_exit_code(
 ) -> None:
     create_snapshot(project.repository(), VOLUME, project.config)
     plan = str(project.plan)
-    result = run_cli("backup", "restore", "20200101T000000Z", "--plan", plan, "--volume", VOLUME, "--to", str(project.root / "x"))  # fmt: skip
+    result = run_cli(
+        "backup",
+        "restore",
+        "20200101T000000Z",
+        "--plan",
+        plan,
+        "--volume",
+        VOLUME,
+        "--to",
+        str(project.root / "x"),
+    )
     assert result.exit_code == 2
     assert "no snapshot '20200101T000000Z' of volume 'sonarr-config'" in only_error_line(result)
     result = run_cli("backup", "verify", "latest", "--plan", plan, "--volume", "nope")
@@ -365,9 +415,17 @@ def test_a_full_bucket_is_one_line_and_leaves_no_upload(
         migrator.objectstore, "make_client", lambda *a, **k: _FullBucket(real(*a, **k))
     )
     result = run_cli(
-        "agent", "backup", "--to", f"s3://{project.bucket}/backups", "--volume", VOLUME,
-        str(project.config), "--part-size", "5", env={"AWS_ENDPOINT_URL": project.server.s3_endpoint},
-    )  # fmt: skip
+        "agent",
+        "backup",
+        "--to",
+        f"s3://{project.bucket}/backups",
+        "--volume",
+        VOLUME,
+        str(project.config),
+        "--part-size",
+        "5",
+        env={"AWS_ENDPOINT_URL": project.server.s3_endpoint},
+    )
     assert result.exit_code == 3
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("Error: backup failed for sonarr-config: uploading s3://")
@@ -399,10 +457,24 @@ def test_snapshot_of_a_live_database_on_a_read_only_mount(project: Project, tmp_
     migrator_bin = str(Path(sys.executable).parent / "migrator")
     script = 'mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" && shift 2 && exec "$@"'
     command = [
-        *prefix, "sh", "-c", script, "sh", str(project.config), str(mount), migrator_bin, "agent",
-        "backup", "--to", f"s3://{project.bucket}/backups", "--volume", VOLUME, str(mount),
-        "--tmp-dir", str(tmp_path),
-    ]  # fmt: skip
+        *prefix,
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(project.config),
+        str(mount),
+        migrator_bin,
+        "agent",
+        "backup",
+        "--to",
+        f"s3://{project.bucket}/backups",
+        "--volume",
+        VOLUME,
+        str(mount),
+        "--tmp-dir",
+        str(tmp_path),
+    ]
     env = {**os.environ, "AWS_ENDPOINT_URL": project.server.s3_endpoint}
     database = project.config / "sonarr.db"
     with DatabaseWriter(database):
@@ -419,9 +491,16 @@ def test_snapshot_of_a_live_database_on_a_read_only_mount(project: Project, tmp_
     assert methods["sonarr.db"] == "read-only"  # the live one, through its -shm, read-only
     target = tmp_path / "restored"
     code, report = cli_json(
-        "backup", "restore", "latest", "--plan", str(project.plan), "--volume", VOLUME,
-        "--to", str(target),
-    )  # fmt: skip
+        "backup",
+        "restore",
+        "latest",
+        "--plan",
+        str(project.plan),
+        "--volume",
+        VOLUME,
+        "--to",
+        str(target),
+    )
     assert code == 0, report
     assert len(rows(target / "sonarr.db")) >= before
 
@@ -430,9 +509,15 @@ def test_restore_drill_passes_and_fails_on_damage_or_stale_backups(project: Proj
     record = create_snapshot(project.repository(), VOLUME, project.config)
     scratch = project.root / "scratch"
     base = (
-        "agent", "backup-drill", "--from", f"s3://{project.bucket}/backups", "--volume", VOLUME,
-        "--scratch", str(scratch),
-    )  # fmt: skip
+        "agent",
+        "backup-drill",
+        "--from",
+        f"s3://{project.bucket}/backups",
+        "--volume",
+        VOLUME,
+        "--scratch",
+        str(scratch),
+    )
     env = {"AWS_ENDPOINT_URL": project.server.s3_endpoint}
     result = run_cli(*base, "--max-age-hours", "48", env=env)
     assert result.exit_code == 0, result.output
@@ -452,27 +537,41 @@ def test_restore_drill_passes_and_fails_on_damage_or_stale_backups(project: Proj
 
 
 def test_offsite_backups_go_to_another_s3_with_their_own_keys(
-    tmp_path: Path, s3_env: SeaweedFS, bucket: str, offsite_seaweedfs: SeaweedFS,
+    tmp_path: Path,
+    s3_env: SeaweedFS,
+    bucket: str,
+    offsite_seaweedfs: SeaweedFS,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """The off-site copy of 3-2-1: copies on one S3, backups on another, keys of each apart."""
     from tests.conftest import make_bucket
 
     offsite_bucket = make_bucket(offsite_seaweedfs)
     config = make_source(tmp_path / "src" / "sonarr")
     result = run_cli(
-        "plan", "--source-dir", f"{VOLUME}={config}", "--target", f"s3://{bucket}/migrated",
-        "--s3-endpoint", s3_env.s3_endpoint, "--no-probe",
-        "--backup-target", f"s3://{offsite_bucket}/arr",
-        "--backup-endpoint", offsite_seaweedfs.s3_endpoint, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"{VOLUME}={config}",
+        "--target",
+        f"s3://{bucket}/migrated",
+        "--s3-endpoint",
+        s3_env.s3_endpoint,
+        "--no-probe",
+        "--backup-target",
+        f"s3://{offsite_bucket}/arr",
+        "--backup-endpoint",
+        offsite_seaweedfs.s3_endpoint,
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     plan = str(tmp_path / "plans" / "local.yaml")
     backup = yaml.safe_load(Path(plan).read_text())["spec"]["backup"]
     assert backup == {
-        "url": f"s3://{offsite_bucket}/arr", "bucket": offsite_bucket, "prefix": "arr",
+        "url": f"s3://{offsite_bucket}/arr",
+        "bucket": offsite_bucket,
+        "prefix": "arr",
         "endpoint": offsite_seaweedfs.s3_endpoint,
-    }  # fmt: skip
+    }
 
     # Without the off-site keys: one line saying which variables to set, nothing uploaded.
     for command in (["backup", "run"], ["backup", "list"]):
@@ -486,16 +585,21 @@ def test_offsite_backups_go_to_another_s3_with_their_own_keys(
     assert code == 0, outcome
     [volume] = outcome["volumes"]
     offsite = boto3.client(
-        "s3", endpoint_url=offsite_seaweedfs.s3_endpoint, region_name="us-east-1",
+        "s3",
+        endpoint_url=offsite_seaweedfs.s3_endpoint,
+        region_name="us-east-1",
         aws_access_key_id=offsite_seaweedfs.access_key,
         aws_secret_access_key=offsite_seaweedfs.secret_key,
-    )  # fmt: skip
+    )
     keys = [o["Key"] for o in offsite.list_objects_v2(Bucket=offsite_bucket)["Contents"]]
     assert any(k.startswith(f"arr/{VOLUME}/") and volume["snapshot"] in k for k in keys)
     home = boto3.client(
-        "s3", endpoint_url=s3_env.s3_endpoint, region_name="us-east-1",
-        aws_access_key_id=s3_env.access_key, aws_secret_access_key=s3_env.secret_key,
-    )  # fmt: skip
+        "s3",
+        endpoint_url=s3_env.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=s3_env.access_key,
+        aws_secret_access_key=s3_env.secret_key,
+    )
     assert home.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # nothing on the copies' S3
 
     code, listing = cli_json("backup", "list", "--plan", plan)

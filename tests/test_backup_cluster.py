@@ -56,11 +56,19 @@ class Cozy:
 
     def plan(self, *extra: str) -> Path:
         result = self.cli(
-            "plan", "-n", self.ns, "--target", "s3://media/migrated",
-            "--s3-credentials-secret", tenant_media.SECRET_NAME,
-            "--s3-endpoint", self.server.s3_endpoint,
-            "--backup-target", f"s3://{self.bucket}/backups", *extra,
-        )  # fmt: skip
+            "plan",
+            "-n",
+            self.ns,
+            "--target",
+            "s3://media/migrated",
+            "--s3-credentials-secret",
+            tenant_media.SECRET_NAME,
+            "--s3-endpoint",
+            self.server.s3_endpoint,
+            "--backup-target",
+            f"s3://{self.bucket}/backups",
+            *extra,
+        )
         assert result.exit_code == 0, result.output
         return self.root / "plans" / f"{self.ns}.yaml"
 
@@ -71,28 +79,40 @@ class Cozy:
         directory.mkdir(parents=True)
         self.cluster.kubelet.add_claim(self.ns, name, directory)
         self.claims[name] = directory
-        self.cluster.seed([{
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": self.ns},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "replicated",
-                     "resources": {"requests": {"storage": "2Gi"}}},
-        }])  # fmt: skip
+        self.cluster.seed(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": name, "namespace": self.ns},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": "replicated",
+                        "resources": {"requests": {"storage": "2Gi"}},
+                    },
+                }
+            ]
+        )
         return directory
 
     def live_pods(self, **labels: str) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items()) or None
         return [
-            p for p in self.cluster.list_objects("v1", "Pod", self.ns, selector)
+            p
+            for p in self.cluster.list_objects("v1", "Pod", self.ns, selector)
             if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
             and not p["metadata"].get("deletionTimestamp")
-        ]  # fmt: skip
+        ]
 
 
 @pytest.fixture
 def cozy(
-    control_plane: ControlPlane, kubelet: ProcessKubelet, tmp_path: Path, seaweedfs: SeaweedFS,
+    control_plane: ControlPlane,
+    kubelet: ProcessKubelet,
+    tmp_path: Path,
+    seaweedfs: SeaweedFS,
     bucket: str,
-) -> Iterator[Cozy]:  # fmt: skip
+) -> Iterator[Cozy]:
     """A fresh tenant namespace (Pod Security baseline) seeded with tenant-media's objects, the
     config claims backed by sample config directories and the credentials Secret's keys real."""
     namespace = unique_namespace()
@@ -104,9 +124,11 @@ def cozy(
         )
         kubelet.add_claim(namespace, f"{app}-config", claims[f"{app}-config"])
     secret = tenant_media.credentials_secret(
-        access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, bucket=bucket,
+        access_key=seaweedfs.access_key,
+        secret_key=seaweedfs.secret_key,
+        bucket=bucket,
         namespace=namespace,
-    )  # fmt: skip
+    )
     try:
         cluster.create_namespace(BASELINE)
         cluster.seed(tenant_media.tenant_media(secret=secret, ns=namespace, with_nodes=False)[1:])
@@ -123,18 +145,25 @@ def trigger(cozy: Cozy, cronjob: str, job: str) -> dict[str, Any]:
     assert stored is not None
     template = stored["spec"]["jobTemplate"]
     body = {
-        "apiVersion": "batch/v1", "kind": "Job",
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {
-            "name": job, "namespace": cozy.ns,
+            "name": job,
+            "namespace": cozy.ns,
             "labels": template["metadata"].get("labels") or {},
             "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
-            "ownerReferences": [{
-                "apiVersion": "batch/v1", "kind": "CronJob", "name": cronjob,
-                "uid": stored["metadata"]["uid"], "controller": True,
-            }],
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "CronJob",
+                    "name": cronjob,
+                    "uid": stored["metadata"]["uid"],
+                    "controller": True,
+                }
+            ],
         },
         "spec": template["spec"],
-    }  # fmt: skip
+    }
     cozy.cluster.seed([body])
 
     def finished() -> bool:
@@ -156,16 +185,25 @@ def container(cronjob: dict[str, Any]) -> dict[str, Any]:
 def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     plan_path = cozy.plan()
     result = run_cli(
-        "backup", "install", "--plan", str(plan_path), "--drill", "weekly", "--keep-daily", "10",
+        "backup",
+        "install",
+        "--plan",
+        str(plan_path),
+        "--drill",
+        "weekly",
+        "--keep-daily",
+        "10",
         "--json",
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     rendered = {m["metadata"]["name"]: m for m in json.loads(result.stdout)}
     # Each app's RWO config PVC is attached on that app's node: one pod cannot mount them all.
     assert sorted(rendered) == [
-        f"migrator-backup-drill-{cozy.ns}", "migrator-backup-prowlarr-config",
-        "migrator-backup-radarr-config", "migrator-backup-sonarr-config",
-    ]  # fmt: skip
+        f"migrator-backup-drill-{cozy.ns}",
+        "migrator-backup-prowlarr-config",
+        "migrator-backup-radarr-config",
+        "migrator-backup-sonarr-config",
+    ]
     for manifest in rendered.values():
         validate_manifest(manifest)
         assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "migrator"
@@ -173,8 +211,10 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     sonarr = rendered["migrator-backup-sonarr-config"]
     spec = sonarr["spec"]
     assert (spec["schedule"], spec["timeZone"], spec["concurrencyPolicy"]) == (
-        "0 3 * * *", "Etc/UTC", "Forbid",
-    )  # fmt: skip
+        "0 3 * * *",
+        "Etc/UTC",
+        "Forbid",
+    )
     assert spec["startingDeadlineSeconds"] == 3600
     assert (spec["successfulJobsHistoryLimit"], spec["failedJobsHistoryLimit"]) == (3, 3)
     job = spec["jobTemplate"]["spec"]
@@ -185,17 +225,22 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     # Not pinned to the node of plan time: it prefers wherever the app's pod runs tonight.
     assert pod["affinity"] == {
         "podAffinity": {
-            "preferredDuringSchedulingIgnoredDuringExecution": [{
-                "weight": 100,
-                "podAffinityTerm": {
-                    "labelSelector": {"matchLabels": {
-                        "app.kubernetes.io/instance": "sonarr", "app.kubernetes.io/name": "sonarr",
-                    }},
-                    "topologyKey": "kubernetes.io/hostname",
-                },
-            }]
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {
+                            "matchLabels": {
+                                "app.kubernetes.io/instance": "sonarr",
+                                "app.kubernetes.io/name": "sonarr",
+                            }
+                        },
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
         }
-    }  # fmt: skip
+    }
     assert pod["volumes"][0] == {
         "name": "source-0",
         "persistentVolumeClaim": {"claimName": "sonarr-config", "readOnly": True},
@@ -203,17 +248,37 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     main = container(sonarr)
     assert main["image"] == load_plan(plan_path).spec["image"]
     assert main["volumeMounts"][0] == {
-        "name": "source-0", "mountPath": "/mnt/source/sonarr-config", "readOnly": True,
-    }  # fmt: skip
+        "name": "source-0",
+        "mountPath": "/mnt/source/sonarr-config",
+        "readOnly": True,
+    }
     assert main["securityContext"]["readOnlyRootFilesystem"] is True
     assert main["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]}
     assert main["resources"]["limits"]["memory"] == "1Gi"
     assert main["command"] == [
-        "migrator", "agent", "backup", "--to", f"s3://{cozy.bucket}/backups",
-        "--plan-name", cozy.ns, "--tmp-dir", "/tmp",
-        "--volume", "sonarr-config", "/mnt/source/sonarr-config", "--app", "sonarr-config=sonarr",
-        "--keep-last", "0", "--keep-daily", "10", "--keep-weekly", "4", "--keep-monthly", "6",
-    ]  # fmt: skip
+        "migrator",
+        "agent",
+        "backup",
+        "--to",
+        f"s3://{cozy.bucket}/backups",
+        "--plan-name",
+        cozy.ns,
+        "--tmp-dir",
+        "/tmp",
+        "--volume",
+        "sonarr-config",
+        "/mnt/source/sonarr-config",
+        "--app",
+        "sonarr-config=sonarr",
+        "--keep-last",
+        "0",
+        "--keep-daily",
+        "10",
+        "--keep-weekly",
+        "4",
+        "--keep-monthly",
+        "6",
+    ]
     env = {e["name"]: e for e in main["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == cozy.server.s3_endpoint
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
@@ -224,10 +289,22 @@ def test_install_renders_strictly_valid_cronjobs(cozy: Cozy) -> None:
     drill = rendered[f"migrator-backup-drill-{cozy.ns}"]
     assert drill["spec"]["schedule"] == "30 4 * * 0"
     assert container(drill)["command"] == [
-        "migrator", "agent", "backup-drill", "--from", f"s3://{cozy.bucket}/backups",
-        "--volume", "prowlarr-config", "--volume", "radarr-config", "--volume", "sonarr-config",
-        "--scratch", "/mnt/restore", "--max-age-hours", "48",
-    ]  # fmt: skip
+        "migrator",
+        "agent",
+        "backup-drill",
+        "--from",
+        f"s3://{cozy.bucket}/backups",
+        "--volume",
+        "prowlarr-config",
+        "--volume",
+        "radarr-config",
+        "--volume",
+        "sonarr-config",
+        "--scratch",
+        "/mnt/restore",
+        "--max-age-hours",
+        "48",
+    ]
     drill_pod = drill["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert all("persistentVolumeClaim" not in v for v in drill_pod["volumes"])
 
@@ -242,9 +319,11 @@ def test_one_cronjob_per_plan_when_one_pod_can_mount_every_volume(cozy: Cozy) ->
     validate_manifest(cronjob)
     mounts = container(cronjob)["volumeMounts"]
     assert [m["mountPath"] for m in mounts] == [
-        "/mnt/source/prowlarr-config", "/mnt/source/radarr-config",
-        "/mnt/source/sonarr-config", "/tmp",
-    ]  # fmt: skip
+        "/mnt/source/prowlarr-config",
+        "/mnt/source/radarr-config",
+        "/mnt/source/sonarr-config",
+        "/tmp",
+    ]
     assert all(m["readOnly"] for m in mounts[:3])
 
 
@@ -259,16 +338,21 @@ def test_apps_sharing_a_node_at_plan_time_still_get_a_cronjob_each(cozy: Cozy) -
     document["spec"]["volumes"].append(second)
     files = render_backups(document)
     assert sorted(files) == [
-        "migrator-backup-prowlarr-config.yaml", "migrator-backup-radarr-config.yaml",
+        "migrator-backup-prowlarr-config.yaml",
+        "migrator-backup-radarr-config.yaml",
         "migrator-backup-sonarr.yaml",
-    ]  # fmt: skip
+    ]
     sonarr = files["migrator-backup-sonarr.yaml"]
     validate_manifest(sonarr)
-    claims = [v["persistentVolumeClaim"]["claimName"] for v in sonarr["spec"]["jobTemplate"][
-        "spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]  # fmt: skip
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in sonarr["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
     assert claims == ["sonarr-config", "sonarr-logs"]
     [term] = sonarr["spec"]["jobTemplate"]["spec"]["template"]["spec"]["affinity"]["podAffinity"][
-        "preferredDuringSchedulingIgnoredDuringExecution"]  # fmt: skip
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert term["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == (
         "sonarr"
     )
@@ -320,10 +404,16 @@ def test_install_apply_creates_the_cronjob_server_side(cozy: Cozy) -> None:
     backup = trigger(cozy, name, "nightly-now")
     assert backup["status"].get("succeeded") == 1, backup["status"]
     listed = run_cli(
-        "backup", "list", "--plan", str(plan_path), "--json",
-        env={"AWS_ACCESS_KEY_ID": cozy.server.access_key,
-             "AWS_SECRET_ACCESS_KEY": cozy.server.secret_key},
-    )  # fmt: skip
+        "backup",
+        "list",
+        "--plan",
+        str(plan_path),
+        "--json",
+        env={
+            "AWS_ACCESS_KEY_ID": cozy.server.access_key,
+            "AWS_SECRET_ACCESS_KEY": cozy.server.secret_key,
+        },
+    )
     assert listed.exit_code == 0, listed.output
     [snapshot] = json.loads(listed.stdout)["snapshots"]
     assert snapshot["volume"] == "sonarr-config"
@@ -377,9 +467,17 @@ def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) 
 
     # Restoring into the live claim is refused while the app's pod mounts it.
     live = cozy.cli(
-        "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
-        "--to-pvc", "sonarr-config", "--force",
-    )  # fmt: skip
+        "backup",
+        "restore",
+        "latest",
+        "--plan",
+        str(plan_path),
+        "--volume",
+        "sonarr-config",
+        "--to-pvc",
+        "sonarr-config",
+        "--force",
+    )
     assert live.exit_code == 2
     assert (
         "is mounted by running pod(s) sonarr-" in live.output
@@ -388,9 +486,17 @@ def test_backup_job_on_a_read_only_mount_then_restore_job_and_drill(cozy: Cozy) 
 
     restored = cozy.new_claim("sonarr-restored")
     result = cozy.cli(
-        "backup", "restore", volume["snapshot"], "--plan", str(plan_path), "--volume",
-        "sonarr-config", "--to-pvc", "sonarr-restored", "--json",
-    )  # fmt: skip
+        "backup",
+        "restore",
+        volume["snapshot"],
+        "--plan",
+        str(plan_path),
+        "--volume",
+        "sonarr-config",
+        "--to-pvc",
+        "sonarr-restored",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["ok"] and report["databases"] == ["logs.db", "sonarr.db"]
@@ -421,13 +527,27 @@ def test_restore_job_into_the_apps_own_claim_once_the_app_is_stopped(cozy: Cozy)
     config.write_text("<Config>damaged</Config>\n")
     cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", {"spec": {"replicas": 0}})
     cozy.cluster.wait_for(  # gone, not only terminating: until then it still mounts the claim
-        lambda: not cozy.cluster.list_objects("v1", "Pod", cozy.ns, "app.kubernetes.io/name=sonarr"),
-        60, "sonarr's pod gone",
-    )  # fmt: skip
+        lambda: (
+            not cozy.cluster.list_objects("v1", "Pod", cozy.ns, "app.kubernetes.io/name=sonarr")
+        ),
+        60,
+        "sonarr's pod gone",
+    )
     result = cozy.cli(
-        "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
-        "--to-pvc", "sonarr-config", "--force", "--timeout", "120", "--json",
-    )  # fmt: skip
+        "backup",
+        "restore",
+        "latest",
+        "--plan",
+        str(plan_path),
+        "--volume",
+        "sonarr-config",
+        "--to-pvc",
+        "sonarr-config",
+        "--force",
+        "--timeout",
+        "120",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ok"]
     assert config.read_bytes() == good
@@ -437,14 +557,24 @@ def test_restore_job_into_the_apps_own_claim_once_the_app_is_stopped(cozy: Cozy)
 def test_listing_from_a_workstation_uses_its_own_endpoint_and_keys(cozy: Cozy) -> None:
     plan_path = cozy.plan("--volume", "sonarr-config")
     s3 = boto3.client(
-        "s3", endpoint_url=cozy.server.s3_endpoint, aws_access_key_id=cozy.server.access_key,
-        aws_secret_access_key=cozy.server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=cozy.server.s3_endpoint,
+        aws_access_key_id=cozy.server.access_key,
+        aws_secret_access_key=cozy.server.secret_key,
+        region_name="us-east-1",
+    )
     assert s3.list_objects_v2(Bucket=cozy.bucket).get("KeyCount") == 0
     result = run_cli(
-        "backup", "list", "--plan", str(plan_path), "--json",
-        env={"AWS_ACCESS_KEY_ID": cozy.server.access_key, "AWS_SECRET_ACCESS_KEY": cozy.server.secret_key},
-    )  # fmt: skip
+        "backup",
+        "list",
+        "--plan",
+        str(plan_path),
+        "--json",
+        env={
+            "AWS_ACCESS_KEY_ID": cozy.server.access_key,
+            "AWS_SECRET_ACCESS_KEY": cozy.server.secret_key,
+        },
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["snapshots"] == []
 
@@ -460,17 +590,29 @@ def test_restore_job_brings_back_setuid_bits_only_when_asked(cozy: Cozy) -> None
     for claim, extra in (("sonarr-plain", ()), ("sonarr-kept", ("--keep-setid",))):
         restored = cozy.new_claim(claim)
         result = cozy.cli(
-            "backup", "restore", "latest", "--plan", str(plan_path), "--volume", "sonarr-config",
-            "--to-pvc", claim, "--json", *extra,
-        )  # fmt: skip
+            "backup",
+            "restore",
+            "latest",
+            "--plan",
+            str(plan_path),
+            "--volume",
+            "sonarr-config",
+            "--to-pvc",
+            claim,
+            "--json",
+            *extra,
+        )
         assert result.exit_code == 0, result.output
         modes[claim] = (restored / "tool").stat().st_mode & 0o7777
     assert modes == {"sonarr-plain": 0o755, "sonarr-kept": 0o4755}
     assert cozy.cluster.forbidden() == []
     job = build_restore_job(
-        load_plan(plan_path).document, {"name": "sonarr-config", "source": {}}, "latest",
-        "sonarr-kept", keep_setid=True,
-    )  # fmt: skip
+        load_plan(plan_path).document,
+        {"name": "sonarr-config", "source": {}},
+        "latest",
+        "sonarr-kept",
+        keep_setid=True,
+    )
     validate_manifest(job)
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--keep-setid"
 
@@ -496,10 +638,13 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
     def move(patch: dict[str, Any], node: str | None) -> None:
         cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", patch)
         cozy.cluster.wait_for(
-            lambda: [p["spec"].get("nodeName") for p in cozy.live_pods(**sonarr)]
-            == ([node] if node else []),
-            60, f"sonarr on {node or 'no node'}",
-        )  # fmt: skip
+            lambda: (
+                [p["spec"].get("nodeName") for p in cozy.live_pods(**sonarr)]
+                == ([node] if node else [])
+            ),
+            60,
+            f"sonarr on {node or 'no node'}",
+        )
         if node:
             cozy.cluster.settle()
 
@@ -508,8 +653,10 @@ def test_nightly_backup_follows_the_app_to_another_node_and_runs_while_it_is_dow
     assert backup_node() == "worker-1"
 
     # A drain moves the app to worker-3 (here: a new nodeSelector, the pod is rescheduled).
-    move({"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-3"}}}}},
-         "worker-3")  # fmt: skip
+    move(
+        {"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-3"}}}}},
+        "worker-3",
+    )
     assert backup_node() == "worker-3"
 
     # Scaled to 0 (e.g. during a cutover): nothing to follow, the backup runs on any node.
@@ -529,12 +676,24 @@ def test_a_backup_pinned_to_a_node_the_app_left_says_what_its_pod_waits_for(
     for workload in document["spec"]["volumes"][0]["workloads"]:
         del workload["podSelector"]
     plan_path.write_text(dump_yaml(document))
-    cozy.cluster.patch_object("apps/v1", "Deployment", cozy.ns, "sonarr", {"spec": {"template": {
-        "spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-3"}}}}})  # fmt: skip
+    cozy.cluster.patch_object(
+        "apps/v1",
+        "Deployment",
+        cozy.ns,
+        "sonarr",
+        {"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": "worker-3"}}}}},
+    )
     cozy.cluster.wait_for(
-        lambda: [p["spec"].get("nodeName") for p in cozy.live_pods(**{"app.kubernetes.io/name": "sonarr"})]
-        == ["worker-3"], 60, "sonarr on worker-3",
-    )  # fmt: skip
+        lambda: (
+            [
+                p["spec"].get("nodeName")
+                for p in cozy.live_pods(**{"app.kubernetes.io/name": "sonarr"})
+            ]
+            == ["worker-3"]
+        ),
+        60,
+        "sonarr on worker-3",
+    )
     result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "15")
     assert result.exit_code == 3, result.output
     error = result.output.splitlines()[-1]
@@ -554,27 +713,43 @@ def test_offsite_backups_use_their_own_secret_and_endpoint(
 
     offsite_bucket = make_bucket(offsite_seaweedfs)
     secret = tenant_media.credentials_secret(
-        host=offsite_seaweedfs.s3_endpoint.removeprefix("http://"), bucket=offsite_bucket,
-        access_key=offsite_seaweedfs.access_key, secret_key=offsite_seaweedfs.secret_key,
-    )  # fmt: skip
+        host=offsite_seaweedfs.s3_endpoint.removeprefix("http://"),
+        bucket=offsite_bucket,
+        access_key=offsite_seaweedfs.access_key,
+        secret_key=offsite_seaweedfs.secret_key,
+    )
     secret["metadata"]["name"] = "bucket-arr-offsite-backup-credentials"
     secret["metadata"]["namespace"] = cozy.ns
     cozy.cluster.seed([secret])
     result = cozy.cli(
-        "plan", "-n", cozy.ns, "--target", "s3://media/migrated", "--volume", "sonarr-config",
-        "--s3-credentials-secret", tenant_media.SECRET_NAME,
-        "--s3-endpoint", cozy.server.s3_endpoint, "--backup-target", "s3://arr-offsite/nightly",
-        "--backup-credentials-secret", "bucket-arr-offsite-backup-credentials",
-        "--backup-endpoint", offsite_seaweedfs.s3_endpoint,
-    )  # fmt: skip
+        "plan",
+        "-n",
+        cozy.ns,
+        "--target",
+        "s3://media/migrated",
+        "--volume",
+        "sonarr-config",
+        "--s3-credentials-secret",
+        tenant_media.SECRET_NAME,
+        "--s3-endpoint",
+        cozy.server.s3_endpoint,
+        "--backup-target",
+        "s3://arr-offsite/nightly",
+        "--backup-credentials-secret",
+        "bucket-arr-offsite-backup-credentials",
+        "--backup-endpoint",
+        offsite_seaweedfs.s3_endpoint,
+    )
     assert result.exit_code == 0, result.output
     plan_path = cozy.root / "plans" / f"{cozy.ns}.yaml"
     backup = load_plan(plan_path).spec["backup"]
     assert backup == {
-        "url": "s3://arr-offsite/nightly", "bucket": offsite_bucket, "prefix": "nightly",
+        "url": "s3://arr-offsite/nightly",
+        "bucket": offsite_bucket,
+        "prefix": "nightly",
         "endpoint": offsite_seaweedfs.s3_endpoint,
         "credentialsSecret": "bucket-arr-offsite-backup-credentials",
-    }  # fmt: skip
+    }
     assert offsite_seaweedfs.secret_key not in plan_path.read_text()
 
     result = run_cli("backup", "install", "--plan", str(plan_path), "--drill", "weekly", "--json")
@@ -582,25 +757,34 @@ def test_offsite_backups_use_their_own_secret_and_endpoint(
     for manifest in json.loads(result.stdout):
         env = {e["name"]: e for e in container(manifest)["env"]}
         assert env["AWS_ENDPOINT_URL"]["value"] == offsite_seaweedfs.s3_endpoint
-        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {
-            "name": "bucket-arr-offsite-backup-credentials", "key": "secretKey"}}  # fmt: skip
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+            "secretKeyRef": {"name": "bucket-arr-offsite-backup-credentials", "key": "secretKey"}
+        }
     assert offsite_seaweedfs.secret_key not in result.stdout
 
     result = cozy.cli("backup", "run", "--plan", str(plan_path), "--timeout", "90", "--json")
     assert result.exit_code == 0, result.output
     [volume] = json.loads(result.stdout)["volumes"]
     offsite = boto3.client(
-        "s3", endpoint_url=offsite_seaweedfs.s3_endpoint, region_name="us-east-1",
+        "s3",
+        endpoint_url=offsite_seaweedfs.s3_endpoint,
+        region_name="us-east-1",
         aws_access_key_id=offsite_seaweedfs.access_key,
         aws_secret_access_key=offsite_seaweedfs.secret_key,
-    )  # fmt: skip
+    )
     keys = [o["Key"] for o in offsite.list_objects_v2(Bucket=offsite_bucket)["Contents"]]
     assert any(k.startswith("nightly/sonarr-config/") and volume["snapshot"] in k for k in keys)
     result = run_cli(
-        "backup", "list", "--plan", str(plan_path), "--json",
-        env={"MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID": offsite_seaweedfs.access_key,
-             "MIGRATOR_BACKUP_AWS_SECRET_ACCESS_KEY": offsite_seaweedfs.secret_key},
-    )  # fmt: skip
+        "backup",
+        "list",
+        "--plan",
+        str(plan_path),
+        "--json",
+        env={
+            "MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID": offsite_seaweedfs.access_key,
+            "MIGRATOR_BACKUP_AWS_SECRET_ACCESS_KEY": offsite_seaweedfs.secret_key,
+        },
+    )
     assert result.exit_code == 0, result.output
     assert [s["id"] for s in json.loads(result.stdout)["snapshots"]] == [volume["snapshot"]]
     assert cozy.cluster.forbidden() == []

@@ -83,10 +83,18 @@ def local_plan(tmp_path: Path) -> Path:
     source = tmp_path / "config"
     source.mkdir()
     result = run_cli(
-        "plan", "--source-dir", f"sonarr-config={source}", "--target", "s3://bucket/migrated",
-        "--backup-target", "s3://bucket/backups", "--s3-endpoint", "http://127.0.0.1:1",
-        "--no-probe", cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"sonarr-config={source}",
+        "--target",
+        "s3://bucket/migrated",
+        "--backup-target",
+        "s3://bucket/backups",
+        "--s3-endpoint",
+        "http://127.0.0.1:1",
+        "--no-probe",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "plans" / "local.yaml"
 

@@ -59,9 +59,18 @@ class Project:
     def restore_args(self, target: Path, *extra: str) -> list[str]:
         """``backup restore`` with --json: no progress line beside a one-line error."""
         return [
-            "backup", "restore", SNAPSHOT, "--plan", str(self.plan), "--volume", VOLUME,
-            "--to", str(target), "--json", *extra,
-        ]  # fmt: skip
+            "backup",
+            "restore",
+            SNAPSHOT,
+            "--plan",
+            str(self.plan),
+            "--volume",
+            VOLUME,
+            "--to",
+            str(target),
+            "--json",
+            *extra,
+        ]
 
 
 @pytest.fixture
@@ -69,10 +78,18 @@ def project(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> Project:
     source = tmp_path / "src"
     source.mkdir()
     result = run_cli(
-        "plan", "--source-dir", f"{VOLUME}={source}", "--target", f"s3://{bucket}/migrated",
-        "--backup-target", f"s3://{bucket}/backups", "--s3-endpoint", s3_env.s3_endpoint,
-        "--no-probe", cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"{VOLUME}={source}",
+        "--target",
+        f"s3://{bucket}/migrated",
+        "--backup-target",
+        f"s3://{bucket}/backups",
+        "--s3-endpoint",
+        s3_env.s3_endpoint,
+        "--no-probe",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     return Project(tmp_path, tmp_path / "plans" / "local.yaml", bucket, s3_env)
 
@@ -133,14 +150,26 @@ def store_snapshot(
     write_manifest(sorted(entries, key=lambda e: e.path), manifest, compress=True)
     files = [e for e in entries if e.type == FILE]
     record = {
-        "format": RECORD_FORMAT, "volume": VOLUME, "id": SNAPSHOT, "app": "sonarr",
-        "files": len(files), "directories": 0, "symlinks": 0, "databases": [], "warnings": [],
+        "format": RECORD_FORMAT,
+        "volume": VOLUME,
+        "id": SNAPSHOT,
+        "app": "sonarr",
+        "files": len(files),
+        "directories": 0,
+        "symlinks": 0,
+        "databases": [],
+        "warnings": [],
         "bytes": sum(e.size for e in files) if record_bytes is None else record_bytes,
-        "archive": {"key": repository.key(VOLUME, SNAPSHOT, ".tar.zst"), "bytes": len(archive),
-                    "xxh3": xxhash.xxh3_128_hexdigest(archive)},
-        "manifest": {"key": repository.key(VOLUME, SNAPSHOT, ".manifest.gz"),
-                     "xxh3": xxhash.xxh3_128_hexdigest(manifest.getvalue())},
-    }  # fmt: skip
+        "archive": {
+            "key": repository.key(VOLUME, SNAPSHOT, ".tar.zst"),
+            "bytes": len(archive),
+            "xxh3": xxhash.xxh3_128_hexdigest(archive),
+        },
+        "manifest": {
+            "key": repository.key(VOLUME, SNAPSHOT, ".manifest.gz"),
+            "xxh3": xxhash.xxh3_128_hexdigest(manifest.getvalue()),
+        },
+    }
     client = repository.client
     key = repository.key(VOLUME, SNAPSHOT, ".tar.zst")
     client.put_object(Bucket=project.bucket, Key=key, Body=archive)
@@ -289,8 +318,10 @@ def test_the_total_written_is_capped_at_the_record_bytes(project: Project) -> No
     """Each member matches its manifest entry, but together they exceed the record."""
     one, two = os.urandom(MIB), os.urandom(MIB)
     parts: list[Part] = [
-        member("./", tarfile.DIRTYPE), *file_member("a.bin", one), *file_member("b.bin", two),
-    ]  # fmt: skip
+        member("./", tarfile.DIRTYPE),
+        *file_member("a.bin", one),
+        *file_member("b.bin", two),
+    ]
     entries = [file_entry("a.bin", one), file_entry("b.bin", two)]
     store_snapshot(project, parts, entries, record_bytes=MIB + 10)
     target = project.root / "restored"

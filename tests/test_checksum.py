@@ -156,8 +156,10 @@ def test_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
     drop = "--bounding-set=-dac_override,-dac_read_search"
     child = subprocess.run(
         [setpriv, drop, sys.executable, "-c", UNREADABLE_CHECK, str(tmp_path)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert child.returncode == 0, child.stderr
     assert "secret" in child.stdout
 

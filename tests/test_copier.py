@@ -46,9 +46,12 @@ def agent_copy(server: SeaweedFS, source: Path, dest: str, *extra: str) -> tuple
 
 def object_keys(server: SeaweedFS, bucket: str, prefix: str) -> list[str]:
     client = boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
     listing = client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
     return sorted(item["Key"] for item in listing.get("Contents", []))
 

@@ -47,6 +47,8 @@ def test_cozystack_how_to_covers_credentials_endpoints_and_offsite_backups() -> 
     backups = (ROOT / "docs" / "how-to" / "backups.md").read_text()
     offsite = backups[backups.index("## Off-site backups (3-2-1)") :]
     for needed in (
-        "--backup-credentials-secret", "--backup-endpoint", "MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID",
-    ):  # fmt: skip
+        "--backup-credentials-secret",
+        "--backup-endpoint",
+        "MIGRATOR_BACKUP_AWS_ACCESS_KEY_ID",
+    ):
         assert needed in offsite, needed

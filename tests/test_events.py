@@ -79,12 +79,25 @@ def test_a_job_whose_agent_speaks_a_newer_protocol_fails_with_that_line(cluster:
     so the run must not count it as done (on the real control plane and process kubelet)."""
     line = json.dumps({"migrator": VERSION + 1, "event": "done", "ok": True})
     manifest = {
-        "apiVersion": "batch/v1", "kind": "Job",
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {"name": "newer-agent", "namespace": cluster.namespace},
-        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
-            {"name": "agent", "image": "busybox:1.36", "command": ["/bin/sh", "-c", f"echo '{line}'"]},
-        ]}}},
-    }  # fmt: skip
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "agent",
+                            "image": "busybox:1.36",
+                            "command": ["/bin/sh", "-c", f"echo '{line}'"],
+                        },
+                    ],
+                }
+            },
+        },
+    }
     kube = KubeClient.from_kubeconfig(str(cluster.kubeconfig_path))
     events: list[dict[str, object]] = []
     result = KubernetesExecutor(kube, 60).run_job(manifest, lambda _i, e: events.append(e))

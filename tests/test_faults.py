@@ -38,14 +38,28 @@ def write_files(root: Path, count: int, size: int, prefix: str = "file") -> dict
     return files
 
 
-def agent(source: Path, dest: str, *args: str, env: dict[str, str] | None = None,
-          timeout: float = 240) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def agent(
+    source: Path, dest: str, *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
     """``migrator agent copy`` as a Job runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
-         "--dest", dest, *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "migrator",
+            "agent",
+            "copy",
+            "--source",
+            str(source),
+            "--dest",
+            dest,
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def events(stdout: str) -> list[dict[str, Any]]:
@@ -74,8 +88,11 @@ def recorded(state_dir: Path) -> dict[str, Any]:
 
 def whole_files(root: Path, files: dict[str, bytes]) -> set[str]:
     """The files of ``files`` stored under ``root`` with every byte right."""
-    return {name for name, data in files.items() if (root / name).is_file()
-            and (root / name).read_bytes() == data}  # fmt: skip
+    return {
+        name
+        for name, data in files.items()
+        if (root / name).is_file() and (root / name).read_bytes() == data
+    }
 
 
 def test_disk_full_at_a_local_destination_fails_in_one_line_with_exit_3(
@@ -124,9 +141,12 @@ def agent_env(server: SeaweedFS, endpoint: str) -> dict[str, str]:
 
 def s3(server: SeaweedFS) -> Any:
     return boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
 
 
 def stored_whole(server: SeaweedFS, bucket: str, prefix: str, files: dict[str, bytes]) -> set[str]:
@@ -160,8 +180,13 @@ def proxy(seaweedfs: SeaweedFS) -> Iterator[FaultProxy]:
 def copy_through(
     proxy: FaultProxy, server: SeaweedFS, source: Path, bucket: str
 ) -> subprocess.CompletedProcess[str]:
-    return agent(source, f"s3:{bucket}/vol", "--state", f"s3:{bucket}/state",
-                 env=agent_env(server, proxy.url))  # fmt: skip
+    return agent(
+        source,
+        f"s3:{bucket}/vol",
+        "--state",
+        f"s3:{bucket}/state",
+        env=agent_env(server, proxy.url),
+    )
 
 
 def test_slow_down_bursts_are_ridden_out(
@@ -210,11 +235,25 @@ def wait_until(condition: Callable[[], bool], what: str, ceiling: float = 120) -
 
 def start_agent(source: Path, bucket: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
-         "--dest", f"s3:{bucket}/vol", "--state", f"s3:{bucket}/state"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "migrator",
+            "agent",
+            "copy",
+            "--source",
+            str(source),
+            "--dest",
+            f"s3:{bucket}/vol",
+            "--state",
+            f"s3:{bucket}/state",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def objects_not_matching(server: SeaweedFS, bucket: str, files: dict[str, bytes]) -> list[str]:
@@ -300,11 +339,27 @@ def test_stalled_server_mid_copy_fails_in_one_line_in_bounded_time(
     proxy.throttle(1 * 2**20)
     # --timeout is rclone's idle timeout; the agent's own uploader honours it too
     process = subprocess.Popen(
-        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
-         "--dest", f"s3:{bucket}/vol", "--state", f"s3:{bucket}/state", "--timeout", "2s"],
-        env=agent_env(seaweedfs, proxy.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "migrator",
+            "agent",
+            "copy",
+            "--source",
+            str(source),
+            "--dest",
+            f"s3:{bucket}/vol",
+            "--state",
+            f"s3:{bucket}/state",
+            "--timeout",
+            "2s",
+        ],
+        env=agent_env(seaweedfs, proxy.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: proxy.bytes_up > 500 * 1024, "500 kB sent")
         proxy.stall()
@@ -334,9 +389,15 @@ def planned_through(tmp_path: Path, server: SeaweedFS, bucket: str, proxy: Fault
     write_files(source, 12, 8 * 1024, prefix="small")
     write_files(source, 3, 1536 * 1024, prefix="big")  # streamed: over verify's 1 MiB buffer
     result = run_cli(
-        "plan", "--source-dir", f"media={source}", "--target", f"s3://{bucket}/p",
-        "--s3-endpoint", proxy.url, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"media={source}",
+        "--target",
+        f"s3://{bucket}/p",
+        "--s3-endpoint",
+        proxy.url,
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "plans" / "local.yaml"
 

@@ -89,11 +89,20 @@ def weed_mount(server: SeaweedFS, filer_path: str, work: Path) -> Iterator[Path]
     cache.mkdir()
     log = (work / "mount.log").open("wb")
     process = subprocess.Popen(
-        [find_weed(), "mount", f"-filer=127.0.0.1:{server.ports['filer']}",
-         f"-dir={mountpoint}", f"-filer.path={filer_path}", f"-cacheDir={cache}",
-         "-cacheMetaTtlSec=1"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            find_weed(),
+            "mount",
+            f"-filer=127.0.0.1:{server.ports['filer']}",
+            f"-dir={mountpoint}",
+            f"-filer.path={filer_path}",
+            f"-cacheDir={cache}",
+            "-cacheMetaTtlSec=1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log.close()
     try:
         deadline = time.monotonic() + 60
@@ -170,11 +179,23 @@ def test_copy_sets_what_a_weed_mount_shows(
 ) -> None:
     source = make_tree(tmp_path / "src")
     result = run_cli(
-        "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
-        "--state", f"s3:{bucket}/.migrator/media", "--uploader", uploader,
-        "--filer", grpc(s3_env), "--", "--links", "--metadata",
+        "agent",
+        "copy",
+        "--source",
+        str(source),
+        "--dest",
+        f"s3:{bucket}/media",
+        "--state",
+        f"s3:{bucket}/.migrator/media",
+        "--uploader",
+        uploader,
+        "--filer",
+        grpc(s3_env),
+        "--",
+        "--links",
+        "--metadata",
         env=rclone_env(s3_env),
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     done = next(e for e in events if e["event"] == "done")
@@ -196,9 +217,19 @@ def test_metadata_only_change_is_corrected_on_the_next_copy(
 ) -> None:
     source = make_tree(tmp_path / "src")
     args = [
-        "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
-        "--state", f"s3:{bucket}/.migrator/media", "--filer", grpc(s3_env), "--", "--links",
-    ]  # fmt: skip
+        "agent",
+        "copy",
+        "--source",
+        str(source),
+        "--dest",
+        f"s3:{bucket}/media",
+        "--state",
+        f"s3:{bucket}/.migrator/media",
+        "--filer",
+        grpc(s3_env),
+        "--",
+        "--links",
+    ]
     assert run_cli(*args, env=rclone_env(s3_env)).exit_code == 0
     # chown and chmod only: size, mtime and content unchanged
     nfo = source / "shows/Show/ep1.nfo"
@@ -250,9 +281,17 @@ def test_fid_spelling_matches_the_filer() -> None:
 
 def plan_with_filer(tmp_path: Path, server: SeaweedFS, bucket: str, source: Path) -> Path:
     result = run_cli(
-        "plan", "--source-dir", f"media={source}", "--target", f"s3://{bucket}/arr",
-        "--s3-endpoint", server.s3_endpoint, "--filer-grpc", grpc(server), cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"media={source}",
+        "--target",
+        f"s3://{bucket}/arr",
+        "--s3-endpoint",
+        server.s3_endpoint,
+        "--filer-grpc",
+        grpc(server),
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "plans" / "local.yaml"
 
@@ -290,9 +329,10 @@ def test_plan_run_verify_and_the_mount_agree(
     # makes (uid 0, 0660), while its x-amz-meta-* still says 1000/0640, is named.
     with filer.FilerClient(grpc(s3_env)) as client:
         report_ = filer.apply_attributes(
-            client, f"/buckets/{bucket}/arr/media",
+            client,
+            f"/buckets/{bucket}/arr/media",
             {"shows/Show/ep1.mkv": filer.Attributes(0o660, 0, 0, BASE_MTIME_NS)},
-        )  # fmt: skip
+        )
     assert report_.updated == 1
     os.chmod(source / "movies/Movie/movie.mkv", 0o600)  # and a chmod at source since the copy
     os.chown(source / "private", SONARR, SONARR)  # and a directory handed to another app
@@ -300,10 +340,12 @@ def test_plan_run_verify_and_the_mount_agree(
     assert code == 1, report
     kinds = {(d["path"], d["kind"]) for d in report["differences"]}
     assert kinds == {
-        ("shows/Show/ep1.mkv", "mode"), ("shows/Show/ep1.mkv", "owner"),
-        ("shows/Show/ep1.mkv", "mtime"), ("movies/Movie/movie.mkv", "mode"),
+        ("shows/Show/ep1.mkv", "mode"),
+        ("shows/Show/ep1.mkv", "owner"),
+        ("shows/Show/ep1.mkv", "mtime"),
+        ("movies/Movie/movie.mkv", "mode"),
         ("private/", "owner"),
-    }, kinds  # fmt: skip
+    }, kinds
 
 
 def test_an_unreachable_filer_fails_in_one_line(
@@ -312,10 +354,18 @@ def test_an_unreachable_filer_fails_in_one_line(
     source = make_tree(tmp_path / "src")
     closed = free_port_pairs(1)[0]  # nothing listens there
     result = run_cli(
-        "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
-        "--state", f"s3:{bucket}/.migrator/media", "--filer", f"127.0.0.1:{closed}",
+        "agent",
+        "copy",
+        "--source",
+        str(source),
+        "--dest",
+        f"s3:{bucket}/media",
+        "--state",
+        f"s3:{bucket}/.migrator/media",
+        "--filer",
+        f"127.0.0.1:{closed}",
         env={**rclone_env(s3_env), "MIGRATOR_DEBUG": ""},
-    )  # fmt: skip
+    )
     assert result.exit_code == 3, result.output
     error = result.stderr.strip().splitlines()
     assert len(error) == 1 and error[0].startswith(f"Error: filer gRPC 127.0.0.1:{closed}: "), error
@@ -334,10 +384,23 @@ def test_sharded_copies_together_set_every_entry(
     def copy(order: tuple[str, ...], *extra: str) -> None:
         for shard in order:
             result = run_cli(
-                "agent", "copy", "--source", str(source), "--dest", f"s3:{bucket}/media",
-                "--state", f"s3:{bucket}/.migrator/media", "--shard", shard, *extra,
-                "--filer", grpc(s3_env), "--", "--links", env=rclone_env(s3_env),
-            )  # fmt: skip
+                "agent",
+                "copy",
+                "--source",
+                str(source),
+                "--dest",
+                f"s3:{bucket}/media",
+                "--state",
+                f"s3:{bucket}/.migrator/media",
+                "--shard",
+                shard,
+                *extra,
+                "--filer",
+                grpc(s3_env),
+                "--",
+                "--links",
+                env=rclone_env(s3_env),
+            )
             assert result.exit_code == 0, result.output
 
     copy(("0/3", "1/3", "2/3"))
@@ -347,5 +410,7 @@ def test_sharded_copies_together_set_every_entry(
         assert_mount_matches(source, mount)
         assert os.readlink(mount / "movies/Movie/trailer.mkv") == "movie.mkv"
         assert sorted(os.listdir(mount / "movies/Movie")) == [
-            "movie.mkv", "trailer.mkv", "trailer.mkv.rclonelink",
-        ]  # fmt: skip
+            "movie.mkv",
+            "trailer.mkv",
+            "trailer.mkv.rclonelink",
+        ]

@@ -25,16 +25,23 @@ def weed_shell(server: SeaweedFS, script: str) -> str:
     master, filer = server.ports["master"], server.ports["filer"]
     done = subprocess.run(
         [find_weed(), "shell", f"-master=127.0.0.1:{master}", f"-filer=127.0.0.1:{filer}"],
-        input=script, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout
 
 
 def client(server: SeaweedFS) -> Any:
     return boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
 
 
 def refuses_writes(s3: Any, bucket: str) -> bool:
@@ -71,9 +78,18 @@ def test_copy_into_a_full_bucket_stops_after_one_file_of_retries(
         (source / f"episode {index}.mkv").write_bytes(os.urandom(50_000))
     started = time.monotonic()
     result = run_cli(
-        "agent", "copy", "--source", str(source), "--dest", f"dest:{full_bucket}/media",
-        "--state", f"dest:{full_bucket}/state", "--", *FLAGS, env=remote_env(seaweedfs),
-    )  # fmt: skip
+        "agent",
+        "copy",
+        "--source",
+        str(source),
+        "--dest",
+        f"dest:{full_bucket}/media",
+        "--state",
+        f"dest:{full_bucket}/state",
+        "--",
+        *FLAGS,
+        env=remote_env(seaweedfs),
+    )
     took = time.monotonic() - started
     assert result.exit_code == 3, result.output
     last = result.output.strip().splitlines()[-1]
@@ -93,11 +109,22 @@ def test_backup_into_a_full_bucket_is_one_line(
     (config / "config.xml").write_text("<Config/>\n")
     (config / "big.bin").write_bytes(os.urandom(6 * 2**20))
     result = run_cli(
-        "agent", "backup", "--to", f"s3://{full_bucket}/backups", "--volume", "sonarr-config",
-        str(config), "--part-size", "5",
-        env={"AWS_ENDPOINT_URL": seaweedfs.s3_endpoint, "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
-             "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key, "AWS_DEFAULT_REGION": "us-east-1"},
-    )  # fmt: skip
+        "agent",
+        "backup",
+        "--to",
+        f"s3://{full_bucket}/backups",
+        "--volume",
+        "sonarr-config",
+        str(config),
+        "--part-size",
+        "5",
+        env={
+            "AWS_ENDPOINT_URL": seaweedfs.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
+            "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        },
+    )
     assert result.exit_code == 3, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith(f"Error: backup failed for sonarr-config: uploading s3://{full_bucket}/")

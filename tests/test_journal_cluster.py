@@ -71,8 +71,12 @@ def hold_lease(cluster: Cluster, name: str, holder: str = OTHER, renewed: str = 
     path = lease_path(cluster, name)
     kube = admin(cluster)
     spec = {"holderIdentity": holder, "leaseDurationSeconds": 60, "renewTime": renewed or now()}
-    body: dict[str, Any] = {"apiVersion": LEASE, "kind": "Lease", "spec": spec,
-            "metadata": {"name": name, "namespace": cluster.namespace}}  # fmt: skip
+    body: dict[str, Any] = {
+        "apiVersion": LEASE,
+        "kind": "Lease",
+        "spec": spec,
+        "metadata": {"name": name, "namespace": cluster.namespace},
+    }
     if kube.send("test reads the Lease", "GET", path, missing_ok=True) is None:
         kube.send("test takes the Lease", "POST", path.rsplit("/", 1)[0], body)
         return
@@ -105,10 +109,14 @@ def account_requests(cluster: Cluster) -> list[dict[str, Any]]:
 def writes(events: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
     """The writes among ``events`` as (verb, resource, HTTP status)."""
     return [
-        (e["verb"], (e.get("objectRef") or {}).get("resource", "?"),
-         (e.get("responseStatus") or {}).get("code", 0))
-        for e in events if e["verb"] in WRITES
-    ]  # fmt: skip
+        (
+            e["verb"],
+            (e.get("objectRef") or {}).get("resource", "?"),
+            (e.get("responseStatus") or {}).get("code", 0),
+        )
+        for e in events
+        if e["verb"] in WRITES
+    ]
 
 
 @contextlib.contextmanager
@@ -134,20 +142,42 @@ def rights_without(cluster: Cluster, drop: Callable[[str, str, str], bool]) -> I
     rbac, ns = "rbac.authorization.k8s.io/v1", cluster.namespace
     limited, subject = f"migrator-limited-{ns}", documented[("RoleBinding", "migrator")]["subjects"]
     ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole"}
-    cluster.seed([
-        {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": limited},
-         "rules": trimmed["migrator"]},
-        {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": f"{limited}-cluster"},
-         "rules": trimmed["migrator-cluster"]},
-    ])  # fmt: skip
+    cluster.seed(
+        [
+            {
+                "apiVersion": rbac,
+                "kind": "ClusterRole",
+                "metadata": {"name": limited},
+                "rules": trimmed["migrator"],
+            },
+            {
+                "apiVersion": rbac,
+                "kind": "ClusterRole",
+                "metadata": {"name": f"{limited}-cluster"},
+                "rules": trimmed["migrator-cluster"],
+            },
+        ]
+    )
     cluster._delete_quietly(rbac, "RoleBinding", ns, "migrator")
     cluster._delete_quietly(rbac, "ClusterRoleBinding", None, f"migrator-{ns}")
-    cluster.seed([
-        {"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": limited, "namespace": ns},
-         "roleRef": {**ref, "name": limited}, "subjects": subject},
-        {"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": limited},
-         "roleRef": {**ref, "name": f"{limited}-cluster"}, "subjects": subject},
-    ])  # fmt: skip
+    cluster.seed(
+        [
+            {
+                "apiVersion": rbac,
+                "kind": "RoleBinding",
+                "metadata": {"name": limited, "namespace": ns},
+                "roleRef": {**ref, "name": limited},
+                "subjects": subject,
+            },
+            {
+                "apiVersion": rbac,
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": limited},
+                "roleRef": {**ref, "name": f"{limited}-cluster"},
+                "subjects": subject,
+            },
+        ]
+    )
     verb, resource, group = dropped[0]
     cluster.wait_for(lambda: not allowed(cluster, verb, resource, group, ns), 30, "RBAC")
     try:
@@ -155,8 +185,12 @@ def rights_without(cluster: Cluster, drop: Callable[[str, str, str], bool]) -> I
     finally:
         cluster._delete_quietly(rbac, "RoleBinding", ns, limited)
         cluster._delete_quietly(rbac, "ClusterRoleBinding", None, limited)
-        cluster.seed([documented[("RoleBinding", "migrator")],
-                      documented[("ClusterRoleBinding", f"migrator-{ns}")]])  # fmt: skip
+        cluster.seed(
+            [
+                documented[("RoleBinding", "migrator")],
+                documented[("ClusterRoleBinding", f"migrator-{ns}")],
+            ]
+        )
         for name in (limited, f"{limited}-cluster"):
             cluster._delete_quietly(rbac, "ClusterRole", None, name)
         cluster.wait_for(lambda: allowed(cluster, verb, resource, group, ns), 30, "RBAC back")
@@ -171,9 +205,12 @@ def test_lease_times_are_written_as_the_api_server_parses_them(cluster: Cluster)
     400; so every ``migrator run`` failed to start on a real cluster."""
     kube = account(cluster)
     path = f"/apis/{LEASE}/namespaces/{cluster.namespace}/leases"
-    body: dict[str, Any] = {"apiVersion": LEASE, "kind": "Lease", "metadata": {"name": "by-the-second"},
-            "spec": {"holderIdentity": "x/1",
-                     "renewTime": "2030-01-02T03:04:05.000000Z"}}  # fmt: skip
+    body: dict[str, Any] = {
+        "apiVersion": LEASE,
+        "kind": "Lease",
+        "metadata": {"name": "by-the-second"},
+        "spec": {"holderIdentity": "x/1", "renewTime": "2030-01-02T03:04:05.000000Z"},
+    }
     created = kube.send("writing a Lease", "POST", path, body) or {}
     assert created["spec"]["renewTime"] == "2030-01-02T03:04:05.000000Z"  # sent as given
     body["metadata"]["name"] = "isoformat"
@@ -276,25 +313,36 @@ def test_the_loser_of_a_lease_race_makes_no_write(cluster: Cluster, before: str)
 
 def make_plan(cluster: Cluster, directory: Path) -> Path:
     made = run_cli(
-        "plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path),
-        "--target", "s3://media/m", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-        "--no-probe", cwd=directory,
-    )  # fmt: skip
+        "plan",
+        "-n",
+        cluster.namespace,
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--target",
+        "s3://media/m",
+        "--s3-credentials-secret",
+        tenant_media.SECRET_NAME,
+        "--no-probe",
+        cwd=directory,
+    )
     assert made.exit_code == 0, made.output
     return directory / "plans" / f"{cluster.namespace}.yaml"
 
 
-def test_a_second_run_is_refused_while_the_lease_is_held(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+def test_a_second_run_is_refused_while_the_lease_is_held(cluster: Cluster, tmp_path: Path) -> None:
     plan_path = make_plan(cluster, tmp_path)
     name = f"migrator-{load_plan(plan_path).name}"
     hold_lease(cluster, name)  # a run on another laptop, renewing as it should
     start = len(account_requests(cluster))
     result = run_cli(
-        "run", "--plan", str(plan_path), "--kubeconfig", str(cluster.kubeconfig_path),
-        "--phase", "config",
-    )  # fmt: skip
+        "run",
+        "--plan",
+        str(plan_path),
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--phase",
+        "config",
+    )
     assert result.exit_code == 3
     assert result.stderr.splitlines()[-1] == (  # after an empty progress bar
         f"Error: another migrator run of this plan is in progress ({OTHER}, Lease "
@@ -309,13 +357,23 @@ def test_a_run_takes_the_lease_and_releases_it(cluster: Cluster, tmp_path: Path)
     name = f"migrator-{load_plan(plan_path).name}"
     start = len(account_requests(cluster))
     result = run_cli(
-        "run", "--plan", str(plan_path), "--kubeconfig", str(cluster.kubeconfig_path),
-        "--phase", "config", "--dry-run", "--json",
-    )  # fmt: skip
+        "run",
+        "--plan",
+        str(plan_path),
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--phase",
+        "config",
+        "--dry-run",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert {v["status"] for v in json.loads(result.stdout)["volumes"]} == {"skipped"}
-    leases = [(verb, code) for verb, resource, code in writes(account_requests(cluster)[start:])
-              if resource == "leases"]  # fmt: skip
+    leases = [
+        (verb, code)
+        for verb, resource, code in writes(account_requests(cluster)[start:])
+        if resource == "leases"
+    ]
     assert leases == [("create", 201), ("delete", 200)]
     assert cluster.get_object(LEASE, "Lease", cluster.namespace, name) is None
 
@@ -332,9 +390,13 @@ def test_status_only_reads_the_journal(cluster: Cluster, tmp_path: Path) -> None
         start = len(account_requests(cluster))
         with rights_without(cluster, lambda _group, _resource, verb: verb in WRITES):
             result = run_cli(
-                "status", "--plan", str(plan.path), "--kubeconfig", str(cluster.kubeconfig_path),
+                "status",
+                "--plan",
+                str(plan.path),
+                "--kubeconfig",
+                str(cluster.kubeconfig_path),
                 *args,
-            )  # fmt: skip
+            )
         assert writes(account_requests(cluster)[start:]) == []
         assert result.exit_code == 0, result.output
         return result
@@ -371,17 +433,22 @@ def take_over(cluster: Cluster, name: str) -> None:
     assert lease is not None
     lease["spec"].update(holderIdentity=OTHER, renewTime=now())
     admin(cluster).send(
-        "taking the Lease over", "PUT",
-        f"/apis/coordination.k8s.io/v1/namespaces/{cluster.namespace}/leases/{name}", lease,
-    )  # fmt: skip
+        "taking the Lease over",
+        "PUT",
+        f"/apis/coordination.k8s.io/v1/namespaces/{cluster.namespace}/leases/{name}",
+        lease,
+    )
 
 
 def migrator_process(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "MIGRATOR_DEBUG"}
     return subprocess.Popen(
         [sys.executable, "-m", "migrator", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_a_run_whose_lease_was_taken_while_it_slept_stops_and_says_so(
@@ -391,9 +458,15 @@ def test_a_run_whose_lease_was_taken_while_it_slept_stops_and_says_so(
     plan_path = cozy.plan("--volume", "prowlarr-config")
     name = f"migrator-{load_plan(plan_path).name}"
     run = migrator_process(
-        "run", "--plan", str(plan_path), "--kubeconfig", str(cluster.kubeconfig_path),
-        "--phase", "config", "--json",
-    )  # fmt: skip
+        "run",
+        "--plan",
+        str(plan_path),
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--phase",
+        "config",
+        "--json",
+    )
     try:
         cluster.wait_for(lambda: holder(cluster, name).endswith(f"/{run.pid}"), timeout=60)
         os.kill(run.pid, signal.SIGSTOP)  # the laptop goes to sleep...
@@ -414,5 +487,3 @@ def test_a_run_whose_lease_was_taken_while_it_slept_stops_and_says_so(
     journal = json.loads((configmap.get("data") or {}).get("journal.json") or "{}")
     step = journal.get("volumes", {}).get("prowlarr-config", {}).get("preseed", {})
     assert step.get("status") != "done"  # the loser did not record its result
-
-

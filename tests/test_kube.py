@@ -76,11 +76,13 @@ def silent_api_server(
 
 def kubeconfig_for(path: Path, address: str, scheme: str = "http") -> Path:
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "hung",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "hung",
         "clusters": [{"name": "hung", "cluster": {"server": f"{scheme}://{address}"}}],
         "users": [{"name": "someone", "user": {"token": "not-a-secret"}}],
         "contexts": [{"name": "hung", "context": {"cluster": "hung", "user": "someone"}}],
-    }  # fmt: skip
+    }
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -91,8 +93,12 @@ def migrator(*args: str, cwd: Path, ceiling: float) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if k != "MIGRATOR_DEBUG"}
     return subprocess.run(
         [sys.executable, "-m", "migrator", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=ceiling,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=ceiling,
+    )
 
 
 @pytest.mark.slow  # it waits out one read timeout (20 s)
@@ -101,9 +107,16 @@ def test_an_api_server_that_never_answers_fails_plan_with_one_line(tmp_path: Pat
     with silent_api_server(accepted) as address:
         kubeconfig = kubeconfig_for(tmp_path / "kubeconfig", address)
         result = migrator(
-            "plan", "-n", NS, "--kubeconfig", str(kubeconfig), "--target", "pvc:local",
-            cwd=tmp_path, ceiling=90,
-        )  # fmt: skip
+            "plan",
+            "-n",
+            NS,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--target",
+            "pvc:local",
+            cwd=tmp_path,
+            ceiling=90,
+        )
     assert result.returncode == 3, result.stderr
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -121,9 +134,16 @@ def test_an_untrusted_api_server_certificate_is_not_retried(tmp_path: Path) -> N
     with silent_api_server(accepted, tls=server) as address:
         kubeconfig = kubeconfig_for(tmp_path / "kubeconfig", address, scheme="https")
         result = migrator(
-            "plan", "-n", NS, "--kubeconfig", str(kubeconfig), "--target", "pvc:local",
-            cwd=tmp_path, ceiling=90,
-        )  # fmt: skip
+            "plan",
+            "-n",
+            NS,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--target",
+            "pvc:local",
+            cwd=tmp_path,
+            ceiling=90,
+        )
     line = one_line_error(result, 3)
     assert f"the TLS certificate of the Kubernetes API server https://{address} is not " in line
     assert len(accepted) == 1  # retrying cannot make it trusted
@@ -140,8 +160,9 @@ def test_streams_are_bounded_by_what_they_asked_for() -> None:
 # --- one-line errors of the CLI against a real kube-apiserver ---------------------------------
 
 
-def kubeconfig_like(cluster: Cluster, path: Path, token: str | None = None,
-                    ca: bytes | None = b"keep") -> Path:  # fmt: skip
+def kubeconfig_like(
+    cluster: Cluster, path: Path, token: str | None = None, ca: bytes | None = b"keep"
+) -> Path:
     """The ServiceAccount's kubeconfig with another token and/or CA (``ca=None``: none, so
     only the system's trust store counts)."""
     config = yaml.safe_load(cluster.kubeconfig_path.read_text())
@@ -165,8 +186,18 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
 
 
 def s3_plan_args(namespace: str, kubeconfig: Path) -> list[str]:
-    return ["plan", "-n", namespace, "--kubeconfig", str(kubeconfig), "--target", "s3://media/m",
-            "--s3-credentials-secret", tenant_media.SECRET_NAME, "--no-probe"]  # fmt: skip
+    return [
+        "plan",
+        "-n",
+        namespace,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--target",
+        "s3://media/m",
+        "--s3-credentials-secret",
+        tenant_media.SECRET_NAME,
+        "--no-probe",
+    ]
 
 
 def test_an_unknown_namespace_is_exit_2(cluster: Cluster, tmp_path: Path) -> None:
@@ -196,14 +227,33 @@ def test_an_rbac_refusal_is_exit_3_and_names_what_was_refused(
 def revoked_token(cluster: Cluster) -> str:
     """A token of the ServiceAccount bound to a Secret that is then deleted: the API server no
     longer accepts it, as it does not accept an expired one (which takes 10 minutes to get)."""
-    holder = cluster.seed([{"apiVersion": "v1", "kind": "Secret",
-                            "metadata": {"name": "token-holder", "namespace": cluster.namespace}}])
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
-        "expirationSeconds": 3600, "boundObjectRef": {
-            "apiVersion": "v1", "kind": "Secret", "name": "token-holder",
-            "uid": holder[0]["metadata"]["uid"]}}}  # fmt: skip
-    token = str(cluster.core.create_namespaced_service_account_token(
-        "migrator", cluster.namespace, request).status.token)  # fmt: skip
+    holder = cluster.seed(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "token-holder", "namespace": cluster.namespace},
+            }
+        ]
+    )
+    request = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": 3600,
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "name": "token-holder",
+                "uid": holder[0]["metadata"]["uid"],
+            },
+        },
+    }
+    token = str(
+        cluster.core.create_namespaced_service_account_token(
+            "migrator", cluster.namespace, request
+        ).status.token
+    )
     cluster.core.delete_namespaced_secret("token-holder", cluster.namespace)
     return token
 

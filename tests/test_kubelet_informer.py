@@ -59,21 +59,30 @@ def items(listed: list[Obj]) -> Obj:
 
 
 def test_a_watch_that_ends_with_gone_or_a_drop_is_followed_by_a_fresh_list() -> None:
-    api = ScriptedApi([
-        Response(items([obj("a")])),
-        Response(events=[{"type": "ADDED", "object": obj("b")},
-                         {"type": "ERROR", "object": {"code": 410, "message": "too old"}}]),
-        Response(items([obj("c")])),
-        Response(events=[{"type": "DELETED", "object": obj("c")}, {"drop": True}]),
-        Response(items([obj("d")])),
-    ])  # fmt: skip
+    api = ScriptedApi(
+        [
+            Response(items([obj("a")])),
+            Response(
+                events=[
+                    {"type": "ADDED", "object": obj("b")},
+                    {"type": "ERROR", "object": {"code": 410, "message": "too old"}},
+                ]
+            ),
+            Response(items([obj("c")])),
+            Response(events=[{"type": "DELETED", "object": obj("c")}, {"drop": True}]),
+            Response(items([obj("d")])),
+        ]
+    )
     changes: list[list[str]] = []
     errors: list[BaseException] = []
     informer = Informer(
-        KubeClient(client.ApiClient()), "things", api.list,
+        KubeClient(client.ApiClient()),
+        "things",
+        api.list,
         lambda: changes.append(sorted(o["metadata"]["name"] for o in informer.items())),
-        errors, field_selector="spec.nodeName=n1",
-    )  # fmt: skip
+        errors,
+        field_selector="spec.nodeName=n1",
+    )
     informer.start()
     assert api.done.wait(10)
     assert changes == [["a"], ["a", "b"], ["c"], [], ["d"]]

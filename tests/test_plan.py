@@ -21,11 +21,20 @@ def plan_path(tmp_path: Path) -> Path:
     config = make_config_dir(tmp_path / "sonarr")
     media = make_media_dir(tmp_path / "media")
     result = run_cli(
-        "plan", "--source-dir", f"sonarr-config={config}", "--source-dir", f"media={media}",
-        "--target", "s3://media/x", "--s3-endpoint", "http://127.0.0.1:9", "--no-probe",
-        "--backup-target", "s3://backups/arr",
+        "plan",
+        "--source-dir",
+        f"sonarr-config={config}",
+        "--source-dir",
+        f"media={media}",
+        "--target",
+        "s3://media/x",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+        "--no-probe",
+        "--backup-target",
+        "s3://backups/arr",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "plans" / "local.yaml"
 
@@ -206,9 +215,17 @@ def test_defaults_of_the_schema_are_what_the_builders_assume(tmp_path: Path) -> 
 def test_the_planner_writes_no_defaults_and_json_is_the_file(tmp_path: Path) -> None:
     config = make_config_dir(tmp_path / "sonarr")
     result = run_cli(
-        "plan", "--source-dir", f"sonarr-config={config}", "--target", "s3://media",
-        "--s3-endpoint", "http://127.0.0.1:9", "--no-probe", "--json", cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"sonarr-config={config}",
+        "--target",
+        "s3://media",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+        "--no-probe",
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     path = tmp_path / "plans" / "local.yaml"
     written = yaml.safe_load(path.read_text())

@@ -21,15 +21,27 @@ HR = "helm.toolkit.fluxcd.io/v2"
 
 
 def plan(cluster: Cluster, cwd: Path, *extra: str) -> Any:
-    return run_cli("plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path),
-                   *extra, cwd=cwd)  # fmt: skip
+    return run_cli(
+        "plan",
+        "-n",
+        cluster.namespace,
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        *extra,
+        cwd=cwd,
+    )
 
 
 def s3_plan(cluster: Cluster, cwd: Path, *extra: str) -> Any:
     return plan(
-        cluster, cwd, "--target", "s3://media/migrated",
-        "--s3-credentials-secret", tenant_media.SECRET_NAME, *extra,
-    )  # fmt: skip
+        cluster,
+        cwd,
+        "--target",
+        "s3://media/migrated",
+        "--s3-credentials-secret",
+        tenant_media.SECRET_NAME,
+        *extra,
+    )
 
 
 def place_pods(cluster: Cluster) -> dict[str, str]:
@@ -48,8 +60,12 @@ def place_pods(cluster: Cluster) -> dict[str, str]:
         name, spec = pod["metadata"]["name"], pod["spec"]
         node = spec.get("nodeName") or spec["nodeSelector"]["kubernetes.io/hostname"]
         if not spec.get("nodeName"):
-            binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                       "target": {"apiVersion": "v1", "kind": "Node", "name": node}}  # fmt: skip
+            binding = {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            }
             # The client cannot read a Binding answer back (kubernetes-client/python#825).
             core.create_namespaced_pod_binding(name, ns, binding, _preload_content=False)
         placed[name] = node
@@ -70,10 +86,20 @@ def test_discovery_and_classification(cluster: Cluster, tmp_path: Path) -> None:
     assert sonarr["source"]["accessModes"] == ["ReadWriteOnce"]
     assert sonarr["source"]["capacityBytes"] == 2 * 2**30
     assert sonarr["workloads"] == [
-        {"kind": "Deployment", "name": "sonarr", "container": "app", "mountPath": "/config",
-         "readOnly": False, "runAsUser": 911, "fsGroup": 911,
-         "podSelector": {"app.kubernetes.io/instance": "sonarr", "app.kubernetes.io/name": "sonarr"}},
-    ]  # fmt: skip
+        {
+            "kind": "Deployment",
+            "name": "sonarr",
+            "container": "app",
+            "mountPath": "/config",
+            "readOnly": False,
+            "runAsUser": 911,
+            "fsGroup": 911,
+            "podSelector": {
+                "app.kubernetes.io/instance": "sonarr",
+                "app.kubernetes.io/name": "sonarr",
+            },
+        },
+    ]
     assert volumes["prowlarr-config"]["workloads"][0]["runAsUser"] == 1000
     media = volumes["media"]
     assert (media["role"], media["action"]) == ("media", "move")
@@ -112,8 +138,9 @@ def test_cosi_secret_gives_bucket_and_endpoint_but_no_secret_values(
         "secretKeyRef": {"name": tenant_media.SECRET_NAME, "key": "secretKey"}
     }
     # The Secret is read by name only: RBAC grants no list, so no other Secret is ever seen.
-    secret_reads = [e for e in cluster.requests()
-                    if (e.get("objectRef") or {}).get("resource") == "secrets"]  # fmt: skip
+    secret_reads = [
+        e for e in cluster.requests() if (e.get("objectRef") or {}).get("resource") == "secrets"
+    ]
     assert secret_reads and {e["verb"] for e in secret_reads} == {"get"}
     assert {e["objectRef"]["name"] for e in secret_reads} == {tenant_media.SECRET_NAME}
 
@@ -140,8 +167,14 @@ def test_a_raw_cosi_secret_is_refused_naming_the_credentials_secret(
     other = tenant_media.credentials_secret(namespace=ns)
     other["metadata"]["name"], other["data"] = "bucket-media-notes", {"notes": "eA=="}
     cluster.seed([raw_cosi_secret("bucket-media-admin", ns), other])
-    result = plan(cluster, tmp_path, "--target", "s3://media/migrated", "--s3-credentials-secret",
-                  "bucket-media-admin")  # fmt: skip
+    result = plan(
+        cluster,
+        tmp_path,
+        "--target",
+        "s3://media/migrated",
+        "--s3-credentials-secret",
+        "bucket-media-admin",
+    )
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert "Secret 'bucket-media-admin' holds only COSI BucketInfo" in result.output
@@ -149,13 +182,20 @@ def test_a_raw_cosi_secret_is_refused_naming_the_credentials_secret(
     assert "users:" in result.output
     for value in ("topsecretvalue", "AKIAEXAMPLE"):
         assert value not in result.output
-    result = s3_plan(cluster, tmp_path, "--backup-target", "s3://arr-offsite/nightly",
-                     "--backup-credentials-secret", "bucket-media-admin")  # fmt: skip
+    result = s3_plan(
+        cluster,
+        tmp_path,
+        "--backup-target",
+        "s3://arr-offsite/nightly",
+        "--backup-credentials-secret",
+        "bucket-media-admin",
+    )
     assert result.exit_code == 2, result.output
     assert "use 'bucket-media-admin-credentials'" in only_line(result)
     assert not (tmp_path / "plans" / f"{ns}.yaml").exists()
-    result = plan(cluster, tmp_path, "--target", "s3://media", "--s3-credentials-secret",
-                  "bucket-media-notes")  # fmt: skip
+    result = plan(
+        cluster, tmp_path, "--target", "s3://media", "--s3-credentials-secret", "bucket-media-notes"
+    )
     assert result.exit_code == 2
     assert "Secret 'bucket-media-notes' has no accessKey/secretKey (keys: notes)" in result.output
 
@@ -166,8 +206,9 @@ def test_every_rendered_manifest_validates_strictly(cluster: Cluster, tmp_path: 
         plan(cluster, tmp_path, "--target", "pvc:seaweedfs-storage", "--name", "to-pvc").exit_code
         == 0
     )
-    files = [p for d in (cluster.namespace, "to-pvc")
-             for p in (tmp_path / "jobs" / d).glob("*.yaml")]  # fmt: skip
+    files = [
+        p for d in (cluster.namespace, "to-pvc") for p in (tmp_path / "jobs" / d).glob("*.yaml")
+    ]
     assert len(files) == 2 * (4 * 3 + 1) + 4  # copy+sync+verify per volume, kustomizations, 4 PVCs
     for path in files:
         if path.name != "kustomization.yaml":
@@ -265,19 +306,35 @@ def without_csi_driver(cluster: Cluster) -> Iterator[None]:
     found = cluster.get_object("storage.k8s.io/v1", "CSIDriver", None, name)
     if found is not None:
         client.StorageV1Api(cluster.admin).delete_csi_driver(name)
-        cluster.wait_for(lambda: cluster.get_object("storage.k8s.io/v1", "CSIDriver", None, name)
-                         is None, 30, f"CSIDriver {name} gone")  # fmt: skip
+        cluster.wait_for(
+            lambda: cluster.get_object("storage.k8s.io/v1", "CSIDriver", None, name) is None,
+            30,
+            f"CSIDriver {name} gone",
+        )
     yield
     if found is not None:
         meta = {"name": name, "labels": found["metadata"].get("labels") or {}}
-        cluster.seed([{"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
-                       "metadata": meta, "spec": found["spec"]}])  # fmt: skip
+        cluster.seed(
+            [
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "CSIDriver",
+                    "metadata": meta,
+                    "spec": found["spec"],
+                }
+            ]
+        )
 
 
 def test_flux_lints(cluster: Cluster, tmp_path: Path, without_csi_driver: None) -> None:
     for app in tenant_media.APPS:  # drift detection on, as many Flux repos have it
-        cluster.patch_object(HR, "HelmRelease", cluster.namespace, app,
-                             {"spec": {"driftDetection": {"mode": "enabled"}}})  # fmt: skip
+        cluster.patch_object(
+            HR,
+            "HelmRelease",
+            cluster.namespace,
+            app,
+            {"spec": {"driftDetection": {"mode": "enabled"}}},
+        )
     result = s3_plan(cluster, tmp_path, "--json", "--release", "sonarr")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -310,8 +367,9 @@ def cordoned_node(cluster: Cluster) -> Iterator[str]:
             core.patch_node_status(node["metadata"]["name"], {"status": node["status"]})
             # Admission (TaintNodesByCondition) taints a new Node not-ready; the node lifecycle
             # controller, which this control plane does not run, lifts it once the node is Ready.
-            cluster.patch_object("v1", "Node", None, node["metadata"]["name"],
-                                 {"spec": {"taints": None}})  # fmt: skip
+            cluster.patch_object(
+                "v1", "Node", None, node["metadata"]["name"], {"spec": {"taints": None}}
+            )
     cordon = next(n for n in tenant_media.nodes(cordoned=(name,)) if n["metadata"]["name"] == name)
     cluster.patch_object("v1", "Node", None, name, {"spec": cordon["spec"]})
     try:
@@ -320,8 +378,9 @@ def cordoned_node(cluster: Cluster) -> Iterator[str]:
         for node_name in made:
             core.delete_node(node_name)
         if name not in made:
-            cluster.patch_object("v1", "Node", None, name,
-                                 {"spec": {"unschedulable": None, "taints": None}})  # fmt: skip
+            cluster.patch_object(
+                "v1", "Node", None, name, {"spec": {"unschedulable": None, "taints": None}}
+            )
 
 
 def test_rwo_volume_on_cordoned_node(cluster: Cluster, tmp_path: Path, cordoned_node: str) -> None:
@@ -400,15 +459,27 @@ def test_permission_denied_is_exit_3(cluster: Cluster, tmp_path: Path) -> None:
     binding = cluster.get_object("rbac.authorization.k8s.io/v1", "RoleBinding", ns, "migrator")
     assert binding is not None
     rbac.delete_namespaced_role_binding("migrator", ns)
-    cluster.seed([
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "migrator-without-list-claims", "namespace": ns}, "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "migrator", "namespace": ns},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "migrator-without-list-claims"},
-         "subjects": binding["subjects"]},
-    ])  # fmt: skip
+    cluster.seed(
+        [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "migrator-without-list-claims", "namespace": ns},
+                "rules": rules,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "migrator", "namespace": ns},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "migrator-without-list-claims",
+                },
+                "subjects": binding["subjects"],
+            },
+        ]
+    )
     result = s3_plan(cluster, tmp_path)
     assert result.exit_code == 3, result.output
     assert "permission denied" in result.output and "RBAC" in result.output
@@ -423,8 +494,16 @@ def test_unreachable_cluster_is_exit_3(cluster: Cluster, tmp_path: Path) -> None
     kubeconfig["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(kubeconfig))
-    result = run_cli("plan", "-n", cluster.namespace, "--kubeconfig", str(path),
-                     "--target", "pvc:local", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "plan",
+        "-n",
+        cluster.namespace,
+        "--kubeconfig",
+        str(path),
+        "--target",
+        "pvc:local",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 3
     assert "unreachable" in result.output
 

@@ -80,12 +80,17 @@ def test_local_plan_classifies_by_content_and_writes_valid_jobs(
     # Applying the kustomization copies; it never starts a verify.
     kustomization = load_yaml(tmp_path / "jobs" / "local" / "kustomization.yaml")
     assert kustomization["resources"] == [
-        "copy-media.yaml", "copy-sonarr-config.yaml", "sync-media.yaml", "sync-sonarr-config.yaml",
-    ]  # fmt: skip
+        "copy-media.yaml",
+        "copy-sonarr-config.yaml",
+        "sync-media.yaml",
+        "sync-sonarr-config.yaml",
+    ]
     verify_job = load_yaml(tmp_path / "jobs" / "local" / "verify-media.yaml")
     assert verify_job["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
-        "migrator", "agent", "verify",
-    ]  # fmt: skip
+        "migrator",
+        "agent",
+        "verify",
+    ]
     assert "config volume sonarr-config stays on its block storage" in result.output
 
 
@@ -139,17 +144,29 @@ def test_role_override_volume_filter_and_move_config(
     result = run_cli(
         *plan_args(
             sources,
-            "--target", "s3://media", "--s3-endpoint", "http://127.0.0.1:9", "--no-probe",
-            "--role", "media=config", "--volume", "media", "--move-config", "--json",
+            "--target",
+            "s3://media",
+            "--s3-endpoint",
+            "http://127.0.0.1:9",
+            "--no-probe",
+            "--role",
+            "media=config",
+            "--volume",
+            "media",
+            "--move-config",
+            "--json",
         ),
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     [volume] = plan["spec"]["volumes"]
     assert (volume["name"], volume["role"], volume["roleReason"], volume["action"]) == (
-        "media", "config", "set with --role", "move",
-    )  # fmt: skip
+        "media",
+        "config",
+        "set with --role",
+        "move",
+    )
     [warning] = [w for w in plan["spec"]["warnings"] if w["code"] == "sqlite-on-network-fs"]
     assert warning["volume"] == "media"
     assert "SQLite databases corrupt there" in warning["message"]
@@ -157,10 +174,19 @@ def test_role_override_volume_filter_and_move_config(
 
 def test_capacity_lint(tmp_path: Path, sources: dict[str, Path]) -> None:
     result = run_cli(
-        *plan_args(sources, "--target", "s3://media", "--s3-endpoint", "http://x:1", "--no-probe",
-                   "--target-capacity", "1Ki", "--json"),
+        *plan_args(
+            sources,
+            "--target",
+            "s3://media",
+            "--s3-endpoint",
+            "http://x:1",
+            "--no-probe",
+            "--target-capacity",
+            "1Ki",
+            "--json",
+        ),
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     findings = [w for w in json.loads(result.stdout)["spec"]["warnings"] if w["code"] == "capacity"]
     assert len(findings) == 1
     assert "1.0 KiB is below" in findings[0]["message"]
@@ -298,10 +324,18 @@ def test_plan_out_that_cannot_be_written_is_bad_input(
 ) -> None:
     """Issue #12: `plan --out /proc/x.yaml` exited 3 (operation failed) for a bad path."""
     result = run_cli(
-        *plan_args(sources, "--target", "s3://media", "--s3-endpoint", "http://x:1",
-                   "--no-probe", "--out", "/proc/x.yaml"),
+        *plan_args(
+            sources,
+            "--target",
+            "s3://media",
+            "--s3-endpoint",
+            "http://x:1",
+            "--no-probe",
+            "--out",
+            "/proc/x.yaml",
+        ),
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
     assert "/proc/x.yaml" in result.output
@@ -326,10 +360,18 @@ def test_backups_inside_the_copies_are_refused(
 ) -> None:
     """Issue #12 item 1: backups sharing keys with a copy were deleted by its cutover."""
     result = run_cli(
-        *plan_args(sources, "--target", target, "--backup-target", backup,
-                   "--s3-endpoint", "http://x:1", "--no-probe"),
+        *plan_args(
+            sources,
+            "--target",
+            target,
+            "--backup-target",
+            backup,
+            "--s3-endpoint",
+            "http://x:1",
+            "--no-probe",
+        ),
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     if refused is None:
         assert result.exit_code == 0, result.output
         return
@@ -354,11 +396,22 @@ def test_a_hand_edited_plan_cannot_slip_past(
     tmp_path: Path, sources: dict[str, Path], field: str, value: str, problem: str
 ) -> None:
     """The same checks hold for a plan file edited by hand (plan --check, run, verify)."""
-    assert run_cli(
-        *plan_args(sources, "--target", "s3://media/mig", "--backup-target", "s3://media/backups",
-                   "--s3-endpoint", "http://x:1", "--no-probe"),
-        cwd=tmp_path,
-    ).exit_code == 0  # fmt: skip
+    assert (
+        run_cli(
+            *plan_args(
+                sources,
+                "--target",
+                "s3://media/mig",
+                "--backup-target",
+                "s3://media/backups",
+                "--s3-endpoint",
+                "http://x:1",
+                "--no-probe",
+            ),
+            cwd=tmp_path,
+        ).exit_code
+        == 0
+    )
     path = tmp_path / "plans" / "local.yaml"
     document = load_yaml(path)
     document["spec"][field]["prefix"] = value

@@ -41,9 +41,17 @@ def model_problems(
     properties = {k: _resolve(v, root) for k, v in (node.get("properties") or {}).items()}
     hints = get_type_hints(model)
     name = model.__name__
-    problems = [f"{where}: schema field {k!r} is missing from {name}" for k in properties.keys() - hints.keys()]
-    problems += [f"{where}: {name} has {k!r}, which the schema does not" for k in hints.keys() - properties.keys()]
-    required = set(node.get("required") or ()) | {k for k, v in properties.items() if "default" in v}
+    problems = [
+        f"{where}: schema field {k!r} is missing from {name}"
+        for k in properties.keys() - hints.keys()
+    ]
+    problems += [
+        f"{where}: {name} has {k!r}, which the schema does not"
+        for k in hints.keys() - properties.keys()
+    ]
+    required = set(node.get("required") or ()) | {
+        k for k, v in properties.items() if "default" in v
+    }
     for key in sorted(hints.keys() & properties.keys()):
         if (key in model.__required_keys__) != (key in required):
             want = "Required" if key in required else "NotRequired"
@@ -52,7 +60,9 @@ def model_problems(
     return sorted(problems)
 
 
-def value_problems(hint: Any, node: Mapping[str, Any], root: Mapping[str, Any], where: str) -> list[str]:
+def value_problems(
+    hint: Any, node: Mapping[str, Any], root: Mapping[str, Any], where: str
+) -> list[str]:
     """Whether type ``hint`` holds what schema ``node`` allows (objects recursively)."""
     node = _resolve(node, root)
     if "properties" in node:
@@ -64,7 +74,7 @@ def value_problems(hint: Any, node: Mapping[str, Any], root: Mapping[str, Any], 
         if get_origin(hint) is not Literal or set(get_args(hint)) != values:
             return [f"{where}: should be Literal{sorted(values)}, the model says {hint}"]
         return []
-    kind = node.get("type")
+    kind: str = node.get("type", "")
     if kind == "array":
         if get_origin(hint) is not list:
             return [f"{where}: a schema array, but the model says {hint}"]
@@ -96,9 +106,10 @@ def test_the_model_agrees_with_the_schema() -> None:
 
 def test_every_model_type_stands_for_a_schema_object() -> None:
     defined = {
-        obj for _, obj in inspect.getmembers(planmodel, is_typeddict)
+        obj
+        for _, obj in inspect.getmembers(planmodel, is_typeddict)
         if obj.__module__ == planmodel.__name__
-    }  # fmt: skip
+    }
     assert defined - reached_models(planmodel.PlanDocument) == set()
 
 
@@ -137,6 +148,8 @@ SYNTHETIC: dict[str, Any] = {
         }
     },
 }
+
+
 class Part(TypedDict):
     kind: Literal["a", "b"]
     labels: NotRequired[dict[str, str]]

@@ -30,16 +30,30 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 def make_plan(cluster: Cluster, root: Path, *extra: str, name: str = "plan") -> dict[str, Any]:
     out = root / f"{name}.yaml"
     result = run_cli(
-        "plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path),
-        "--no-probe", "--s3-endpoint", "https://s3.example:8333",
-        "--backup-target", "s3://backups/media", "--out", str(out), *extra, cwd=root,
-    )  # fmt: skip
+        "plan",
+        "-n",
+        cluster.namespace,
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--no-probe",
+        "--s3-endpoint",
+        "https://s3.example:8333",
+        "--backup-target",
+        "s3://backups/media",
+        "--out",
+        str(out),
+        *extra,
+        cwd=root,
+    )
     assert result.exit_code == 0, result.output
     return load_plan(out).document
 
 
 def tenant_in(
-    plane: ControlPlane, kubelet: ProcessKubelet, root: Path, labels: dict[str, str],
+    plane: ControlPlane,
+    kubelet: ProcessKubelet,
+    root: Path,
+    labels: dict[str, str],
     change: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Cluster:
     """tenant-media in a fresh namespace with ``labels``; ``change`` edits the objects first."""
@@ -65,7 +79,7 @@ def plans(
         "pvc": make_plan(
             cluster, root, "--target", "pvc:seaweedfs-storage", "--move-config", name="pvc"
         ),
-    }  # fmt: skip
+    }
     yield found
     cluster.delete()
 

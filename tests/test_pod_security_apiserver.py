@@ -35,8 +35,10 @@ def _api(plane: ControlPlane) -> client.CoreV1Api:
 
 def _namespace(plane: ControlPlane, name: str, level: str) -> Iterator[str]:
     core = _api(plane)
-    labels = {"pod-security.kubernetes.io/enforce": level,
-              "pod-security.kubernetes.io/enforce-version": "latest"}  # fmt: skip
+    labels = {
+        "pod-security.kubernetes.io/enforce": level,
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
     core.create_namespace({"metadata": {"name": name, "labels": labels}})
     # The controller manager makes the namespace's default ServiceAccount; the pods below need
     # it now, so make it first if it has not (one of the two creates gets 409 Conflict).
@@ -84,9 +86,16 @@ def rendered(
     """Every Job and CronJob a plan leads to, by name, made through the CLI where it writes them."""
     ns = tenant.namespace
     result = run_cli(
-        "plan", "-n", ns, "--kubeconfig", str(tenant.kubeconfig_path), *target,
-        "--backup-target", "s3://media/backups", cwd=root,
-    )  # fmt: skip
+        "plan",
+        "-n",
+        ns,
+        "--kubeconfig",
+        str(tenant.kubeconfig_path),
+        *target,
+        "--backup-target",
+        "s3://media/backups",
+        cwd=root,
+    )
     assert result.exit_code == 0, result.output
     plan_path = root / "plans" / f"{ns}.yaml"
     out = root / "backups"
@@ -138,7 +147,10 @@ TARGETS = {
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_every_rendered_pod_passes_baseline_admission(
-    control_plane: ControlPlane, tenant: Cluster, baseline_namespace: str, tmp_path: Path,
+    control_plane: ControlPlane,
+    tenant: Cluster,
+    baseline_namespace: str,
+    tmp_path: Path,
     target: str,
 ) -> None:
     manifests = rendered_manifests(tenant, tmp_path, TARGETS[target])

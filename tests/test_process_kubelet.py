@@ -207,8 +207,10 @@ def test_a_followed_log_streams_while_the_container_runs(cluster: Cluster, tmp_p
         'echo waiting; i=0; while [ ! -e "$GATE" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1));'
         ' done; if [ -e "$GATE" ]; then echo released; else echo gave up; fi'
     )
-    container = {"env": [{"name": "GATE", "value": "/gate/open"}],
-                 "volumeMounts": [mount("gate", "/gate")]}  # fmt: skip
+    container = {
+        "env": [{"name": "GATE", "value": "/gate/open"}],
+        "volumeMounts": [mount("gate", "/gate")],
+    }
     body = job("ticker", script, container=container, volumes=[claim_volume("gate", "gate")])
     body["metadata"]["namespace"] = cluster.namespace
     cluster.seed([body])
@@ -699,12 +701,17 @@ def test_rewrite_mode_maps_paths_to_host_directories(cluster: Cluster, tmp_path:
     try:
         # Only whole arguments and env values starting with a mount path are rewritten.
         pod = spare_pod(
-            cluster, "rewrite", node.name, 'cp "$1" "$TARGET" && echo "$TARGET"',
-            container={"args": ["sh", "/mnt/source/a.txt"],
-                       "env": [{"name": "TARGET", "value": "/mnt/dest/b.txt"}],
-                       "volumeMounts": [mount("source", "/mnt/source"), mount("dest", "/mnt/dest")]},
+            cluster,
+            "rewrite",
+            node.name,
+            'cp "$1" "$TARGET" && echo "$TARGET"',
+            container={
+                "args": ["sh", "/mnt/source/a.txt"],
+                "env": [{"name": "TARGET", "value": "/mnt/dest/b.txt"}],
+                "volumeMounts": [mount("source", "/mnt/source"), mount("dest", "/mnt/dest")],
+            },
             volumes=[claim_volume("source", "source"), claim_volume("dest", "dest")],
-        )  # fmt: skip
+        )
         cluster.seed([pod])
         cluster.wait_for(lambda: pod_phase(cluster, "rewrite") == "Succeeded", 30, "rewrite ran")
         assert log_of(cluster, pod) == f"{dest}/b.txt\n"
@@ -724,16 +731,21 @@ def test_prepended_tools_stay_visible_under_a_tmp_mount(cluster: Cluster, tmp_pa
     (tools / "fake-rclone").chmod(0o755)
     node = Node(f"tools-{cluster.namespace}", taints=(SPARE_TAINT,))
     spare = ProcessKubelet(
-        cluster.admin_kubeconfig_path, [node], workdir=tmp_path / "spare",
+        cluster.admin_kubeconfig_path,
+        [node],
+        workdir=tmp_path / "spare",
         path_prepend=[str(tools)],
-    )  # fmt: skip
+    )
     spare.start()
     try:
         pod = spare_pod(
-            cluster, "fake-tool", node.name, "fake-rclone version && touch /tmp/scratch",
+            cluster,
+            "fake-tool",
+            node.name,
+            "fake-rclone version && touch /tmp/scratch",
             container={"volumeMounts": [mount("tmp", "/tmp")]},
             volumes=[{"name": "tmp", "emptyDir": {}}],
-        )  # fmt: skip
+        )
         cluster.seed([pod])
         cluster.wait_for(lambda: pod_phase(cluster, "fake-tool") == "Succeeded", 30, "tool ran")
         assert log_of(cluster, pod) == "fake rclone version\n"

@@ -14,16 +14,33 @@ from tests.controlplane.cluster import Cluster, rbac_objects
 from tests.helpers import validate_manifest
 
 
-def allowed(cluster: Cluster, verb: str, resource: str, group: str = "",
-            namespace: str | None = None, subresource: str = "") -> bool:  # fmt: skip
+def allowed(
+    cluster: Cluster,
+    verb: str,
+    resource: str,
+    group: str = "",
+    namespace: str | None = None,
+    subresource: str = "",
+) -> bool:
     review = {
-        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {"user": cluster.user,
-                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{cluster.namespace}",
-                            "system:authenticated"],
-                 "resourceAttributes": {"verb": verb, "resource": resource, "group": group,
-                                        "namespace": namespace or "", "subresource": subresource}},
-    }  # fmt: skip
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": cluster.user,
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{cluster.namespace}",
+                "system:authenticated",
+            ],
+            "resourceAttributes": {
+                "verb": verb,
+                "resource": resource,
+                "group": group,
+                "namespace": namespace or "",
+                "subresource": subresource,
+            },
+        },
+    }
     answer = client.AuthorizationV1Api(cluster.admin).create_subject_access_review(review)
     return bool(answer.status.allowed)
 

@@ -47,29 +47,51 @@ class Cozy:
 
     def plan(self, *extra: str) -> Path:
         result = run_cli(
-            "plan", "-n", self.ns, "--kubeconfig", str(self.cluster.kubeconfig_path),
-            "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-            "--s3-endpoint", self.server.s3_endpoint, "--parallel", "2", *extra, cwd=self.tmp,
-        )  # fmt: skip
+            "plan",
+            "-n",
+            self.ns,
+            "--kubeconfig",
+            str(self.cluster.kubeconfig_path),
+            "--target",
+            "s3://media/migrated",
+            "--s3-credentials-secret",
+            tenant_media.SECRET_NAME,
+            "--s3-endpoint",
+            self.server.s3_endpoint,
+            "--parallel",
+            "2",
+            *extra,
+            cwd=self.tmp,
+        )
         assert result.exit_code == 0, result.output
         return self.tmp / "plans" / f"{self.ns}.yaml"
 
     def run(self, plan_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
         result = run_cli(
-            "run", "--plan", str(plan_path), "--kubeconfig", str(self.cluster.kubeconfig_path),
-            "--json", *args,
-        )  # fmt: skip
+            "run",
+            "--plan",
+            str(plan_path),
+            "--kubeconfig",
+            str(self.cluster.kubeconfig_path),
+            "--json",
+            *args,
+        )
         text = result.stdout.strip()
-        return result.exit_code, json.loads(text) if text.startswith("{") else {"output": result.output}
+        return result.exit_code, json.loads(text) if text.startswith("{") else {
+            "output": result.output
+        }
 
 
 @pytest.fixture
 def cozy(make_cluster: Callable[..., Cluster], tmp_path: Path, seaweedfs: SeaweedFS) -> Cozy:
     """tenant-media with its PVCs backed by sample directories and a real bucket behind the Secret."""
     s3 = boto3.client(
-        "s3", endpoint_url=seaweedfs.s3_endpoint, aws_access_key_id=seaweedfs.access_key,
-        aws_secret_access_key=seaweedfs.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=seaweedfs.s3_endpoint,
+        aws_access_key_id=seaweedfs.access_key,
+        aws_secret_access_key=seaweedfs.secret_key,
+        region_name="us-east-1",
+    )
     bucket = f"{tenant_media.BUCKET_NAME}-{tmp_path.name[-20:].lower().strip('_-')}".replace(
         "_", "-"
     )[:63]
@@ -77,9 +99,12 @@ def cozy(make_cluster: Callable[..., Cluster], tmp_path: Path, seaweedfs: Seawee
     tree = make_sample_tree(tmp_path / "volumes", SIZES)
     cluster = make_cluster(
         claims=tree.source_dirs(),
-        secret={"access_key": seaweedfs.access_key, "secret_key": seaweedfs.secret_key,
-                "bucket": bucket},
-    )  # fmt: skip
+        secret={
+            "access_key": seaweedfs.access_key,
+            "secret_key": seaweedfs.secret_key,
+            "bucket": bucket,
+        },
+    )
     return Cozy(cluster, tree, bucket, seaweedfs, tmp_path)
 
 
@@ -90,8 +115,11 @@ def test_preseed_then_cutover_through_jobs(cozy: Cozy) -> None:
         code, summary = cozy.run(plan_path, "--phase", "all")
     assert code == 0, summary
     assert {v["volume"]: v["status"] for v in summary["volumes"]} == {
-        "media": "done", "prowlarr-config": "done", "radarr-config": "done", "sonarr-config": "done",
-    }  # fmt: skip
+        "media": "done",
+        "prowlarr-config": "done",
+        "radarr-config": "done",
+        "sonarr-config": "done",
+    }
     jobs = {j["metadata"]["name"]: j for j in cluster.list_objects("batch/v1", "Job", ns)}
     media_job = jobs["migrator-copy-media"]
     assert media_job["spec"]["completionMode"] == "Indexed"
@@ -110,8 +138,11 @@ def test_preseed_then_cutover_through_jobs(cozy: Cozy) -> None:
         assert release is not None and release["spec"]["suspend"] is True
         deployment = cluster.get_object("apps/v1", "Deployment", ns, name)
         assert deployment is not None and deployment["spec"]["replicas"] == 0
-    apps = [p["metadata"]["name"] for p in cluster.list_objects("v1", "Pod", ns)
-            if not p["metadata"]["name"].startswith("migrator-")]  # fmt: skip
+    apps = [
+        p["metadata"]["name"]
+        for p in cluster.list_objects("v1", "Pod", ns)
+        if not p["metadata"]["name"].startswith("migrator-")
+    ]
     assert apps == []
     assert any("cutover done" in note for note in summary["notes"])
     for name, path in tree.source_dirs().items():
@@ -127,10 +158,11 @@ def test_a_held_lease_refuses_a_second_run(cozy: Cozy) -> None:
     plan_path = cozy.plan("--volume", "prowlarr-config")
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
     lease = {
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
         "metadata": {"name": f"migrator-{cozy.ns}", "namespace": cozy.ns},
         "spec": {"holderIdentity": "other-host/4242", "leaseDurationSeconds": 60, "renewTime": now},
-    }  # fmt: skip
+    }
     cozy.cluster.seed([lease])
     code, summary = cozy.run(plan_path, "--phase", "config")
     assert code == 3, summary
@@ -144,9 +176,10 @@ def test_deleted_pod_is_replaced_and_the_copy_completes(cozy: Cozy) -> None:
 
     def running() -> list[dict[str, Any]]:
         return [
-            p for p in cluster.list_objects("v1", "Pod", ns, "job-name=migrator-copy-media")
+            p
+            for p in cluster.list_objects("v1", "Pod", ns, "job-name=migrator-copy-media")
             if (p.get("status") or {}).get("phase") == "Running"
-        ]  # fmt: skip
+        ]
 
     def delete_first_running_pod() -> None:
         cluster.wait_for(lambda: bool(running()), timeout=60, what="a running copy pod")

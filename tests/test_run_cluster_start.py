@@ -45,25 +45,48 @@ class Tenant:
 
     def plan(self, *extra: str) -> Path:
         result = run_cli(
-            "plan", "-n", self.ns, "--kubeconfig", str(self.cluster.kubeconfig_path),
-            "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-            "--s3-endpoint", "https://s3.example:8333", "--no-probe", "--volume", VOLUME, *extra,
+            "plan",
+            "-n",
+            self.ns,
+            "--kubeconfig",
+            str(self.cluster.kubeconfig_path),
+            "--target",
+            "s3://media/migrated",
+            "--s3-credentials-secret",
+            tenant_media.SECRET_NAME,
+            "--s3-endpoint",
+            "https://s3.example:8333",
+            "--no-probe",
+            "--volume",
+            VOLUME,
+            *extra,
             cwd=self.root,
-        )  # fmt: skip
+        )
         assert result.exit_code == 0, result.output
         return self.root / "plans" / f"{self.ns}.yaml"
 
-    def run(self, plan_path: Path, *args: str, kubeconfig: Path | None = None) -> tuple[int, str, float]:
+    def run(
+        self, plan_path: Path, *args: str, kubeconfig: Path | None = None
+    ) -> tuple[int, str, float]:
         started = time.monotonic()
         result = run_cli(
-            "run", "--plan", str(plan_path),
-            "--kubeconfig", str(kubeconfig or self.cluster.kubeconfig_path),
-            "--phase", "config", "--timeout", TIMEOUT, *args,
-        )  # fmt: skip
+            "run",
+            "--plan",
+            str(plan_path),
+            "--kubeconfig",
+            str(kubeconfig or self.cluster.kubeconfig_path),
+            "--phase",
+            "config",
+            "--timeout",
+            TIMEOUT,
+            *args,
+        )
         return result.exit_code, result.output, time.monotonic() - started
 
     def jobs(self) -> list[str]:
-        return [j["metadata"]["name"] for j in self.cluster.list_objects("batch/v1", "Job", self.ns)]
+        return [
+            j["metadata"]["name"] for j in self.cluster.list_objects("batch/v1", "Job", self.ns)
+        ]
 
 
 @pytest.fixture
@@ -86,7 +109,9 @@ def error_line(output: str) -> str:
 
 def test_pods_refused_by_pod_security_fail_the_run_at_once(tenant: Tenant) -> None:
     plan_path = tenant.plan()
-    tenant.cluster.label_namespace({"pod-security.kubernetes.io/enforce": "restricted"})  # agents run as root
+    tenant.cluster.label_namespace(
+        {"pod-security.kubernetes.io/enforce": "restricted"}
+    )  # agents run as root
     code, output, seconds = tenant.run(plan_path)
     assert code == 3, output
     line = error_line(output)
@@ -116,8 +141,9 @@ def test_an_image_that_does_not_pull_fails_the_run(tenant: Tenant) -> None:
 
 def test_a_missing_secret_key_fails_the_run(tenant: Tenant) -> None:
     plan_path = tenant.plan()
-    tenant.cluster.patch_object("v1", "Secret", tenant.ns, tenant_media.SECRET_NAME,
-                                {"data": {"accessKey": None}})  # fmt: skip
+    tenant.cluster.patch_object(
+        "v1", "Secret", tenant.ns, tenant_media.SECRET_NAME, {"data": {"accessKey": None}}
+    )
     code, output, seconds = tenant.run(plan_path)
     assert code == 3, output
     line = error_line(output)
@@ -154,7 +180,9 @@ def test_a_failed_cutover_brings_the_apps_back(tenant: Tenant) -> None:
     code, output, _ = tenant.run(plan_path, "--cutover")
     assert code == 3, output
     assert "cutover failed: bringing the apps back" in output
-    release = tenant.cluster.get_object("helm.toolkit.fluxcd.io/v2", "HelmRelease", tenant.ns, "prowlarr")
+    release = tenant.cluster.get_object(
+        "helm.toolkit.fluxcd.io/v2", "HelmRelease", tenant.ns, "prowlarr"
+    )
     assert release is not None and not release["spec"].get("suspend")
     deployment = tenant.cluster.get_object("apps/v1", "Deployment", tenant.ns, "prowlarr")
     assert deployment is not None and deployment["spec"]["replicas"] == 1
@@ -167,7 +195,9 @@ def test_keep_down_leaves_the_apps_stopped_after_a_failed_cutover(tenant: Tenant
     code, output, _ = tenant.run(plan_path, "--cutover", "--keep-down")
     assert code == 3, output
     assert "the apps stay stopped and their releases suspended (--keep-down)" in output
-    release = tenant.cluster.get_object("helm.toolkit.fluxcd.io/v2", "HelmRelease", tenant.ns, "prowlarr")
+    release = tenant.cluster.get_object(
+        "helm.toolkit.fluxcd.io/v2", "HelmRelease", tenant.ns, "prowlarr"
+    )
     assert release is not None and release["spec"]["suspend"] is True
     deployment = tenant.cluster.get_object("apps/v1", "Deployment", tenant.ns, "prowlarr")
     assert deployment is not None and deployment["spec"]["replicas"] == 0
@@ -185,16 +215,30 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
     (source / "Backups" / "note.txt").write_text("hello")
     cluster = make_cluster(
         claims={VOLUME: source},
-        secret={"access_key": seaweedfs.access_key, "secret_key": seaweedfs.secret_key,
-                "bucket": bucket},
-    )  # fmt: skip
+        secret={
+            "access_key": seaweedfs.access_key,
+            "secret_key": seaweedfs.secret_key,
+            "bucket": bucket,
+        },
+    )
     ns = cluster.namespace
     cluster.label_namespace({"pod-security.kubernetes.io/enforce": "restricted"})
     result = run_cli(
-        "plan", "-n", ns, "--kubeconfig", str(cluster.kubeconfig_path),
-        "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-        "--s3-endpoint", seaweedfs.s3_endpoint, "--volume", VOLUME, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "-n",
+        ns,
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--target",
+        "s3://media/migrated",
+        "--s3-credentials-secret",
+        tenant_media.SECRET_NAME,
+        "--s3-endpoint",
+        seaweedfs.s3_endpoint,
+        "--volume",
+        VOLUME,
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     plan_path = tmp_path / "plans" / f"{ns}.yaml"
     job = yaml.safe_load((tmp_path / "jobs" / ns / f"copy-{VOLUME}.yaml").read_text())
@@ -203,9 +247,12 @@ def test_a_restricted_namespace_admits_the_restricted_mode_agents_and_they_copy(
     code, output, _ = Tenant(cluster, tmp_path).run(plan_path)
     assert code == 0, output
     s3 = boto3.client(
-        "s3", endpoint_url=seaweedfs.s3_endpoint, aws_access_key_id=seaweedfs.access_key,
-        aws_secret_access_key=seaweedfs.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=seaweedfs.s3_endpoint,
+        aws_access_key_id=seaweedfs.access_key,
+        aws_secret_access_key=seaweedfs.secret_key,
+        region_name="us-east-1",
+    )
     keys = {
         o["Key"]
         for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"migrated/{VOLUME}/")["Contents"]
@@ -287,8 +334,16 @@ class StallingProxy:
         self.server.server_close()
 
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-       "proxy-connection", "host"}  # fmt: skip
+HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "host",
+}
 
 
 def test_timeout_holds_when_the_job_watch_goes_silent(tenant: Tenant) -> None:
@@ -311,9 +366,16 @@ def test_timeout_holds_when_the_job_watch_goes_silent(tenant: Tenant) -> None:
         stalled.write_text(yaml.safe_dump(config))
         started = time.monotonic()
         result = run_cli(
-            "run", "--plan", str(plan_path), "--kubeconfig", str(stalled),
-            "--phase", "config", "--timeout", "8",
-        )  # fmt: skip
+            "run",
+            "--plan",
+            str(plan_path),
+            "--kubeconfig",
+            str(stalled),
+            "--phase",
+            "config",
+            "--timeout",
+            "8",
+        )
         seconds = time.monotonic() - started
     finally:
         proxy.close()

@@ -30,9 +30,12 @@ def run_process(
     ``ceiling`` seconds so that a hang fails the test instead of the session)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "migrator", "run", "--plan", str(plan), *args],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         out, err = process.communicate(timeout=ceiling)
     except subprocess.TimeoutExpired:

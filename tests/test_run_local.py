@@ -187,8 +187,12 @@ def _start_run(plan: Path, server: SeaweedFS, *args: str) -> subprocess.Popen[st
     }
     return subprocess.Popen(
         [sys.executable, "-m", "migrator", "run", "--plan", str(plan), *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_copied_objects(
@@ -199,9 +203,12 @@ def _wait_for_copied_objects(
 
     bucket, _, prefix = remote.removeprefix("s3:").partition("/")
     client = boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (
@@ -220,9 +227,15 @@ def test_interrupted_run_resumes_without_redoing_work(
 ) -> None:
     radarr = _many_small_files(tmp_path)
     result = run_cli(
-        "plan", "--source-dir", f"radarr-config={radarr}", "--target", f"s3://{bucket}",
-        "--s3-endpoint", s3_env.s3_endpoint, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"radarr-config={radarr}",
+        "--target",
+        f"s3://{bucket}",
+        "--s3-endpoint",
+        s3_env.s3_endpoint,
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0
     plan = tmp_path / "plans" / "local.yaml"
     process = _start_run(plan, s3_env, "--phase", "config", "--json")
@@ -244,10 +257,19 @@ def test_interrupted_run_resumes_without_redoing_work(
 
 def test_two_concurrent_runs_are_refused(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> None:
     radarr = _many_small_files(tmp_path)
-    assert run_cli(
-        "plan", "--source-dir", f"radarr-config={radarr}", "--target", f"s3://{bucket}",
-        "--s3-endpoint", s3_env.s3_endpoint, cwd=tmp_path,
-    ).exit_code == 0  # fmt: skip
+    assert (
+        run_cli(
+            "plan",
+            "--source-dir",
+            f"radarr-config={radarr}",
+            "--target",
+            f"s3://{bucket}",
+            "--s3-endpoint",
+            s3_env.s3_endpoint,
+            cwd=tmp_path,
+        ).exit_code
+        == 0
+    )
     plan = tmp_path / "plans" / "local.yaml"
     first = _start_run(plan, s3_env, "--phase", "config")
     try:
@@ -269,10 +291,20 @@ def test_seaweedfs_restart_mid_run_still_completes(tmp_path: Path, bucket: str) 
         }
         rclone(server, "mkdir", "s3:restart")
         radarr = _many_small_files(tmp_path, 2500)
-        assert run_cli(
-            "plan", "--source-dir", f"radarr-config={radarr}", "--target", "s3://restart",
-            "--s3-endpoint", server.s3_endpoint, cwd=tmp_path, env=client_env,
-        ).exit_code == 0  # fmt: skip
+        assert (
+            run_cli(
+                "plan",
+                "--source-dir",
+                f"radarr-config={radarr}",
+                "--target",
+                "s3://restart",
+                "--s3-endpoint",
+                server.s3_endpoint,
+                cwd=tmp_path,
+                env=client_env,
+            ).exit_code
+            == 0
+        )
         plan = tmp_path / "plans" / "local.yaml"
         process = _start_run(plan, server, "--phase", "config", "--json")
         _wait_for_copied_objects(server, "s3:restart/radarr-config", 100)
@@ -319,9 +351,15 @@ def test_names_rclone_encodes_copy_rerun_cutover_and_verify(
     for index, name in enumerate(EXOTIC_NAMES):
         (Path(os.fsdecode(bytes(source / "dir") + b"/" + name))).write_bytes(b"x" * index)
     result = run_cli(
-        "plan", "--source-dir", f"media={source}", "--target", f"s3://{bucket}/odd",
-        "--s3-endpoint", s3_env.s3_endpoint, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"media={source}",
+        "--target",
+        f"s3://{bucket}/odd",
+        "--s3-endpoint",
+        s3_env.s3_endpoint,
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     plan = tmp_path / "plans" / "local.yaml"
     first = run(plan, "--phase", "media")
@@ -346,10 +384,23 @@ def test_names_rclone_encodes_copy_rerun_cutover_and_verify(
 def agent_copy(server: SeaweedFS, source: Path, dest: str, *args: str) -> dict[str, Any]:
     """``migrator agent copy`` as a Job runs it; its ``done`` event."""
     result = subprocess.run(
-        [sys.executable, "-m", "migrator", "agent", "copy", "--source", str(source),
-         "--dest", dest, *args],
-        env=rclone_env(server), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "migrator",
+            "agent",
+            "copy",
+            "--source",
+            str(source),
+            "--dest",
+            dest,
+            *args,
+        ],
+        env=rclone_env(server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     done: dict[str, Any] = events[-1]
@@ -383,8 +434,13 @@ def test_the_deletion_pass_never_deletes_snapshots(
     assert done["deleted"] == 2  # gone.txt, and the extra that only looks like an id
     listed = client.list_objects_v2(Bucket=bucket, Prefix="mig/")
     keys = sorted(obj["Key"] for obj in listed.get("Contents", []))
-    assert keys == sorted([*snapshots, "mig/sonarr-config/config.xml",
-                           "mig/.migrator/sonarr-config/copy-state.tsv.gz"])  # fmt: skip
+    assert keys == sorted(
+        [
+            *snapshots,
+            "mig/sonarr-config/config.xml",
+            "mig/.migrator/sonarr-config/copy-state.tsv.gz",
+        ]
+    )
 
 
 # SeaweedFS stores a key's backslash as a slash: without rclone's BackSlash encoding these were
@@ -408,9 +464,15 @@ def _backslash_tree(source: Path) -> None:
 
 def _backslash_plan(tmp_path: Path, server: SeaweedFS, bucket: str) -> Path:
     result = run_cli(
-        "plan", "--source-dir", f"media={tmp_path / 'src'}", "--target", f"s3://{bucket}/bs",
-        "--s3-endpoint", server.s3_endpoint, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"media={tmp_path / 'src'}",
+        "--target",
+        f"s3://{bucket}/bs",
+        "--s3-endpoint",
+        server.s3_endpoint,
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "plans" / "local.yaml"
 
@@ -421,11 +483,16 @@ def _assert_backslash_keys(server: SeaweedFS, bucket: str) -> None:
     client = make_client(S3Settings.from_environment(server.s3_endpoint))
     listed = client.list_objects_v2(Bucket=bucket, Prefix="bs/media/")
     keys = sorted(obj["Key"][len("bs/media/") :] for obj in listed.get("Contents", []))
-    assert keys == sorted([  # as rclone --s3-encoding ...,BackSlash names them
-        "win\uff3cpath.txt", "ends with\uff3c", "dir\uff3cwith\uff3cbackslashes/inner.txt",
-        "full\u201b\uff3cwidth reverse solidus.txt", "both \uff3c and \u201b\uff3c.txt",
-        "empty\uff3cdir/",
-    ])  # fmt: skip
+    assert keys == sorted(
+        [  # as rclone --s3-encoding ...,BackSlash names them
+            "win\uff3cpath.txt",
+            "ends with\uff3c",
+            "dir\uff3cwith\uff3cbackslashes/inner.txt",
+            "full\u201b\uff3cwidth reverse solidus.txt",
+            "both \uff3c and \u201b\uff3c.txt",
+            "empty\uff3cdir/",
+        ]
+    )
 
 
 def test_backslash_names_copy_rerun_cutover_and_verify(
@@ -443,8 +510,15 @@ def test_backslash_names_copy_rerun_cutover_and_verify(
     assert by_volume(cutover)["media"]["deleted"] == 0
     _assert_backslash_keys(s3_env, bucket)
     remote = f"s3:{bucket}/bs/media"
-    checked = rclone(s3_env, "check", "--download", "--s3-encoding",
-                     "Slash,InvalidUtf8,Dot,BackSlash", str(tmp_path / "src"), remote)  # fmt: skip
+    checked = rclone(
+        s3_env,
+        "check",
+        "--download",
+        "--s3-encoding",
+        "Slash,InvalidUtf8,Dot,BackSlash",
+        str(tmp_path / "src"),
+        remote,
+    )
     assert checked.returncode == 0, checked.stderr[-2000:]
     result = run_cli("verify", "--plan", str(plan), "--json", "--no-cache")
     assert result.exit_code == 0, result.output

@@ -21,9 +21,12 @@ from tests.test_run_local import by_volume, make_plan, run
 
 def s3_client(server: SeaweedFS) -> Any:
     return boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
 
 
 def damage(server: SeaweedFS, bucket: str, prefix: str) -> tuple[str, str, str]:

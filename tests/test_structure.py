@@ -32,10 +32,17 @@ AGENT_PACKAGES = ("migrator.checksum", "migrator.backup")
 # Modules the agent commands must reach, so that a change which empties the derivation (a renamed
 # command group, say) fails here instead of checking nothing.
 AGENT_ANCHORS = {
-    "migrator.copier", "migrator.copystate", "migrator.sourcetree", "migrator.rclone",
-    "migrator.verifier", "migrator.uploader", "migrator.filer", "migrator.events",
-    "migrator.checksum", "migrator.backup.agent",
-}  # fmt: skip
+    "migrator.copier",
+    "migrator.copystate",
+    "migrator.sourcetree",
+    "migrator.rclone",
+    "migrator.verifier",
+    "migrator.uploader",
+    "migrator.filer",
+    "migrator.events",
+    "migrator.checksum",
+    "migrator.backup.agent",
+}
 
 MAX_LINES = 600
 REASON = "# Over 600 lines:"
@@ -182,9 +189,7 @@ def test_no_executor_or_agent_module_imports_a_workflow_or_the_cli(module: str) 
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize(
-    "path", sorted({str(p.relative_to(ROOT)) for p in MODULES.values()})
-)
+@pytest.mark.parametrize("path", sorted({str(p.relative_to(ROOT)) for p in MODULES.values()}))
 def test_no_module_is_over_600_lines_without_a_reason(path: str) -> None:
     problem = length_problem((ROOT / path).read_text(), path)
     assert problem is None, problem
@@ -196,26 +201,49 @@ def test_no_module_is_over_600_lines_without_a_reason(path: str) -> None:
 @pytest.mark.parametrize(
     ("module", "source", "expected"),
     [
-        ("migrator.copier", "from migrator.workflows.run import RunContext\n",
-         "migrator.copier (line 1) imports migrator.workflows"),
-        ("migrator.verifier", "import os\nimport migrator.cli.swap\n",
-         "migrator.verifier (line 2) imports migrator.cli.swap"),
-        ("migrator.executors.local",
-         "def run():\n    from migrator.workflows.swap.context import SwapOptions\n",
-         "migrator.executors.local (line 2) imports migrator.workflows.swap.context"),
-        ("migrator.executors.local", "from ..workflows import run\n",
-         "migrator.executors.local (line 1) imports migrator.workflows"),
-        ("migrator.checksum", "from ..cli import agent\n",
-         "migrator.checksum (line 1) imports migrator.cli"),
-        ("migrator.events", "from migrator import workflows\n",
-         "migrator.events (line 1) imports migrator.workflows"),
-        ("migrator.cli.agent", "from migrator.cli.swap import swap_command\n",
-         "migrator.cli.agent (line 1) imports migrator.cli.swap"),
+        (
+            "migrator.copier",
+            "from migrator.workflows.run import RunContext\n",
+            "migrator.copier (line 1) imports migrator.workflows",
+        ),
+        (
+            "migrator.verifier",
+            "import os\nimport migrator.cli.swap\n",
+            "migrator.verifier (line 2) imports migrator.cli.swap",
+        ),
+        (
+            "migrator.executors.local",
+            "def run():\n    from migrator.workflows.swap.context import SwapOptions\n",
+            "migrator.executors.local (line 2) imports migrator.workflows.swap.context",
+        ),
+        (
+            "migrator.executors.local",
+            "from ..workflows import run\n",
+            "migrator.executors.local (line 1) imports migrator.workflows",
+        ),
+        (
+            "migrator.checksum",
+            "from ..cli import agent\n",
+            "migrator.checksum (line 1) imports migrator.cli",
+        ),
+        (
+            "migrator.events",
+            "from migrator import workflows\n",
+            "migrator.events (line 1) imports migrator.workflows",
+        ),
+        (
+            "migrator.cli.agent",
+            "from migrator.cli.swap import swap_command\n",
+            "migrator.cli.agent (line 1) imports migrator.cli.swap",
+        ),
         ("migrator.cli.agent", "from migrator.cli import cli, handle_errors\n", None),
-        ("migrator.copier", "from migrator.events import json_lines\nimport migrator.clients\n",
-         None),
+        (
+            "migrator.copier",
+            "from migrator.events import json_lines\nimport migrator.clients\n",
+            None,
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_import_checker_names_the_module_and_the_import(
     module: str, source: str, expected: str | None
 ) -> None:
@@ -236,14 +264,20 @@ def test_the_agent_side_follows_agent_commands_and_what_they_import() -> None:
     start = agent_command_imports(cli_source, "migrator.cli.fake")
     assert "migrator.copier" in start and not any(n.startswith("migrator.workflows") for n in start)
     graph = {
-        "migrator": set(), "migrator.copier": {"migrator.uploader"},
-        "migrator.uploader": {"migrator.workflows.run"}, "migrator.workflows": set(),
-        "migrator.workflows.run": set(), "migrator.planner": set(),
-    }  # fmt: skip
+        "migrator": set(),
+        "migrator.copier": {"migrator.uploader"},
+        "migrator.uploader": {"migrator.workflows.run"},
+        "migrator.workflows": set(),
+        "migrator.workflows.run": set(),
+        "migrator.planner": set(),
+    }
     assert reach(start, graph) == {
-        "migrator", "migrator.copier", "migrator.uploader", "migrator.workflows",
+        "migrator",
+        "migrator.copier",
+        "migrator.uploader",
+        "migrator.workflows",
         "migrator.workflows.run",
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize(

@@ -28,13 +28,22 @@ from tests.test_plan_local import make_config_dir, make_media_dir
 
 def s3_plan(prefix: str = "migrated", name: str = "media") -> dict[str, Any]:
     volume = {
-        "name": name, "role": "media", "action": "move",
+        "name": name,
+        "role": "media",
+        "action": "move",
         "source": {"pvc": name, "accessModes": ["ReadWriteMany"], "capacityBytes": 4 * 2**40},
-        "workloads": [{"kind": "Deployment", "name": "sonarr", "container": "app",
-                       "mountPath": "/media", "readOnly": False}],
+        "workloads": [
+            {
+                "kind": "Deployment",
+                "name": "sonarr",
+                "container": "app",
+                "mountPath": "/media",
+                "readOnly": False,
+            }
+        ],
         "target": {"url": f"s3://bucket-7f3c2a9e-media/{prefix}/{name}"},
         "copy": {"tool": "rclone", "profile": "large-files", "shards": 1, "jobs": {}},
-    }  # fmt: skip
+    }
     return {
         "metadata": {"name": "tenant-media"},
         "spec": {
@@ -95,10 +104,20 @@ def local_plan(tmp_path: Path) -> Plan:
     config = make_config_dir(tmp_path / "src" / "sonarr")
     media = make_media_dir(tmp_path / "src" / "media")
     result = run_cli(
-        "plan", "--source-dir", f"sonarr-config={config}", "--source-dir", f"media={media}",
-        "--target", "s3://media/migrated", "--s3-endpoint", "http://127.0.0.1:9", "--no-probe",
-        "--filer-grpc", "127.0.0.1:18888", cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"sonarr-config={config}",
+        "--source-dir",
+        f"media={media}",
+        "--target",
+        "s3://media/migrated",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+        "--no-probe",
+        "--filer-grpc",
+        "127.0.0.1:18888",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     return load_plan(tmp_path / "plans" / "local.yaml")
 
@@ -138,9 +157,17 @@ def test_the_gate_refuses_an_s3_plan_without_filer_attributes(tmp_path: Path) ->
     """Without --filer-grpc a mount shows uid 0 / 0660: apps could not read what verify passed."""
     config = make_config_dir(tmp_path / "src" / "sonarr")
     result = run_cli(
-        "plan", "--source-dir", f"sonarr-config={config}", "--target", "s3://media/migrated",
-        "--s3-endpoint", "http://127.0.0.1:9", "--no-probe", "--move-config", cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"sonarr-config={config}",
+        "--target",
+        "s3://media/migrated",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+        "--no-probe",
+        "--move-config",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     plan = load_plan(tmp_path / "plans" / "local.yaml")
     assert any(w["code"] == "no-filer-attributes" for w in plan.spec["warnings"])
@@ -159,15 +186,45 @@ def test_the_gate_refuses_an_s3_plan_without_filer_attributes(tmp_path: Path) ->
     [
         ({}, "planned"),
         ({"preseed": {"status": "done", "at": "1"}}, "pre-seeded"),
-        ({"preseed": {"status": "done", "at": "1"}, "cutover": {"status": "failed", "at": "2"}}, "cutover failed"),
-        ({"cutover": {"status": "done", "at": "2"}, "verify": {"status": "done", "ok": True, "at": "2"}}, "verified"),
-        ({"cutover": {"status": "done", "at": "2"}, "verify": {"status": "done", "ok": False, "at": "3"}}, "verify failed"),
-        ({"verify": {"status": "done", "ok": True, "at": "3"}, "swap": {"status": "done", "at": "3"}}, "swapped"),
-        ({"swap": {"status": "rolled back", "at": "4"}, "rollback": {"status": "done", "at": "4"}}, "rolled back"),
-        ({"swap": {"status": "done", "at": "5"}, "rollback": {"status": "done", "at": "4"}}, "swapped"),
+        (
+            {"preseed": {"status": "done", "at": "1"}, "cutover": {"status": "failed", "at": "2"}},
+            "cutover failed",
+        ),
+        (
+            {
+                "cutover": {"status": "done", "at": "2"},
+                "verify": {"status": "done", "ok": True, "at": "2"},
+            },
+            "verified",
+        ),
+        (
+            {
+                "cutover": {"status": "done", "at": "2"},
+                "verify": {"status": "done", "ok": False, "at": "3"},
+            },
+            "verify failed",
+        ),
+        (
+            {
+                "verify": {"status": "done", "ok": True, "at": "3"},
+                "swap": {"status": "done", "at": "3"},
+            },
+            "swapped",
+        ),
+        (
+            {
+                "swap": {"status": "rolled back", "at": "4"},
+                "rollback": {"status": "done", "at": "4"},
+            },
+            "rolled back",
+        ),
+        (
+            {"swap": {"status": "done", "at": "5"}, "rollback": {"status": "done", "at": "4"}},
+            "swapped",
+        ),
         ({"rollback": {"status": "partial", "at": "4"}}, "partly rolled back"),
     ],
-)  # fmt: skip
+)
 def test_volume_state_is_the_latest_step(entry: dict[str, Any], state: str) -> None:
     assert volume_state(entry)[0] == state
 

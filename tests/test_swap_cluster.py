@@ -22,7 +22,7 @@ from kubernetes import client
 
 from migrator.journal import Journal
 from migrator.kube import KubeClient
-from migrator.plan import Plan, load_plan
+from migrator.plan import Plan, load_plan, volumes_in_phase
 from migrator.workflows.runtime.journal_store import ConfigMapStore
 from migrator.workflows.runtime.quiesce import Quiescer
 from tests import tenant_media
@@ -47,12 +47,15 @@ def journal_of(kube: KubeClient, namespace: str, plan: Plan) -> Journal:
 
 
 def cut_over(
-    kube: KubeClient, namespace: str, plan: Plan, phase: str = "all",
+    kube: KubeClient,
+    namespace: str,
+    plan: Plan,
+    phase: str = "all",
     verified: bool | None = True,
-) -> None:  # fmt: skip
+) -> None:
     """What 'migrator run --cutover' and 'migrator verify' leave behind."""
     journal = journal_of(kube, namespace, plan)
-    volumes = plan.volumes_for_phase(phase)
+    volumes = volumes_in_phase(plan.model["spec"]["volumes"], phase)
     Quiescer(kube, namespace, plan, journal, 30)(volumes, False)
     for volume in volumes:
         journal.record(volume["name"], "preseed", "done", files=10)
@@ -60,19 +63,32 @@ def cut_over(
         if verified is not None:  # as 'migrator verify' records it
             status = "done" if verified else "failed"
             journal.record(
-                volume["name"], "verify", status, ok=verified, differences=0 if verified else 2,
+                volume["name"],
+                "verify",
+                status,
+                ok=verified,
+                differences=0 if verified else 2,
                 mountMetadata=True,
-            )  # fmt: skip
+            )
 
 
 def snapshot(api: Cluster, namespace: str) -> dict[str, Any]:
     """What swap and rollback may change: HelmRelease specs, Deployment specs, ConfigMap data."""
     return {
-        **{f"hr/{o['metadata']['name']}": o["spec"] for o in api.list_objects(HR, "HelmRelease", namespace)},
-        **{f"deploy/{o['metadata']['name']}": o["spec"] for o in api.list_objects("apps/v1", "Deployment", namespace)},
-        **{f"cm/{o['metadata']['name']}": o.get("data") for o in api.list_objects("v1", "ConfigMap", namespace)
-           if o["metadata"]["name"] != f"migrator-{namespace}"},
-    }  # fmt: skip
+        **{
+            f"hr/{o['metadata']['name']}": o["spec"]
+            for o in api.list_objects(HR, "HelmRelease", namespace)
+        },
+        **{
+            f"deploy/{o['metadata']['name']}": o["spec"]
+            for o in api.list_objects("apps/v1", "Deployment", namespace)
+        },
+        **{
+            f"cm/{o['metadata']['name']}": o.get("data")
+            for o in api.list_objects("v1", "ConfigMap", namespace)
+            if o["metadata"]["name"] != f"migrator-{namespace}"
+        },
+    }
 
 
 def cli(api: Cluster, command: str, plan: Plan, *args: str) -> tuple[int, Any, str]:
@@ -99,9 +115,17 @@ def plan_of(cluster: Cluster, cwd: Path, *extra: str) -> Plan:
     if "--target" not in extra:
         args += ("--filer-grpc", "seaweedfs-filer.tenant-root.svc:18888")
     result = run_cli(
-        "plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path),
-        "--s3-credentials-secret", tenant_media.SECRET_NAME, "--no-probe", *args, cwd=cwd,
-    )  # fmt: skip
+        "plan",
+        "-n",
+        cluster.namespace,
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--s3-credentials-secret",
+        tenant_media.SECRET_NAME,
+        "--no-probe",
+        *args,
+        cwd=cwd,
+    )
     assert result.exit_code == 0, result.output
     return load_plan(cwd / "plans" / f"{cluster.namespace}.yaml")
 
@@ -130,8 +154,9 @@ def writes_since(cluster: Cluster, mark: int) -> list[str]:
     """The ServiceAccount's writing requests after its first ``mark`` requests."""
     return [
         f"{e['verb']} {(e.get('objectRef') or {}).get('resource')}"
-        for e in cluster.requests()[mark:] if e["verb"] in WRITES
-    ]  # fmt: skip
+        for e in cluster.requests()[mark:]
+        if e["verb"] in WRITES
+    ]
 
 
 @pytest.fixture
@@ -170,8 +195,11 @@ def test_dry_run_changes_nothing(cluster: Cluster, csi_driver: None, tmp_path: P
     assert {p["name"] for p in summary["volumes"][0]["patches"]} == {"sonarr", "radarr"}
     assert snapshot(cluster, ns) == before
     assert journal_of(kube, ns, plan).store.load() == journal
-    ours = [pv["metadata"]["name"] for pv in cluster.list_objects("v1", "PersistentVolume")
-            if (pv["spec"].get("claimRef") or {}).get("namespace") == ns]  # fmt: skip
+    ours = [
+        pv["metadata"]["name"]
+        for pv in cluster.list_objects("v1", "PersistentVolume")
+        if (pv["spec"].get("claimRef") or {}).get("namespace") == ns
+    ]
     assert sorted(ours) == sorted(
         tenant_media.pv_name(claim, ns)
         for claim in ("media", *(f"{app}-config" for app in tenant_media.APPS))
@@ -276,11 +304,14 @@ def test_gitops_swap_writes_the_file_and_the_claims_only_then_rolls_the_file_bac
     assert code == 0, output
     assert releases.read_text() == SWAPPED_HELMRELEASES
     diff = summary["files"][0]["diff"]
-    assert [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")] == [
-        '-        existingClaim: "media"', '+        existingClaim: "media-seaweedfs"',
+    assert [
+        line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ] == [
+        '-        existingClaim: "media"',
+        '+        existingClaim: "media-seaweedfs"',
         "-      media: {existingClaim: 'media', globalMounts: [{path: /media}]}",
         "+      media: {existingClaim: 'media-seaweedfs', globalMounts: [{path: /media}]}",
-    ]  # fmt: skip
+    ]
     pv = cluster.get_object("v1", "PersistentVolume", None, f"{ns}-media-seaweedfs")
     pvc = cluster.get_object("v1", "PersistentVolumeClaim", ns, "media-seaweedfs")
     assert pv is not None and pvc is not None
@@ -292,10 +323,18 @@ def test_gitops_swap_writes_the_file_and_the_claims_only_then_rolls_the_file_bac
     assert pv["spec"]["claimRef"]["namespace"] == ns
     assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
     cluster.wait_for(  # the real PV controller binds them, as it would in production
-        lambda: ((cluster.get_object("v1", "PersistentVolumeClaim", ns, "media-seaweedfs") or {})
-                 .get("status") or {}).get("phase") == "Bound",
-        30, "media-seaweedfs Bound",
-    )  # fmt: skip
+        lambda: (
+            (
+                (
+                    cluster.get_object("v1", "PersistentVolumeClaim", ns, "media-seaweedfs") or {}
+                ).get("status")
+                or {}
+            ).get("phase")
+            == "Bound"
+        ),
+        30,
+        "media-seaweedfs Bound",
+    )
     assert (
         snapshot(cluster, ns) == stopped
     )  # the cluster's releases and apps are Git's business now
@@ -309,8 +348,11 @@ def test_gitops_swap_writes_the_file_and_the_claims_only_then_rolls_the_file_bac
     assert code == 0
     assert {v["volume"]: v["state"] for v in report["volumes"]}["media"] == "swapped"
     # Swap held the plan's run Lease while it wrote, and gave it back.
-    leases = [(e["verb"], e["responseStatus"]["code"]) for e in cluster.requests()
-              if (e.get("objectRef") or {}).get("resource") == "leases" and e["verb"] in WRITES]  # fmt: skip
+    leases = [
+        (e["verb"], e["responseStatus"]["code"])
+        for e in cluster.requests()
+        if (e.get("objectRef") or {}).get("resource") == "leases" and e["verb"] in WRITES
+    ]
     assert ("create", 201) in leases and ("delete", 200) in leases, leases
     lease = cluster.get_object("coordination.k8s.io/v1", "Lease", ns, f"migrator-{plan.name}")
     assert lease is None
@@ -353,9 +395,13 @@ def _verify_before_cutover(journal: Journal) -> None:
     ],
 )
 def test_swap_refuses_without_cutover_and_passed_verify(
-    cluster: Cluster, csi_driver: None, tmp_path: Path,
-    verified: bool | None, tweak: str | None, message: str,
-) -> None:  # fmt: skip
+    cluster: Cluster,
+    csi_driver: None,
+    tmp_path: Path,
+    verified: bool | None,
+    tweak: str | None,
+    message: str,
+) -> None:
     ns, kube = cluster.namespace, as_account(cluster)
     plan = plan_of(cluster, tmp_path)
     if tweak != "no-cutover":
@@ -496,9 +542,12 @@ def apply_from_git(cluster: Cluster, text: str) -> None:
     for document in yaml.safe_load_all(text):
         persistence = document["spec"]["values"]["persistence"]
         cluster.patch_object(
-            HR, "HelmRelease", cluster.namespace, document["metadata"]["name"],
+            HR,
+            "HelmRelease",
+            cluster.namespace,
+            document["metadata"]["name"],
             {"spec": {"values": {"persistence": persistence}}},
-        )  # fmt: skip
+        )
 
 
 def test_swap_in_cluster_then_rollback_restores_everything(
@@ -542,9 +591,11 @@ def test_swap_in_cluster_then_rollback_restores_everything(
     assert code == 0
     states = {v["volume"]: v["state"] for v in report["volumes"]}
     assert states == {
-        "media": "rolled back", "prowlarr-config": "verified", "radarr-config": "verified",
+        "media": "rolled back",
+        "prowlarr-config": "verified",
+        "radarr-config": "verified",
         "sonarr-config": "verified",
-    }  # fmt: skip
+    }
     assert cluster.forbidden() == []
 
 
@@ -577,9 +628,16 @@ def test_gitops_swap_then_rollback_of_a_flux_repo(
     assert all(ready(cluster, app) for app in tenant_media.APPS)
 
     code, summary, output = cli(
-        cluster, "rollback", plan, "--values-file", str(releases), "--in-cluster",
-        "--timeout", "60", "--json",
-    )  # fmt: skip
+        cluster,
+        "rollback",
+        plan,
+        "--values-file",
+        str(releases),
+        "--in-cluster",
+        "--timeout",
+        "60",
+        "--json",
+    )
     assert code == 0, output
     assert releases.read_bytes() == FLUX_HELMRELEASES.encode()
     assert snapshot(cluster, ns) == before
@@ -593,13 +651,28 @@ def test_values_from_a_configmap_are_rewritten_in_place(
 ) -> None:
     ns = cluster.namespace
     values = "# radarr values (configMapGenerator)\npersistence:\n  media:\n    enabled: true\n    existingClaim: media  # NFS\n"
-    cluster.seed([{"apiVersion": "v1", "kind": "ConfigMap",
-                   "metadata": {"name": "radarr-values", "namespace": ns},
-                   "data": {"values.yaml": values}}])  # fmt: skip
-    cluster.patch_object(HR, "HelmRelease", ns, "radarr", {"spec": {
-        "values": {"persistence": {"media": None}},
-        "valuesFrom": [{"kind": "ConfigMap", "name": "radarr-values"}],
-    }})  # fmt: skip
+    cluster.seed(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "radarr-values", "namespace": ns},
+                "data": {"values.yaml": values},
+            }
+        ]
+    )
+    cluster.patch_object(
+        HR,
+        "HelmRelease",
+        ns,
+        "radarr",
+        {
+            "spec": {
+                "values": {"persistence": {"media": None}},
+                "valuesFrom": [{"kind": "ConfigMap", "name": "radarr-values"}],
+            }
+        },
+    )
     plan = plan_of(cluster, tmp_path)
     before = snapshot(cluster, ns)
     cut_over(as_account(cluster), ns, plan)
@@ -612,8 +685,9 @@ def test_values_from_a_configmap_are_rewritten_in_place(
     assert claims_of(cluster, "radarr", ns) == {"radarr-config", "media-seaweedfs"}
     assert ready(cluster, "radarr")
     assert {(p["target"], p["name"]) for p in summary["volumes"][0]["patches"]} == {
-        ("HelmRelease", "sonarr"), ("ConfigMap", "radarr-values"),
-    }  # fmt: skip
+        ("HelmRelease", "sonarr"),
+        ("ConfigMap", "radarr-values"),
+    }
     code, _, output = cli(cluster, "rollback", plan, "--in-cluster", "--timeout", "60")
     assert code == 0, output
     assert snapshot(cluster, ns) == before
@@ -644,12 +718,19 @@ def test_partial_swap_keeps_the_failed_app_stopped_and_rollback_undoes_the_rest(
     ns = cluster.namespace
     plan = plan_of(cluster, tmp_path, "--move-config")
     squatter: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "PersistentVolume",
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
         "metadata": {"name": f"{ns}-sonarr-config-seaweedfs"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                 "csi": {"driver": "seaweedfs-csi-driver", "volumeHandle": "x",
-                         "volumeAttributes": {"path": "/buckets/someone-else"}}},
-    }  # fmt: skip
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "csi": {
+                "driver": "seaweedfs-csi-driver",
+                "volumeHandle": "x",
+                "volumeAttributes": {"path": "/buckets/someone-else"},
+            },
+        },
+    }
     cluster.seed([squatter])
     try:
         before = snapshot(cluster, ns)
@@ -660,17 +741,21 @@ def test_partial_swap_keeps_the_failed_app_stopped_and_rollback_undoes_the_rest(
         assert code == 3, output
         statuses = {v["volume"]: v["status"] for v in summary["volumes"]}
         assert statuses == {
-            "media": "swapped", "prowlarr-config": "swapped", "radarr-config": "swapped",
+            "media": "swapped",
+            "prowlarr-config": "swapped",
+            "radarr-config": "swapped",
             "sonarr-config": "failed",
-        }  # fmt: skip
+        }
         failed = next(v for v in summary["volumes"] if v["volume"] == "sonarr-config")
         assert (
             "already exists and serves seaweedfs-csi-driver:/buckets/someone-else"
             in failed["message"]
         )
         assert {r["name"]: r["action"] for r in summary["releases"]} == {
-            "prowlarr": "resumed", "radarr": "resumed", "sonarr": "left as is",
-        }  # fmt: skip
+            "prowlarr": "resumed",
+            "radarr": "resumed",
+            "sonarr": "left as is",
+        }
         assert ready(cluster, "radarr") and ready(cluster, "prowlarr")
         assert claims_of(cluster, "radarr", ns) == {"radarr-config-seaweedfs", "media-seaweedfs"}
         sonarr = cluster.get_object("apps/v1", "Deployment", ns, "sonarr")
@@ -822,9 +907,12 @@ def test_rollback_without_the_changed_files_is_partial_until_they_are_passed(
     assert {w["workload"]: w["action"] for w in summary["workloads"]}[
         "Deployment/sonarr"
     ] == "left as is"
-    assert cluster.get_object(HR, "HelmRelease", ns, "sonarr")["spec"]["values"]["persistence"]["media"] == {  # type: ignore[index]
-        "existingClaim": "media", "globalMounts": [{"path": "/media"}]
-    }  # fmt: skip
+    release = cluster.get_object(HR, "HelmRelease", ns, "sonarr")
+    assert release is not None
+    assert release["spec"]["values"]["persistence"]["media"] == {
+        "existingClaim": "media",
+        "globalMounts": [{"path": "/media"}],
+    }
     code, report, _ = cli(cluster, "status", plan, "--json")
     assert report["volumes"][0]["state"] == "partly rolled back"
 

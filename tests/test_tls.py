@@ -50,9 +50,13 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedFS, P
 
 def s3(server: SeaweedFS, ca: Path) -> Any:
     return boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1", verify=str(ca),
-    )  # fmt: skip
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+        verify=str(ca),
+    )
 
 
 def new_bucket(server: SeaweedFS, ca: Path, name: str) -> str:
@@ -62,8 +66,11 @@ def new_bucket(server: SeaweedFS, ca: Path, name: str) -> str:
 
 
 def aws_env(server: SeaweedFS) -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    return {
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 def test_local_copy_verify_and_backup_trust_the_plans_ca(
@@ -75,8 +82,17 @@ def test_local_copy_verify_and_backup_trust_the_plans_ca(
     # A name that is not UTF-8 goes through rclone, the rest through the native uploader.
     assert tree.media_dir is not None
     (tree.media_dir / os.fsdecode(b"caf\xe9.nfo")).write_bytes(b"latin-1")
-    args = ["plan", "--target", f"s3://{bucket}/arr", "--s3-endpoint", server.s3_endpoint,
-            "--s3-ca-bundle", str(ca), "--backup-target", f"s3://{bucket}/backups"]  # fmt: skip
+    args = [
+        "plan",
+        "--target",
+        f"s3://{bucket}/arr",
+        "--s3-endpoint",
+        server.s3_endpoint,
+        "--s3-ca-bundle",
+        str(ca),
+        "--backup-target",
+        f"s3://{bucket}/backups",
+    ]
     for name, path in tree.source_dirs().items():
         args += ["--source-dir", f"{name}={path}"]
     env = aws_env(server)
@@ -130,9 +146,16 @@ def test_an_untrusted_certificate_fails_at_once_with_what_to_pass(
         (source / "tv" / f"e{index}.mkv").write_bytes(os.urandom(20_000))
     env = aws_env(server)
     result = run_cli(
-        "plan", "--source-dir", f"media={source}", "--target", f"s3://{bucket}/x",
-        "--s3-endpoint", server.s3_endpoint, cwd=tmp_path, env=env,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"media={source}",
+        "--target",
+        f"s3://{bucket}/x",
+        "--s3-endpoint",
+        server.s3_endpoint,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.exit_code == 0, result.output  # the probe only notes what it found
     started = time.monotonic()
     result = run_cli(
@@ -156,9 +179,17 @@ def test_a_bad_ca_bundle_is_one_line(tmp_path: Path, value: str, message: str) -
     (tmp_path / "not-a-cert.pem").write_text("hello\n")
     (tmp_path / "src").mkdir()
     result = run_cli(
-        "plan", "--source-dir", f"media={tmp_path / 'src'}", "--target", "s3://bucket/x",
-        "--s3-endpoint", "https://127.0.0.1:9", "--s3-ca-bundle", value, cwd=tmp_path,
-    )  # fmt: skip
+        "plan",
+        "--source-dir",
+        f"media={tmp_path / 'src'}",
+        "--target",
+        "s3://bucket/x",
+        "--s3-endpoint",
+        "https://127.0.0.1:9",
+        "--s3-ca-bundle",
+        value,
+        cwd=tmp_path,
+    )
     assert result.exit_code == 2
     assert result.output.strip() == "Error: " + message.format(dir=tmp_path)
 
@@ -173,25 +204,49 @@ def tenant(cluster: Cluster, tmp_path: Path, tls: tuple[SeaweedFS, Path]) -> tup
     server, ca = tls
     bucket = new_bucket(server, ca, "tenant")
     secret = tenant_media.credentials_secret(
-        host=server.s3_endpoint.removeprefix("https://"), access_key=server.access_key,
-        secret_key=server.secret_key, bucket=bucket, namespace=cluster.namespace,
-    )  # fmt: skip
-    cluster.patch_object("v1", "Secret", cluster.namespace, tenant_media.SECRET_NAME,
-                         {"data": secret["data"]})  # fmt: skip
-    cluster.seed([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "private-ca", "namespace": cluster.namespace},
-        "data": {"ca-bundle.pem": ca.read_text()}}])  # fmt: skip
+        host=server.s3_endpoint.removeprefix("https://"),
+        access_key=server.access_key,
+        secret_key=server.secret_key,
+        bucket=bucket,
+        namespace=cluster.namespace,
+    )
+    cluster.patch_object(
+        "v1", "Secret", cluster.namespace, tenant_media.SECRET_NAME, {"data": secret["data"]}
+    )
+    cluster.seed(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "private-ca", "namespace": cluster.namespace},
+                "data": {"ca-bundle.pem": ca.read_text()},
+            }
+        ]
+    )
     return cluster, {"bucket": bucket, "tmp": tmp_path, "server": server, "ca": ca}
 
 
 def tenant_plan(cluster: Cluster, env: dict[str, Any], *extra: str) -> Any:
     """``migrator plan`` as the ServiceAccount of docs/rbac.yaml."""
     return run_cli(
-        "plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path),
-        "--target", "s3://media/migrated", "--s3-credentials-secret", tenant_media.SECRET_NAME,
-        "--volume", "media", "--volume", "prowlarr-config", "--backup-target", "s3://media/backups",
-        *extra, cwd=env["tmp"],
-    )  # fmt: skip
+        "plan",
+        "-n",
+        cluster.namespace,
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--target",
+        "s3://media/migrated",
+        "--s3-credentials-secret",
+        tenant_media.SECRET_NAME,
+        "--volume",
+        "media",
+        "--volume",
+        "prowlarr-config",
+        "--backup-target",
+        "s3://media/backups",
+        *extra,
+        cwd=env["tmp"],
+    )
 
 
 def plan_with_the_configmap_ca(cluster: Cluster, env: dict[str, Any]) -> Path:
@@ -211,8 +266,10 @@ def plan_with_the_configmap_ca(cluster: Cluster, env: dict[str, Any]) -> Path:
     job = load_yaml(env["tmp"] / "jobs" / cluster.namespace / "copy-media.yaml")
     validate_manifest(job)
     pod = job["spec"]["template"]["spec"]
-    assert {"name": "s3-ca", "configMap": {"name": "private-ca", "items": [
-        {"key": "ca-bundle.pem", "path": "ca.crt"}]}} in pod["volumes"]  # fmt: skip
+    assert {
+        "name": "s3-ca",
+        "configMap": {"name": "private-ca", "items": [{"key": "ca-bundle.pem", "path": "ca.crt"}]},
+    } in pod["volumes"]
     [container] = pod["containers"]
     assert {"name": "s3-ca", "mountPath": "/etc/migrator/s3-ca", "readOnly": True} in container[
         "volumeMounts"
@@ -254,9 +311,17 @@ def test_a_missing_ca_configmap_or_key_is_one_line(tenant: tuple[Cluster, Any]) 
 def test_a_ca_bundle_for_a_pvc_target_is_refused(tenant: tuple[Cluster, Any]) -> None:
     cluster, env = tenant
     result = run_cli(
-        "plan", "-n", cluster.namespace, "--kubeconfig", str(cluster.kubeconfig_path), "--target",
-        "pvc:seaweedfs-storage", "--s3-ca-bundle", "private-ca/ca-bundle.pem", cwd=env["tmp"],
-    )  # fmt: skip
+        "plan",
+        "-n",
+        cluster.namespace,
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        "--target",
+        "pvc:seaweedfs-storage",
+        "--s3-ca-bundle",
+        "private-ca/ca-bundle.pem",
+        cwd=env["tmp"],
+    )
     assert result.exit_code == 2
     assert result.output.strip() == "Error: --s3-ca-bundle is for s3:// targets"
 
@@ -272,13 +337,24 @@ def cozy(
     bucket = new_bucket(server, ca, "cozy")
     tree = make_sample_tree(tmp_path / "volumes", SIZES)
     # As Cozystack's COSI Secret: the endpoint is https://HOST, from BucketInfo.
-    secret = {"host": server.s3_endpoint.removeprefix("https://"), "access_key": server.access_key,
-              "secret_key": server.secret_key, "bucket": bucket}  # fmt: skip
+    secret = {
+        "host": server.s3_endpoint.removeprefix("https://"),
+        "access_key": server.access_key,
+        "secret_key": server.secret_key,
+        "bucket": bucket,
+    }
     cluster = make_cluster(claims=tree.source_dirs(), secret=secret)
     # As trust-manager distributes a CA bundle: a ConfigMap in the namespace.
-    cluster.seed([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "private-ca", "namespace": cluster.namespace},
-        "data": {"ca-bundle.pem": ca.read_text()}}])  # fmt: skip
+    cluster.seed(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "private-ca", "namespace": cluster.namespace},
+                "data": {"ca-bundle.pem": ca.read_text()},
+            }
+        ]
+    )
     return cluster, {"tree": tree, "bucket": bucket, "tmp": tmp_path, "server": server, "ca": ca}
 
 
@@ -291,9 +367,15 @@ def test_cluster_jobs_mount_the_ca_from_a_configmap(cozy: tuple[Cluster, dict[st
     assert result.exit_code == 0, result.output
     # (the config volume's live databases wait for a cutover)
     result = run_cli(
-        "verify", "--plan", str(plan_path), "--kubeconfig", kubeconfig, "--volume", "media",
+        "verify",
+        "--plan",
+        str(plan_path),
+        "--kubeconfig",
+        kubeconfig,
+        "--volume",
+        "media",
         "--json",
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ok"] is True
     assert cluster.forbidden() == []

@@ -18,11 +18,19 @@ import boto3
 import pytest
 
 from migrator.seaweedfs import SeaweedFS
-from migrator.uploader import INLINE_MAX_BYTES, Uploader, UploadReport, native_destination
+from migrator.uploader import INLINE_MAX_BYTES, Uploader, UploadReport
+from migrator.uploadtarget import native_destination
 from tests.helpers import run_cli
 
-FLAGS = ["--transfers", "4", "--metadata", "--links", "--s3-no-check-bucket", "--s3-no-head",
-         "--s3-disable-checksum"]  # fmt: skip
+FLAGS = [
+    "--transfers",
+    "4",
+    "--metadata",
+    "--links",
+    "--s3-no-check-bucket",
+    "--s3-no-head",
+    "--s3-disable-checksum",
+]
 
 
 def remote_env(server: SeaweedFS, secret: str | None = None) -> dict[str, str]:
@@ -41,8 +49,19 @@ def agent_copy(
     server: SeaweedFS, source: Path, dest: str, *extra: str, secret: str | None = None
 ) -> tuple[int, list[dict[str, Any]], str]:
     bucket_and_prefix = dest.removeprefix("dest:")
-    args = ["agent", "copy", "--source", str(source), "--dest", dest,
-            "--state", f"dest:{bucket_and_prefix}-state", *extra, "--", *FLAGS]  # fmt: skip
+    args = [
+        "agent",
+        "copy",
+        "--source",
+        str(source),
+        "--dest",
+        dest,
+        "--state",
+        f"dest:{bucket_and_prefix}-state",
+        *extra,
+        "--",
+        *FLAGS,
+    ]
     result = run_cli(*args, env=remote_env(server, secret))
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return result.exit_code, events, result.output
@@ -50,9 +69,12 @@ def agent_copy(
 
 def s3(server: SeaweedFS) -> Any:
     return boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        region_name="us-east-1",
+    )
 
 
 def stored(server: SeaweedFS, bucket: str, prefix: str) -> dict[str, tuple[Any, ...]]:
@@ -65,7 +87,10 @@ def stored(server: SeaweedFS, bucket: str, prefix: str) -> dict[str, tuple[Any, 
         for item in page.get("Contents", []):
             got = client.get_object(Bucket=bucket, Key=item["Key"])
             objects[item["Key"][len(prefix) + 1 :]] = (
-                got["Body"].read(), got["ContentType"], got["Metadata"])  # fmt: skip
+                got["Body"].read(),
+                got["ContentType"],
+                got["Metadata"],
+            )
     return objects
 
 
@@ -191,10 +216,16 @@ def test_anything_the_uploader_does_not_reproduce_goes_to_rclone(
 
 @pytest.mark.parametrize(
     ("flags", "timeout"),
-    [([], 120.0), (["--timeout", "2s"], 2.0), (["--timeout=1m30s"], 90.0),
-     (["--timeout", "500ms"], 0.5), (["--timeout", "7"], 7.0),
-     (["--timeout", "0"], None), (["--timeout", "1d"], None)],
-)  # fmt: skip
+    [
+        ([], 120.0),
+        (["--timeout", "2s"], 2.0),
+        (["--timeout=1m30s"], 90.0),
+        (["--timeout", "500ms"], 0.5),
+        (["--timeout", "7"], 7.0),
+        (["--timeout", "0"], None),
+        (["--timeout", "1d"], None),
+    ],
+)
 def test_the_uploader_honours_rclones_idle_timeout(
     seaweedfs: SeaweedFS, flags: list[str], timeout: float | None
 ) -> None:

@@ -245,9 +245,12 @@ def test_references_in_other_places_are_not_claims() -> None:
 def test_values_dicts_for_in_cluster_patches() -> None:
     values = {
         "controllers": {"main": {"containers": {}}},
-        "persistence": {"config": {"existingClaim": "sonarr-config"}, "tmp": {"type": "emptyDir"},
-                        "media": {"existingClaim": "media", "globalMounts": [{"path": "/media"}]}},
-    }  # fmt: skip
+        "persistence": {
+            "config": {"existingClaim": "sonarr-config"},
+            "tmp": {"type": "emptyDir"},
+            "media": {"existingClaim": "media", "globalMounts": [{"path": "/media"}]},
+        },
+    }
     assert claim_paths(values) == [
         (("persistence", "config", "existingClaim"), "sonarr-config"),
         (("persistence", "media", "existingClaim"), "media"),

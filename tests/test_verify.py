@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from migrator.plan import load_plan
+from migrator.plan import load_plan, volumes_in_phase
 from migrator.samples import SampleSizes, make_sample_tree
 from migrator.seaweedfs import SeaweedFS
 from migrator.workflows.run import make_context
@@ -34,9 +34,12 @@ def copied(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> dict[str, Any]:
     plan = tmp_path / "plans" / "local.yaml"
     assert run_cli("run", "--plan", str(plan), "--phase", "all", "--cutover").exit_code == 0
     s3 = boto3.client(
-        "s3", endpoint_url=s3_env.s3_endpoint, aws_access_key_id=s3_env.access_key,
-        aws_secret_access_key=s3_env.secret_key, region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=s3_env.s3_endpoint,
+        aws_access_key_id=s3_env.access_key,
+        aws_secret_access_key=s3_env.secret_key,
+        region_name="us-east-1",
+    )
     return {"plan": plan, "tree": tree, "s3": s3, "bucket": bucket}
 
 
@@ -134,11 +137,26 @@ def test_report_that_cannot_be_written_is_bad_input(
 ) -> None:
     """Issue #12: `verify --report /proc/nope.txt` exited 3; a bad path is bad input (2)."""
     (tmp_path / "src").mkdir()
-    planned = run_cli("plan", "--source-dir", f"data={tmp_path / 'src'}", "--target",
-                      f"s3://{bucket}", "--s3-endpoint", s3_env.s3_endpoint, cwd=tmp_path)  # fmt: skip
+    planned = run_cli(
+        "plan",
+        "--source-dir",
+        f"data={tmp_path / 'src'}",
+        "--target",
+        f"s3://{bucket}",
+        "--s3-endpoint",
+        s3_env.s3_endpoint,
+        cwd=tmp_path,
+    )
     assert planned.exit_code == 0, planned.output
-    result = run_cli("verify", "--plan", str(tmp_path / "plans" / "local.yaml"), "--report",
-                     "/proc/nope.txt", "--executor", "local")  # fmt: skip
+    result = run_cli(
+        "verify",
+        "--plan",
+        str(tmp_path / "plans" / "local.yaml"),
+        "--report",
+        "/proc/nope.txt",
+        "--executor",
+        "local",
+    )
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
     assert "/proc/nope.txt" in result.output
@@ -177,6 +195,8 @@ def test_a_plan_written_before_verify_jobs_still_verifies_with_a_hint(
     human = run_cli("verify", "--plan", str(plan_path), "--volume", "media")
     assert human.exit_code == 0
     assert "re-run 'migrator plan'" in human.stdout.replace("\n", " ")
+
+
 class RecordingObserver:
     """Records what verify_plan tells the UI; with a barrier, a volume's start waits until every
     volume has started (a one-at-a-time verify breaks it: BrokenBarrierError)."""
@@ -206,13 +226,20 @@ def test_volumes_are_verified_side_by_side_with_the_results_of_one_at_a_time(
     s3.put_object(Bucket=bucket, Key="arr/media/stray.nfo", Body=b"not at source")
     s3.put_object(Bucket=bucket, Key="arr/radarr-config/stray.xml", Body=b"not at source")
     plan = load_plan(copied["plan"])
-    volumes = plan.volumes_for_phase("all")
+    volumes = volumes_in_phase(plan.model["spec"]["volumes"], "all")
     assert len(volumes) == 4
 
     def run(observer: RecordingObserver, parallel: int | None) -> tuple[dict[str, Any], list[str]]:
         stream = io.StringIO()
-        report = verify_plan(plan, volumes, make_context(plan, {}), observer, cache=False,
-                             report_stream=stream, parallel=parallel)  # fmt: skip
+        report = verify_plan(
+            plan,
+            volumes,
+            make_context(plan, {}),
+            observer,
+            cache=False,
+            report_stream=stream,
+            parallel=parallel,
+        )
         return report.as_dict(), sorted(stream.getvalue().splitlines())
 
     together = RecordingObserver(threading.Barrier(len(volumes)))
@@ -229,10 +256,15 @@ def test_volumes_are_verified_side_by_side_with_the_results_of_one_at_a_time(
         {"volume": "media", "path": "stray.nfo", "kind": "extra"},
         {"volume": "radarr-config", "path": "stray.xml", "kind": "extra"},
     ]
-    assert side_by_side_lines == one_at_a_time_lines == [
-        "extra\tmedia\tstray.nfo", "extra\tradarr-config\tstray.xml"
-    ]
+    assert (
+        side_by_side_lines
+        == one_at_a_time_lines
+        == ["extra\tmedia\tstray.nfo", "extra\tradarr-config\tstray.xml"]
+    )
     state = json.loads((copied["plan"].parent / "local.state.json").read_text())
     assert {name: state["volumes"][name]["verify"]["ok"] for name in names} == {
-        "media": False, "prowlarr-config": True, "radarr-config": False, "sonarr-config": True
+        "media": False,
+        "prowlarr-config": True,
+        "radarr-config": False,
+        "sonarr-config": True,
     }

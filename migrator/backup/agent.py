@@ -85,10 +85,14 @@ def backup_volumes(
 def _snapshot_outcome(record: dict[str, Any]) -> dict[str, Any]:
     archive = record["archive"]
     return {
-        "snapshot": record["id"], "files": record["files"], "bytes": record["bytes"],
-        "archiveBytes": archive["bytes"], "seconds": record["durations"]["total"],
-        "databases": [d["path"] for d in record["databases"]], "warnings": record["warnings"],
-    }  # fmt: skip
+        "snapshot": record["id"],
+        "files": record["files"],
+        "bytes": record["bytes"],
+        "archiveBytes": archive["bytes"],
+        "seconds": record["durations"]["total"],
+        "databases": [d["path"] for d in record["databases"]],
+        "warnings": record["warnings"],
+    }
 
 
 def restore_volume(

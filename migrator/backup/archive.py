@@ -97,9 +97,15 @@ def tar_header(
     name = path + b"/" if kind == "d" else path
     small, large = _OCTAL_LIMITS
     if (
-        len(name) <= 100 and len(linkname) <= 100 and name.isascii() and linkname.isascii()
-        and 0 <= st.st_uid < small and 0 <= st.st_gid < small and size < large and 0 <= mtime < large
-    ):  # fmt: skip
+        len(name) <= 100
+        and len(linkname) <= 100
+        and name.isascii()
+        and linkname.isascii()
+        and 0 <= st.st_uid < small
+        and 0 <= st.st_gid < small
+        and size < large
+        and 0 <= mtime < large
+    ):
         return _ustar(name, kind, size, mtime, st, linkname)
     return _pax(path, kind, size, mtime, st, linkname)
 

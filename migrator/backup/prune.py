@@ -32,11 +32,13 @@ class PruneResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "volume": self.volume, "dryRun": self.dry_run,
+            "volume": self.volume,
+            "dryRun": self.dry_run,
             "kept": [{"id": i, "rules": list(r)} for i, r in self.kept],
-            "deleted": self.deleted, "incompleteDeleted": self.incomplete,
+            "deleted": self.deleted,
+            "incompleteDeleted": self.incomplete,
             "abortedUploads": self.aborted_uploads,
-        }  # fmt: skip
+        }
 
 
 def prune_volume(

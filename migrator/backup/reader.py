@@ -96,11 +96,18 @@ class ReadReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "volume": self.volume, "snapshot": self.snapshot, "files": self.files,
-            "bytes": self.bytes, "directories": self.directories, "symlinks": self.symlinks,
-            "databases": self.databases, "problems": self.problems,
-            "problemCount": self.problem_count, "notes": self.notes,
-        }  # fmt: skip
+            "ok": self.ok,
+            "volume": self.volume,
+            "snapshot": self.snapshot,
+            "files": self.files,
+            "bytes": self.bytes,
+            "directories": self.directories,
+            "symlinks": self.symlinks,
+            "databases": self.databases,
+            "problems": self.problems,
+            "problemCount": self.problem_count,
+            "notes": self.notes,
+        }
 
 
 class _HashingSource:

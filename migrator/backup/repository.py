@@ -92,12 +92,17 @@ class Snapshot:
         """What ``backup list --json`` prints for it."""
         record = self.record or {}
         return {
-            "volume": self.volume, "id": self.id, "time": self.time.isoformat().replace("+00:00", "Z"),
-            "archiveBytes": self.archive_bytes, "files": record.get("files"),
-            "bytes": record.get("bytes"), "databases": [d["path"] for d in record.get("databases", [])],
-            "app": record.get("app"), "migrator": record.get("migrator"),
+            "volume": self.volume,
+            "id": self.id,
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "archiveBytes": self.archive_bytes,
+            "files": record.get("files"),
+            "bytes": record.get("bytes"),
+            "databases": [d["path"] for d in record.get("databases", [])],
+            "app": record.get("app"),
+            "migrator": record.get("migrator"),
             "seconds": (record.get("durations") or {}).get("total"),
-        }  # fmt: skip
+        }
 
 
 @dataclass

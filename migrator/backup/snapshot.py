@@ -264,10 +264,15 @@ def create_snapshot(
         copier.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(work, ignore_errors=True)
     record = _record(
-        volume, snapshot, started, options, builder, archive,
+        volume,
+        snapshot,
+        started,
+        options,
+        builder,
+        archive,
         databases=[_database_record(d, copies[d.path]) for d in databases],
         app=options.app or detect_app(databases),
-    )  # fmt: skip
+    )
     _commit(repository, volume, snapshot, builder, record, started_clock)
     return record
 
@@ -309,20 +314,28 @@ def _write_archive(
         compressor.flush(zstandard.FLUSH_FRAME)  # ends the frame: the stream is complete
         result = upload.close()
     return {
-        "key": key, "bytes": result.size, "xxh3": sink.hasher.hexdigest(), "etag": result.etag,
-        "parts": result.parts, "partSize": options.part_size, "tarBytes": builder.tar.written,
+        "key": key,
+        "bytes": result.size,
+        "xxh3": sink.hasher.hexdigest(),
+        "etag": result.etag,
+        "parts": result.parts,
+        "partSize": options.part_size,
+        "tarBytes": builder.tar.written,
         "compression": f"zstd-{options.level}",
         "seconds": {"files": streamed - began, "total": time.monotonic() - began},
-    }  # fmt: skip
+    }
 
 
 def _database_record(item: Item, future: Future[sqlite.DatabaseCopy]) -> dict[str, Any]:
     copy = future.result()
     return {
-        "path": os.fsdecode(item.path), "bytes": copy.size, "method": copy.method,
-        "integrity": "ok", "seconds": round(copy.seconds, 3),
+        "path": os.fsdecode(item.path),
+        "bytes": copy.size,
+        "method": copy.method,
+        "integrity": "ok",
+        "seconds": round(copy.seconds, 3),
         "integritySeconds": round(copy.integrity_seconds, 3),
-    }  # fmt: skip
+    }
 
 
 def _record(
@@ -337,13 +350,22 @@ def _record(
 ) -> dict[str, Any]:
     counts = builder.counts
     return {
-        "format": RECORD_FORMAT, "volume": volume, "id": snapshot, "app": app or "unknown",
-        "plan": options.plan, "migrator": __version__, "host": socket.gethostname(),
+        "format": RECORD_FORMAT,
+        "volume": volume,
+        "id": snapshot,
+        "app": app or "unknown",
+        "plan": options.plan,
+        "migrator": __version__,
+        "host": socket.gethostname(),
         "started": started.isoformat().replace("+00:00", "Z"),
-        "files": counts.files, "bytes": counts.bytes, "directories": counts.directories,
-        "symlinks": counts.symlinks, "archive": archive, "databases": databases,
+        "files": counts.files,
+        "bytes": counts.bytes,
+        "directories": counts.directories,
+        "symlinks": counts.symlinks,
+        "archive": archive,
+        "databases": databases,
         "warnings": builder.warnings,
-    }  # fmt: skip
+    }
 
 
 def _commit(
@@ -360,16 +382,20 @@ def _commit(
     data = buffer.getvalue()
     record["manifest"] = {
         "key": repository.key(volume, snapshot, ".manifest.gz"),
-        "entries": count, "bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data),
-    }  # fmt: skip
+        "entries": count,
+        "bytes": len(data),
+        "xxh3": xxhash.xxh3_128_hexdigest(data),
+    }
     try:
         repository.write_manifest(volume, snapshot, data)
         record["finished"] = utc_now().isoformat().replace("+00:00", "Z")
         record["durations"] = {
             "total": round(time.monotonic() - started_clock, 3),
-            "databases": round(sum(d["seconds"] + d["integritySeconds"] for d in record["databases"]), 3),
+            "databases": round(
+                sum(d["seconds"] + d["integritySeconds"] for d in record["databases"]), 3
+            ),
             "stream": round(record["archive"]["seconds"]["total"], 3),
-        }  # fmt: skip
+        }
         repository.write_record(volume, snapshot, record)
     except MigratorError:
         keys = [record["archive"]["key"], record["manifest"]["key"]]

@@ -62,6 +62,7 @@ BATCH_BYTES = 32 << 20
 STREAM_BUFFER = 1 << 20
 STREAMS_PER_BATCH = 4  # big objects streamed side by side by one worker's threads
 
+
 @dataclass(frozen=True)
 class Transport:
     """How the engine reaches S3: :mod:`migrator.s3wire`, always, in the product.

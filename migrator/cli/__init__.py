@@ -71,4 +71,4 @@ def main() -> None:
 
 
 # Each command module attaches its commands to ``cli`` (imported last: they import ``cli``).
-from migrator.cli import agent, backup, demo, plan, run, swap, verify  # noqa: E402, F401
+from migrator.cli import agent, backup, backup_agent, demo, plan, run, swap, verify  # noqa: E402, F401

@@ -1,18 +1,16 @@
-"""``migrator backup ...``: nightly config backups, restores and restore drills; and the agent
-commands their containers run (``migrator agent backup``, ``backup-restore``, ``backup-drill``)."""
+"""``migrator backup ...``: nightly config backups, restores and restore drills. The commands their
+containers run are in :mod:`migrator.cli.backup_agent`."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from migrator.cli import cli, handle_errors, json_option, kube_options
-from migrator.cli.agent import agent_group
 from migrator.errors import BadInputError, Outcome, VerificationFailedError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,7 +50,7 @@ def retention_options(fn: F) -> F:
     return fn
 
 
-def _policy(options: dict[str, Any]) -> Any:
+def retention_policy(options: dict[str, Any]) -> Any:
     from migrator.backup.retention import RetentionPolicy
 
     return RetentionPolicy(
@@ -103,7 +101,7 @@ def backup_install(**options: Any) -> None:
     if options["apply_now"] and options["out"]:
         raise BadInputError("give --apply or --out, not both")
     plan = load_plan(options["plan_path"])
-    files = render_install(plan, options["schedule"], options["drill"], _policy(options))
+    files = render_install(plan, options["schedule"], options["drill"], retention_policy(options))
     if options["out"]:
         written = write_manifests(files, Path(options["out"]))
         if options["as_json"]:
@@ -205,7 +203,7 @@ def backup_run(**options: Any) -> None:
 
         executor, name = KubernetesExecutor(_kube(options), options["timeout"]), "kubernetes"
     with _Progress(enabled=not options["as_json"]) as progress:
-        outcome = run_backup(plan, volumes, _policy(options), executor, name, progress)
+        outcome = run_backup(plan, volumes, retention_policy(options), executor, name, progress)
     if options["as_json"]:
         ui.print_json(outcome.as_dict())
     else:
@@ -231,10 +229,15 @@ def _show_run(outcome: Any) -> None:
         table.add_column(column, overflow="fold")
     for v in outcome.volumes:
         table.add_row(
-            v["volume"], v["status"], v.get("snapshot", "-"), str(v.get("files", "-")),
-            human_bytes(v.get("bytes")), human_bytes(v.get("archiveBytes")),
-            f"{v['seconds']:.1f}" if "seconds" in v else "-", str(len(v.get("pruned", []))),
-        )  # fmt: skip
+            v["volume"],
+            v["status"],
+            v.get("snapshot", "-"),
+            str(v.get("files", "-")),
+            human_bytes(v.get("bytes")),
+            human_bytes(v.get("archiveBytes")),
+            f"{v['seconds']:.1f}" if "seconds" in v else "-",
+            str(len(v.get("pruned", []))),
+        )
     ui.out.print(table)
     for v in outcome.volumes:
         for warning in v.get("warnings") or []:
@@ -275,9 +278,14 @@ def backup_list(**options: Any) -> None:
         for snapshot in listing.snapshots:
             s = snapshot.summary()
             table.add_row(
-                s["volume"], s["id"], snapshot.time.strftime("%Y-%m-%d %H:%M:%S"),
-                str(s["files"]), human_bytes(s["bytes"]), human_bytes(s["archiveBytes"]), s["app"] or "-",
-            )  # fmt: skip
+                s["volume"],
+                s["id"],
+                snapshot.time.strftime("%Y-%m-%d %H:%M:%S"),
+                str(s["files"]),
+                human_bytes(s["bytes"]),
+                human_bytes(s["archiveBytes"]),
+                s["app"] or "-",
+            )
     ui.out.print(table)
     for listing in listings:
         if not listing.snapshots:
@@ -331,18 +339,30 @@ def backup_restore(**options: Any) -> None:
     volume = plan.volume(options["volume"])
     if options["to_pvc"]:
         result = restore_claim_outcome(
-            plan, volume, options["snapshot"], options["to_pvc"], options["force"],
-            _kube(options), options["timeout"], options["keep_setid"],
-        )  # fmt: skip
+            plan,
+            volume,
+            options["snapshot"],
+            options["to_pvc"],
+            options["force"],
+            _kube(options),
+            options["timeout"],
+            options["keep_setid"],
+        )
         _finish_report(result, options["as_json"], f"restored into PVC {options['to_pvc']}")
         return
     repository = open_repository(plan, options["s3_endpoint"])
     with _Progress(enabled=not options["as_json"]) as progress:
         report = restore_to_directory(
-            repository, volume["name"], options["snapshot"], Path(options["to_dir"]), options["force"],
-            lambda files, size: progress({"event": "progress", "volume": volume["name"], "files": files, "bytes": size}),
+            repository,
+            volume["name"],
+            options["snapshot"],
+            Path(options["to_dir"]),
+            options["force"],
+            lambda files, size: progress(
+                {"event": "progress", "volume": volume["name"], "files": files, "bytes": size}
+            ),
             options["keep_setid"],
-        )  # fmt: skip
+        )
     _finish_report(report.as_dict(), options["as_json"], f"restored into {options['to_dir']}")
 
 
@@ -401,9 +421,15 @@ def backup_verify(**options: Any) -> None:
     directory = Path(options["directory"]) if options["directory"] else None
     with _Progress(enabled=not options["as_json"]) as progress:
         _found, report = verify(
-            repository, volume["name"], options["snapshot"], directory, options["strict_metadata"],
-            lambda files, size: progress({"event": "progress", "volume": volume["name"], "files": files, "bytes": size}),
-        )  # fmt: skip
+            repository,
+            volume["name"],
+            options["snapshot"],
+            directory,
+            options["strict_metadata"],
+            lambda files, size: progress(
+                {"event": "progress", "volume": volume["name"], "files": files, "bytes": size}
+            ),
+        )
     _finish_report(report.as_dict(), options["as_json"], "verified")
 
 
@@ -424,7 +450,7 @@ def backup_prune(**options: Any) -> None:
 
     plan = load_plan(options["plan_path"])
     repository = open_repository(plan, options["s3_endpoint"])
-    policy = _policy(options)
+    policy = retention_policy(options)
     results = prune(
         repository, config_volumes(plan, options["volumes"]), policy, options["dry_run"]
     )
@@ -447,128 +473,3 @@ def backup_prune(**options: Any) -> None:
             f"({policy.describe()}){suffix}",
             markup=False,
         )
-
-
-# --- what the containers run -------------------------------------------------------------------
-
-
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        name, sep, rest = value.partition("=")
-        if not sep or not name or not rest:
-            raise BadInputError(f"{option} {value!r} must look like NAME=VALUE")
-        pairs[name] = rest
-    return pairs
-
-
-def _agent_repository(url: str) -> Any:
-    from migrator.backup.repository import BackupRepository
-    from migrator.objectstore import S3Location, S3Settings, make_client
-
-    settings = S3Settings.from_environment(None)
-    return BackupRepository(make_client(settings, flexible_checksums=False), S3Location.parse(url))
-
-
-@agent_group.command("backup")
-@click.option("--to", "url", required=True, metavar="s3://BUCKET/PREFIX", help="Backup location.")
-@click.option(
-    "--volume", "volumes", multiple=True, required=True, nargs=2, metavar="NAME PATH",
-    help="A volume and the directory it is mounted at (repeatable).",
-)  # fmt: skip
-@click.option("--app", "apps", multiple=True, metavar="NAME=APP", help="The app of a volume.")
-@click.option("--plan-name", help="Recorded in each snapshot.")
-@retention_options
-@click.option("--tmp-dir", type=click.Path(file_okay=False), help="Where database copies go.")
-@click.option(
-    "--part-size", type=click.IntRange(5), default=16, show_default=True, help="Upload part MiB."
-)
-@click.option(
-    "--level", type=click.IntRange(1, 19), default=3, show_default=True, help="zstd level."
-)
-@handle_errors
-def agent_backup(**options: Any) -> None:
-    """Snapshot each volume to S3 and apply retention; one JSON event per line on stdout."""
-    from migrator import ui
-    from migrator.backup.agent import VolumeSource, backup_volumes
-    from migrator.backup.snapshot import SnapshotOptions
-    from migrator.errors import OperationFailedError
-    from migrator.events import json_lines
-
-    apps = _pairs(options["apps"], "--app")
-    sources = [VolumeSource(name, Path(path), apps.get(name)) for name, path in options["volumes"]]
-    snapshot_options = SnapshotOptions(
-        part_size=options["part_size"] * MIB, level=options["level"], plan=options["plan_name"],
-        tmp_dir=Path(options["tmp_dir"]) if options["tmp_dir"] else None,
-    )  # fmt: skip
-    outcomes = backup_volumes(
-        _agent_repository(options["url"]), sources, _policy(options), snapshot_options,
-        json_lines(sys.stdout),
-    )  # fmt: skip
-    for o in outcomes:
-        if o["status"] == "done":
-            ui.err.print(
-                f"{o['volume']}: snapshot {o['snapshot']}: {o['files']} files, {o['bytes']} bytes "
-                f"-> {o['archiveBytes']} in {o['seconds']:.1f}s; pruned {len(o['pruned'])}",
-                markup=False,
-            )
-    failed = [f"{o['volume']}: {o['message']}" for o in outcomes if o["status"] != "done"]
-    if failed:
-        raise OperationFailedError("backup failed for " + "; ".join(failed))
-
-
-@agent_group.command("backup-restore")
-@click.option("--from", "url", required=True, metavar="s3://BUCKET/PREFIX", help="Backup location.")
-@click.option("--volume", required=True, help="The volume the snapshot is of.")
-@click.option("--snapshot", required=True, help="Snapshot id, or 'latest'.")
-@click.option("--to", "target", required=True, type=click.Path(file_okay=False), help="Target.")
-@click.option("--force", is_flag=True, help="Replace the content of a non-empty target.")
-@click.option("--keep-setid", is_flag=True, help="Restore the setuid/setgid bits of files too.")
-@handle_errors
-def agent_backup_restore(**options: Any) -> None:
-    """Restore one snapshot into a directory (a mounted PVC); JSON events on stdout."""
-    from migrator.backup.agent import restore_volume
-    from migrator.events import json_lines
-
-    outcome = restore_volume(
-        _agent_repository(options["url"]), options["volume"], options["snapshot"],
-        Path(options["target"]), options["force"], json_lines(sys.stdout), options["keep_setid"],
-    )  # fmt: skip
-    if not outcome["ok"]:
-        raise VerificationFailedError(
-            f"restore of {outcome['snapshot']} has {outcome['problemCount']} problem(s): "
-            + "; ".join(outcome["problems"][:3])
-        )
-
-
-@agent_group.command("backup-drill")
-@click.option("--from", "url", required=True, metavar="s3://BUCKET/PREFIX", help="Backup location.")
-@click.option("--volume", "volumes", multiple=True, required=True, help="Volume (repeatable).")
-@click.option(
-    "--scratch",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Where to restore (emptyDir).",
-)
-@click.option(
-    "--max-age-hours",
-    type=click.IntRange(0),
-    help="Fail when the newest snapshot is older than this.",
-)
-@handle_errors
-def agent_backup_drill(**options: Any) -> None:
-    """Restore each volume's newest snapshot into scratch space and verify it; exit 1 if any
-    problem (or a stale newest snapshot) is found."""
-    from migrator.backup.agent import drill_volumes
-    from migrator.events import json_lines
-
-    hours = options["max_age_hours"]
-    outcomes = drill_volumes(
-        _agent_repository(options["url"]), list(options["volumes"]), Path(options["scratch"]),
-        timedelta(hours=hours) if hours is not None else None, json_lines(sys.stdout),
-    )  # fmt: skip
-    failed = [
-        f"{o['volume']}: {'; '.join(o['problems'][:3])}" for o in outcomes if o["status"] != "done"
-    ]
-    if failed:
-        raise VerificationFailedError("restore drill failed for " + "; ".join(failed))

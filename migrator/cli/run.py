@@ -73,9 +73,15 @@ def run_command(**options: Any) -> None:
     with ui.RunProgress(enabled=not options["as_json"], verbose=options["verbose"]) as progress:
         try:
             summary = run_plan(
-                plan, options["phase"], options["cutover"], context, progress, options["dry_run"],
-                keep_down=options["keep_down"], recheck=options["recheck"],
-            )  # fmt: skip
+                plan,
+                options["phase"],
+                options["cutover"],
+                context,
+                progress,
+                options["dry_run"],
+                keep_down=options["keep_down"],
+                recheck=options["recheck"],
+            )
         except KeyboardInterrupt:
             context.stop()
             raise

@@ -20,28 +20,46 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _swap_options(fn: F) -> F:
     """Options swap and rollback share."""
-    for option in reversed([
-        click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="The plan file."),
-        click.option(
-            "--phase", type=click.Choice(["config", "media", "all"]), default="all", show_default=True,
-            help="Which volumes (and the apps that mount them).",
-        ),
-        click.option(
-            "--values-file", "values_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-            metavar="PATH",
-            help="A values file or HelmRelease manifest in your Flux repo to rewrite (repeatable; "
-            "multi-document files are fine). Only the claim lines change.",
-        ),
-        click.option(
-            "--in-cluster", is_flag=True,
-            help="Patch the HelmReleases (or their valuesFrom ConfigMaps) in the cluster, restore "
-            "their suspend value and the workloads' replicas, and wait until they are Ready.",
-        ),
-        click.option(
-            "--timeout", type=click.IntRange(1), default=600, show_default=True,
-            help="Seconds to wait for helm-controller to re-render the workloads and for them to be Ready.",
-        ),
-    ]):  # fmt: skip
+    for option in reversed(
+        [
+            click.option(
+                "--plan",
+                "plan_path",
+                required=True,
+                type=click.Path(dir_okay=False),
+                help="The plan file.",
+            ),
+            click.option(
+                "--phase",
+                type=click.Choice(["config", "media", "all"]),
+                default="all",
+                show_default=True,
+                help="Which volumes (and the apps that mount them).",
+            ),
+            click.option(
+                "--values-file",
+                "values_files",
+                multiple=True,
+                type=click.Path(dir_okay=False, path_type=Path),
+                metavar="PATH",
+                help="A values file or HelmRelease manifest in your Flux repo to rewrite (repeatable; "
+                "multi-document files are fine). Only the claim lines change.",
+            ),
+            click.option(
+                "--in-cluster",
+                is_flag=True,
+                help="Patch the HelmReleases (or their valuesFrom ConfigMaps) in the cluster, restore "
+                "their suspend value and the workloads' replicas, and wait until they are Ready.",
+            ),
+            click.option(
+                "--timeout",
+                type=click.IntRange(1),
+                default=600,
+                show_default=True,
+                help="Seconds to wait for helm-controller to re-render the workloads and for them to be Ready.",
+            ),
+        ]
+    ):
         fn = option(fn)
     return fn
 
@@ -68,10 +86,13 @@ def _run(command: str, options: dict[str, Any]) -> None:
 
     plan = load_plan(options["plan_path"])
     request = SwapOptions(
-        values_files=list(options["values_files"]), in_cluster=options["in_cluster"],
-        dry_run=options["dry_run"], force=options.get("force", False), phase=options["phase"],
+        values_files=list(options["values_files"]),
+        in_cluster=options["in_cluster"],
+        dry_run=options["dry_run"],
+        force=options.get("force", False),
+        phase=options["phase"],
         timeout=float(options["timeout"]),
-    )  # fmt: skip
+    )
     context = swap_context(plan, options, options["dry_run"])
     run = swap if command == "swap" else rollback
     summary = run(plan, request, context, _Progress(not options["as_json"]))

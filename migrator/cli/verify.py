@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -88,9 +88,15 @@ def verify_command(**options: Any) -> None:
         ui.VerifyProgress(enabled=not options["as_json"]) as progress,
     ):
         report = verify_plan(
-            plan, volumes, context, progress, sample=options["sample"],
-            strict_metadata=options["strict_metadata"], cache=not options["no_cache"], report_stream=report_stream,
-        )  # fmt: skip
+            plan,
+            volumes,
+            context,
+            progress,
+            sample=options["sample"],
+            strict_metadata=options["strict_metadata"],
+            cache=not options["no_cache"],
+            report_stream=report_stream,
+        )
     repair = repair_command(options["plan_path"], volumes, report)
     if options["as_json"]:
         ui.print_json({**report.as_dict(), **({"repair": repair} if repair else {})})

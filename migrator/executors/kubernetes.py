@@ -74,8 +74,9 @@ class KubernetesExecutor:
         if blocked:
             # It would start by itself once the cause is fixed, maybe after the apps are back.
             self._delete_job(namespace, name)
-            return JobResult(name=name, succeeded=False, completed_indexes=[], failed_pods=0,
-                             message=blocked)  # fmt: skip
+            return JobResult(
+                name=name, succeeded=False, completed_indexes=[], failed_pods=0, message=blocked
+            )
         return self._result(job, follower)
 
     def _with_hash(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -119,10 +120,14 @@ class KubernetesExecutor:
         self.kube.call(
             f"applying Job {name}",
             lambda: self.kube.batch.patch_namespaced_job(
-                name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
+                name,
+                namespace,
+                manifest,
+                field_manager=FIELD_MANAGER,
+                force=True,
                 _content_type="application/apply-patch+yaml",
             ),
-        )  # fmt: skip
+        )
 
     def _wait(self, namespace: str, name: str) -> tuple[dict[str, Any], str | None]:
         """Watch the Job until a terminal condition, under the timeout (no sleeping loops).
@@ -143,12 +148,16 @@ class KubernetesExecutor:
             return bool(why)
 
         job = self.kube.wait_for(
-            f"watching Job {name}", lambda: self._get_job(namespace, name), done,
-            time.monotonic() + self.timeout, self.kube.batch.list_namespaced_job, namespace,
+            f"watching Job {name}",
+            lambda: self._get_job(namespace, name),
+            done,
+            time.monotonic() + self.timeout,
+            self.kube.batch.list_namespaced_job,
+            namespace,
             field_selector=f"metadata.name={name}",
             wake=lambda _kind, changed: _finished(changed) is not None,
             slice_seconds=WATCH_SLICE,
-        )  # fmt: skip
+        )
         if job is None:
             raise OperationFailedError(f"Job {name} disappeared while it ran")
         if _finished(job):
@@ -183,14 +192,17 @@ class KubernetesExecutor:
         )
 
 
-
 WATCH_SLICE = 5  # seconds between checks for pods that cannot start
 UNSCHEDULABLE_GRACE = 10.0  # a pod unschedulable this long fails the Job (not a passing state)
 # Container waiting reasons that do not go away without a fix (a wrong image, a missing Secret).
 STUCK_REASONS = (
-    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-    "CreateContainerConfigError", "CreateContainerError",
-)  # fmt: skip
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
 
 
 def _one_line(text: str) -> str:
@@ -263,14 +275,14 @@ class StartWatch:
         warnings = [e for e in (events.items if events else []) if e.type == "Warning"]
         if warnings:
             newest = max(warnings, key=_event_time)
-            self.waiting = (
-                f"its pod {pod} is still waiting: {newest.reason}: {_one_line(newest.message or '')}"
-            )
+            self.waiting = f"its pod {pod} is still waiting: {newest.reason}: {_one_line(newest.message or '')}"
 
     def _unschedulable(self, pod: str, conditions: list[Any]) -> str | None:
         for condition in conditions:
-            if condition.type == "PodScheduled" and condition.status == "False" and (
-                condition.reason == "Unschedulable"
+            if (
+                condition.type == "PodScheduled"
+                and condition.status == "False"
+                and (condition.reason == "Unschedulable")
             ):
                 since = self.unschedulable_since.setdefault(pod, time.monotonic())
                 if time.monotonic() - since >= UNSCHEDULABLE_GRACE:

@@ -318,9 +318,15 @@ def build_backup_cronjob(
     affinity = _app_affinity(volumes) or next((a for a in map(node_affinity, volumes) if a), None)
     command = backup_command(plan, volumes, dict(retention or {}))
     pod = _backup_pod(
-        plan, "backup", command, pod_volumes, mounts, list(READ_CAPS), affinity,
+        plan,
+        "backup",
+        command,
+        pod_volumes,
+        mounts,
+        list(READ_CAPS),
+        affinity,
         agent_user(plan, volumes),
-    )  # fmt: skip
+    )
     return _cronjob(plan, name, object_labels, schedule, pod, backup_deadline_seconds(volumes))
 
 
@@ -377,9 +383,18 @@ def build_restore_job(
     restores files' setuid/setgid bits only with ``keep_setid``.
     """
     command = [
-        "migrator", "agent", "backup-restore", "--from", backup_url(plan),
-        "--volume", volume["name"], "--snapshot", snapshot, "--to", RESTORE_MOUNT,
-    ]  # fmt: skip
+        "migrator",
+        "agent",
+        "backup-restore",
+        "--from",
+        backup_url(plan),
+        "--volume",
+        volume["name"],
+        "--snapshot",
+        snapshot,
+        "--to",
+        RESTORE_MOUNT,
+    ]
     if force:
         command.append("--force")
     if keep_setid:
@@ -392,9 +407,15 @@ def build_restore_job(
     mounts = [{"name": "restore", "mountPath": RESTORE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
     affinity = _app_affinity([volume]) if claim == volume["source"].get("pvc") else None
     pod = _backup_pod(
-        plan, "restore", command, pod_volumes, mounts, RESTORE_CAPS, affinity,
+        plan,
+        "restore",
+        command,
+        pod_volumes,
+        mounts,
+        RESTORE_CAPS,
+        affinity,
         agent_user(plan, [volume]),
-    )  # fmt: skip
+    )
     spec = {
         "backoffLimit": 0,  # a failed restore needs a look, not a blind retry
         "activeDeadlineSeconds": backup_deadline_seconds([volume]),

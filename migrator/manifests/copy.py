@@ -27,9 +27,16 @@ from migrator.quantity import format_gi
 # and 16 (more contention for the same CPU) on many small files.
 SMALL_FILES_FLAGS = ("--transfers", "8", "--checkers", "8")
 LARGE_FILES_FLAGS = (
-    "--transfers", "4", "--checkers", "8", "--fast-list",
-    "--s3-chunk-size", "64M", "--s3-upload-concurrency", "4",
-)  # fmt: skip
+    "--transfers",
+    "4",
+    "--checkers",
+    "8",
+    "--fast-list",
+    "--s3-chunk-size",
+    "64M",
+    "--s3-upload-concurrency",
+    "4",
+)
 COMMON_FLAGS = ("--metadata", "--links", "--retries", "5", "--low-level-retries", "20")
 # The agent verifies with its own xxh3 pass (migrator verify); MD5-per-upload and a HEAD after
 # every PUT cost client CPU per object without adding to that proof.

@@ -52,8 +52,12 @@ def trust_ca(plan: dict[str, Any], pod: dict[str, Any]) -> None:
     if not bundle:
         return
     if "configMap" in bundle:
-        source: dict[str, Any] = {"configMap": {
-            "name": bundle["configMap"], "items": [{"key": bundle["key"], "path": "ca.crt"}]}}  # fmt: skip
+        source: dict[str, Any] = {
+            "configMap": {
+                "name": bundle["configMap"],
+                "items": [{"key": bundle["key"], "path": "ca.crt"}],
+            }
+        }
         mount = {"name": "s3-ca", "mountPath": CA_MOUNT, "readOnly": True}
     else:
         source = {"hostPath": {"path": bundle["path"], "type": "File"}}
@@ -61,8 +65,10 @@ def trust_ca(plan: dict[str, Any], pod: dict[str, Any]) -> None:
     pod["volumes"].append({"name": "s3-ca", **source})
     for container in pod["containers"]:
         container["volumeMounts"].append(dict(mount))
-        container["env"] += [{"name": "RCLONE_CA_CERT", "value": CA_FILE},
-                             {"name": "AWS_CA_BUNDLE", "value": CA_FILE}]  # fmt: skip
+        container["env"] += [
+            {"name": "RCLONE_CA_CERT", "value": CA_FILE},
+            {"name": "AWS_CA_BUNDLE", "value": CA_FILE},
+        ]
 
 
 def secret_ref(secret: str, key: str) -> dict[str, Any]:

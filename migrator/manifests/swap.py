@@ -89,6 +89,10 @@ def build_seaweedfs_claim(plan: dict[str, Any], volume: dict[str, Any]) -> dict[
         "resources": {"requests": {"storage": swap_capacity(volume)}},
     }
     return kube_object(
-        "v1", "PersistentVolumeClaim", swap_claim_name(plan, volume), plan,
-        labels(plan, volume, "swap"), spec,
-    )  # fmt: skip
+        "v1",
+        "PersistentVolumeClaim",
+        swap_claim_name(plan, volume),
+        plan,
+        labels(plan, volume, "swap"),
+        spec,
+    )

@@ -140,10 +140,14 @@ def apply_cronjobs(kube: Any, files: dict[str, dict[str, Any]]) -> list[str]:
         kube.call(
             f"applying CronJob {name}",
             lambda m=manifest, n=name, ns=namespace: kube.batch.patch_namespaced_cron_job(
-                n, ns, m, field_manager=FIELD_MANAGER, force=True,
+                n,
+                ns,
+                m,
+                field_manager=FIELD_MANAGER,
+                force=True,
                 _content_type="application/apply-patch+yaml",
             ),
-        )  # fmt: skip
+        )
         applied.append(f"{namespace}/{name}")
     return applied
 
@@ -167,9 +171,13 @@ class RunOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "plan": self.plan, "executor": self.executor, "jobs": self.jobs,
-            "volumes": self.volumes, "failures": self.failures,
-        }  # fmt: skip
+            "ok": self.ok,
+            "plan": self.plan,
+            "executor": self.executor,
+            "jobs": self.jobs,
+            "volumes": self.volumes,
+            "failures": self.failures,
+        }
 
 
 def backup_jobs(
@@ -183,9 +191,7 @@ def backup_jobs(
         chosen = [v for v in group if v["name"] in wanted]
         if not chosen:
             continue
-        cronjob = build_backup_cronjob(
-            plan.document, chosen, retention=retention_args(policy)
-        )
+        cronjob = build_backup_cronjob(plan.document, chosen, retention=retention_args(policy))
         name = f"{cronjob['metadata']['name'][:40].rstrip('-')}-manual-{stamp}"
         jobs.append(job_from_cronjob(cronjob, name))
     return jobs
@@ -302,9 +308,7 @@ def restore_to_claim(
         )
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     name = f"{job_name('restore', volume['name'])[:46].rstrip('-')}-{stamp}"
-    job = build_restore_job(
-        plan.document, volume, snapshot, claim, force, name, keep_setid
-    )
+    job = build_restore_job(plan.document, volume, snapshot, claim, force, name, keep_setid)
     result: JobResult = KubernetesExecutor(kube, timeout).run_job(
         job, lambda _index, event: on_event(event)
     )

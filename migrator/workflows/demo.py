@@ -78,9 +78,15 @@ class DemoSummary:
         return self.verified and self.corruption_caught and all(s["ok"] for s in self.steps)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "workDir": self.work_dir, "kept": self.kept, "verified": self.verified,
-                "corruptionCaught": self.corruption_caught, "seconds": round(self.seconds, 1),
-                "steps": self.steps}  # fmt: skip
+        return {
+            "ok": self.ok,
+            "workDir": self.work_dir,
+            "kept": self.kept,
+            "verified": self.verified,
+            "corruptionCaught": self.corruption_caught,
+            "seconds": round(self.seconds, 1),
+            "steps": self.steps,
+        }
 
 
 @contextmanager
@@ -89,9 +95,11 @@ def _aws_environment(server: SeaweedFS) -> Iterator[None]:
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
     saved = {n: os.environ.get(n) for n in names}
     os.environ.update(
-        AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key,
-        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=server.s3_endpoint,
-    )  # fmt: skip
+        AWS_ACCESS_KEY_ID=server.access_key,
+        AWS_SECRET_ACCESS_KEY=server.secret_key,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=server.s3_endpoint,
+    )
     try:
         yield
     finally:
@@ -162,10 +170,13 @@ class Demo:
         )
         options = {
             "source_dirs": [f"{name}={path}" for name, path in tree.source_dirs().items()],
-            "target": f"s3://{BUCKET}/migrated", "s3_endpoint": server.s3_endpoint,
+            "target": f"s3://{BUCKET}/migrated",
+            "s3_endpoint": server.s3_endpoint,
             "filer_grpc": server.filer_grpc,
-            "backup_target": f"s3://{BUCKET}/backups", "out": str(self.work / "plans" / "arr.yaml"), "name": "arr",
-        }  # fmt: skip
+            "backup_target": f"s3://{BUCKET}/backups",
+            "out": str(self.work / "plans" / "arr.yaml"),
+            "name": "arr",
+        }
         result = make_plan(options)
         roles = ", ".join(f"{v['name']}={v['role']}" for v in result.plan.model["spec"]["volumes"])
         self.narrator.result(f"plan {result.plan.path} ({roles}); Jobs in {result.jobs_dir}")
@@ -245,8 +256,12 @@ class Demo:
                 )
         if expect_ok:
             self.summary.verified = report.ok
-        self._record("verify" if expect_ok else "verify-after-corruption", report.ok == expect_ok, files=files,
-                     differences=len(report.differences))  # fmt: skip
+        self._record(
+            "verify" if expect_ok else "verify-after-corruption",
+            report.ok == expect_ok,
+            files=files,
+            differences=len(report.differences),
+        )
         return report
 
     def _swap_values_file(self, plan: Any) -> None:
@@ -308,8 +323,9 @@ class Demo:
         found, report = verify(repository, "radarr-config", "latest")
         self.narrator.result(
             f"radarr-config {found.id}: {report.files} files, databases {', '.join(report.databases)}: "
-            + ("intact" if report.ok else "; ".join(report.problems[:3])), report.ok,
-        )  # fmt: skip
+            + ("intact" if report.ok else "; ".join(report.problems[:3])),
+            report.ok,
+        )
         self._record("backup-verify", report.ok, files=report.files)
 
     def _corrupt_and_catch(self, plan: Any, server: SeaweedFS) -> None:
@@ -332,8 +348,12 @@ class Demo:
         self.summary.corruption_caught = any(
             d["kind"] == "checksum" and key.endswith(d["path"]) for d in report.differences
         )
-        self.narrator.result("the corruption was caught: verify exits 1 and names the file" if self.summary.corruption_caught
-                             else "the corruption was NOT caught", ok=self.summary.corruption_caught)  # fmt: skip
+        self.narrator.result(
+            "the corruption was caught: verify exits 1 and names the file"
+            if self.summary.corruption_caught
+            else "the corruption was NOT caught",
+            ok=self.summary.corruption_caught,
+        )
 
 
 def run_demo(

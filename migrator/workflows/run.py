@@ -51,10 +51,16 @@ class VolumeOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "volume": self.volume, "step": self.step, "status": self.status, "message": self.message,
-            "files": self.files, "bytes": self.bytes, "copied": self.copied,
-            "copiedBytes": self.copied_bytes, "deleted": self.deleted,
-        }  # fmt: skip
+            "volume": self.volume,
+            "step": self.step,
+            "status": self.status,
+            "message": self.message,
+            "files": self.files,
+            "bytes": self.bytes,
+            "copied": self.copied,
+            "copiedBytes": self.copied_bytes,
+            "deleted": self.deleted,
+        }
 
 
 @dataclass
@@ -73,10 +79,15 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "plan": self.plan, "phase": self.phase, "step": self.step,
-            "executor": self.executor, "dryRun": self.dry_run,
-            "volumes": [v.as_dict() for v in self.volumes], "notes": self.notes,
-        }  # fmt: skip
+            "ok": self.ok,
+            "plan": self.plan,
+            "phase": self.phase,
+            "step": self.step,
+            "executor": self.executor,
+            "dryRun": self.dry_run,
+            "volumes": [v.as_dict() for v in self.volumes],
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -191,9 +202,12 @@ def _after_failed_cutover(
         entry = context.journal.step(volume["name"], CUTOVER)
         if entry.get("status") == DONE:
             context.journal.record(
-                volume["name"], CUTOVER, FAILED, job=entry.get("job"),
+                volume["name"],
+                CUTOVER,
+                FAILED,
+                job=entry.get("job"),
                 message="the apps were brought back after a failed cutover; it syncs again next time",
-            )  # fmt: skip
+            )
     note = "cutover failed: bringing the apps back on their old volumes (--keep-down: leave them)"
     return [note, *context.bring_back(volumes, observer)]
 
@@ -235,9 +249,14 @@ def _run_volume(
         if k in ("files", "bytes", "copied", "copiedBytes", "deleted")
     }
     context.journal.record(
-        name, step, outcome.status, job=manifest["metadata"]["name"],
-        completedIndexes=sorted(done_indexes | set(result.completed_indexes)), message=result.message, **figures,
-    )  # fmt: skip
+        name,
+        step,
+        outcome.status,
+        job=manifest["metadata"]["name"],
+        completedIndexes=sorted(done_indexes | set(result.completed_indexes)),
+        message=result.message,
+        **figures,
+    )
     observer.volume_finished(name, outcome)
     return outcome
 
@@ -255,9 +274,12 @@ def _outcome(name: str, step: str, result: JobResult) -> VolumeOutcome:
 
 def _figures(entry: dict[str, Any]) -> dict[str, int]:
     return {
-        "files": entry.get("files", 0), "bytes": entry.get("bytes", 0), "copied": entry.get("copied", 0),
-        "copied_bytes": entry.get("copiedBytes", 0), "deleted": entry.get("deleted", 0),
-    }  # fmt: skip
+        "files": entry.get("files", 0),
+        "bytes": entry.get("bytes", 0),
+        "copied": entry.get("copied", 0),
+        "copied_bytes": entry.get("copiedBytes", 0),
+        "deleted": entry.get("deleted", 0),
+    }
 
 
 @contextlib.contextmanager

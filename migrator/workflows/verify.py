@@ -46,10 +46,18 @@ class VolumeVerdict:
     counts: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "files": self.files, "bytes": self.bytes,
-                "differences": self.differences, "metadataDifferences": self.metadata_differences,
-                "counts": self.counts, "seconds": self.seconds, "hashedFiles": self.hashed_files,
-                "error": self.error}  # fmt: skip
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "files": self.files,
+            "bytes": self.bytes,
+            "differences": self.differences,
+            "metadataDifferences": self.metadata_differences,
+            "counts": self.counts,
+            "seconds": self.seconds,
+            "hashedFiles": self.hashed_files,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -75,14 +83,20 @@ class VerifyReport:
             "ok": self.ok,
             "sample": self.sample,
             "volumes": [
-                {"name": v.name, "files": v.files, "bytes": v.bytes, "differences": v.differences,
-                 "hashedFiles": v.hashed_files, **({"error": v.error} if v.error else {})}
+                {
+                    "name": v.name,
+                    "files": v.files,
+                    "bytes": v.bytes,
+                    "differences": v.differences,
+                    "hashedFiles": v.hashed_files,
+                    **({"error": v.error} if v.error else {}),
+                }
                 for v in self.volumes
             ],
             "differences": self.differences,
             "truncated": self.truncated,
             **({"notes": self.notes} if self.notes else {}),
-        }  # fmt: skip
+        }
 
 
 def verify_plan(
@@ -128,9 +142,16 @@ def verify_plan(
                 continue
             try:
                 slot.verdict = _verify_volume(
-                    plan, slot.volume, context, observer, slot, sample, strict_metadata, cache,
+                    plan,
+                    slot.volume,
+                    context,
+                    observer,
+                    slot,
+                    sample,
+                    strict_metadata,
+                    cache,
                     shared,
-                )  # fmt: skip
+                )
                 with shared.lock:  # Journal.record reads, changes and saves the whole document
                     _record(plan, context, slot.verdict, sample, strict_metadata)
             except BaseException as exc:  # re-raised in the calling thread
@@ -142,8 +163,9 @@ def verify_plan(
     with context.lock:
         # Daemon threads: after Ctrl-C the main thread leaves at once, as it did before, even
         # while a cluster Job is still being watched.
-        threads = [threading.Thread(target=work, daemon=True, name=f"verify-{i}")
-                   for i in range(workers)]  # fmt: skip
+        threads = [
+            threading.Thread(target=work, daemon=True, name=f"verify-{i}") for i in range(workers)
+        ]
         for thread in threads:
             thread.start()
         try:
@@ -200,21 +222,37 @@ class _Slot:
 
 
 def _record(
-    plan: Plan, context: RunContext, verdict: VolumeVerdict, sample: float | None,
+    plan: Plan,
+    context: RunContext,
+    verdict: VolumeVerdict,
+    sample: float | None,
     strict_metadata: bool,
-) -> None:  # fmt: skip
+) -> None:
     context.journal.record(
-        verdict.name, "verify", "done" if verdict.ok else "failed", ok=verdict.ok,
-        files=verdict.files, bytes=verdict.bytes, differences=verdict.differences,
-        sample=sample, error=verdict.error,
+        verdict.name,
+        "verify",
+        "done" if verdict.ok else "failed",
+        ok=verdict.ok,
+        files=verdict.files,
+        bytes=verdict.bytes,
+        differences=verdict.differences,
+        sample=sample,
+        error=verdict.error,
         mountMetadata=strict_metadata and bool(plan.spec["target"].get("filer")),
-    )  # fmt: skip
+    )
 
 
 def _verify_volume(
-    plan: Plan, volume: PlanVolume, context: RunContext, observer: VerifyObserver, slot: _Slot,
-    sample: float | None, strict_metadata: bool, cache: bool, shared: _Shared,
-) -> VolumeVerdict:  # fmt: skip
+    plan: Plan,
+    volume: PlanVolume,
+    context: RunContext,
+    observer: VerifyObserver,
+    slot: _Slot,
+    sample: float | None,
+    strict_metadata: bool,
+    cache: bool,
+    shared: _Shared,
+) -> VolumeVerdict:
     name = volume["name"]
     manifest = verify_manifest(plan, volume, sample, strict_metadata, cache)
     verdict = VolumeVerdict(name, ok=False)

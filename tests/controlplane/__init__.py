@@ -142,9 +142,13 @@ def ensure_crds(say: Callable[[str], None] = print) -> list[Path]:
     say(f"fetching the Flux CRDs ({', '.join(FLUX_CRDS)}) through the Go module proxy")
     for (module, name), path in zip(FLUX_CRDS.items(), paths, strict=True):
         answer = subprocess.run(
-            [go, "mod", "download", "-json", module], cwd=cache_dir(),
-            env={**os.environ, "GOFLAGS": "-mod=mod"}, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [go, "mod", "download", "-json", module],
+            cwd=cache_dir(),
+            env={**os.environ, "GOFLAGS": "-mod=mod"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if answer.returncode != 0:
             raise RuntimeError(f"go mod download {module} failed: {answer.stdout}{answer.stderr}")
         source = Path(json.loads(answer.stdout)["Dir"]) / "config" / "crd" / "bases" / name
@@ -164,8 +168,12 @@ def _build(go: str, bin_dir: Path, say: Callable[[str], None]) -> None:
         say(f"  go build {PACKAGES[name]} ...")
         process = subprocess.Popen(
             [go, "build", "-v", "-trimpath", "-o", str(staging / name), PACKAGES[name]],
-            cwd=GOMOD, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            cwd=GOMOD,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert process.stderr is not None
         tail: list[str] = []
         for compiled, line in enumerate(process.stderr, start=1):
@@ -247,21 +255,37 @@ class ControlPlane:
     def _start_controller_manager(self) -> None:
         pki = self.workdir / "pki"
         controllers = ",".join(["*", *(f"-{name}" for name in CONTROLLERS_OFF)])
-        self._spawn("kube-controller-manager", [
-            "--kubeconfig", str(self.kubeconfig_path),
-            "--leader-elect=false", "--secure-port=0",
-            "--controllers", controllers,
-            "--use-service-account-credentials",  # each controller as its own SA, under RBAC
-            "--service-account-private-key-file", str(pki / "sa.key"),
-            "--root-ca-file", str(pki / "ca.crt"),
-            "--concurrent-job-syncs", "5",
-            "--node-monitor-period", "1s",
-        ])  # fmt: skip
+        self._spawn(
+            "kube-controller-manager",
+            [
+                "--kubeconfig",
+                str(self.kubeconfig_path),
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--controllers",
+                controllers,
+                "--use-service-account-credentials",  # each controller as its own SA, under RBAC
+                "--service-account-private-key-file",
+                str(pki / "sa.key"),
+                "--root-ca-file",
+                str(pki / "ca.crt"),
+                "--concurrent-job-syncs",
+                "5",
+                "--node-monitor-period",
+                "1s",
+            ],
+        )
 
     def _start_scheduler(self) -> None:
-        self._spawn("kube-scheduler", [
-            "--kubeconfig", str(self.kubeconfig_path), "--leader-elect=false", "--secure-port=0",
-        ])  # fmt: skip
+        self._spawn(
+            "kube-scheduler",
+            [
+                "--kubeconfig",
+                str(self.kubeconfig_path),
+                "--leader-elect=false",
+                "--secure-port=0",
+            ],
+        )
 
     def _install_crds(self, timeout: float = 60.0) -> None:
         """Create the Flux CRDs from the controllers' own files and wait until they serve."""
@@ -289,23 +313,38 @@ class ControlPlane:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.logs.append(log)
         process = subprocess.Popen(
-            [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [str(self.bin_dir / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.processes.append(process)
         return process
 
     def _start_etcd(self) -> str:
         client, peer = _free_port(), _free_port()
         url = f"http://127.0.0.1:{client}"
-        self._spawn("etcd", [
-            "--data-dir", str(self.workdir / "etcd"), "--name", "test",
-            "--listen-client-urls", url, "--advertise-client-urls", url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"test=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync",  # a throwaway store: tests need no durability, only speed
-        ])  # fmt: skip
+        self._spawn(
+            "etcd",
+            [
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--name",
+                "test",
+                "--listen-client-urls",
+                url,
+                "--advertise-client-urls",
+                url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"test=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",  # a throwaway store: tests need no durability, only speed
+            ],
+        )
         return url
 
     def _start_apiserver(self, etcd: str) -> None:
@@ -320,51 +359,89 @@ class ControlPlane:
         ca.cert_pem.write_to_path(str(pki / "ca.crt"))
         cert.private_key_and_cert_chain_pem.write_to_path(str(pki / "server.pem"))
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (pki / "sa.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ))  # fmt: skip
+        (pki / "sa.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
         (pki / "tokens.csv").write_text(f"{token},{ADMIN_TOKEN_USER},1,system:masters\n")
         self.port = _free_port()
-        self._spawn("kube-apiserver", [
-            "--etcd-servers", etcd,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--endpoint-reconciler-type", "none",  # a loopback advertise address is refused otherwise
-            "--secure-port", str(self.port),
-            "--tls-cert-file", str(pki / "server.pem"), "--tls-private-key-file", str(pki / "server.pem"),
-            "--token-auth-file", str(pki / "tokens.csv"),
-            "--authorization-mode", "Node,RBAC",
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--service-account-key-file", str(pki / "sa.key"),
-            "--service-account-signing-key-file", str(pki / "sa.key"),
-            "--service-cluster-ip-range", "10.96.0.0/16",
-            "--audit-policy-file", str(self._audit_policy()),
-            "--audit-log-path", str(self.workdir / "audit.log"),
-            "--audit-log-format", "json", "--audit-log-mode", "blocking",
-        ])  # fmt: skip
+        self._spawn(
+            "kube-apiserver",
+            [
+                "--etcd-servers",
+                etcd,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--endpoint-reconciler-type",
+                "none",  # a loopback advertise address is refused otherwise
+                "--secure-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(pki / "server.pem"),
+                "--tls-private-key-file",
+                str(pki / "server.pem"),
+                "--token-auth-file",
+                str(pki / "tokens.csv"),
+                "--authorization-mode",
+                "Node,RBAC",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                "--service-account-key-file",
+                str(pki / "sa.key"),
+                "--service-account-signing-key-file",
+                str(pki / "sa.key"),
+                "--service-cluster-ip-range",
+                "10.96.0.0/16",
+                "--audit-policy-file",
+                str(self._audit_policy()),
+                "--audit-log-path",
+                str(self.workdir / "audit.log"),
+                "--audit-log-format",
+                "json",
+                "--audit-log-mode",
+                "blocking",
+            ],
+        )
         self._write_kubeconfig(pki / "ca.crt", token)
 
     def _audit_policy(self) -> Path:
         """Record every request once, with its metadata (who, verb, what), never a body."""
         path = self.workdir / "audit-policy.yaml"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
-            "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
-            "rules": [{"level": "Metadata"}],
-        }))  # fmt: skip
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
         return path
 
     def _write_kubeconfig(self, ca: Path, token: str) -> None:
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {
-                "server": self.server,
-                "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode(),
-            }}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode(),
+                    },
+                }
+            ],
             "users": [{"name": "admin", "user": {"token": token}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
-        }  # fmt: skip
+        }
         self.kubeconfig_path.write_text(yaml.safe_dump(config))
         self.token = token
         self.ca_path = ca

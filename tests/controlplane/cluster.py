@@ -76,31 +76,56 @@ class Cluster:
     def create_namespace(self, labels: dict[str, str] | None = None) -> None:
         """Create the namespace (with Pod Security labels, say), the ServiceAccount and its
         bindings from docs/rbac.yaml, and write the ServiceAccount's kubeconfig."""
-        self.seed([{"apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": self.namespace, "labels": labels or {}}}])  # fmt: skip
+        self.seed(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": self.namespace, "labels": labels or {}},
+                }
+            ]
+        )
         self.seed(rbac_objects(self.namespace))
         self.write_kubeconfig()
         # Pods are refused until the service-account controller has made "default".
         self.wait_for(
             lambda: self.get_object("v1", "ServiceAccount", self.namespace, "default") is not None,
-            30, f"ServiceAccount {self.namespace}/default",
-        )  # fmt: skip
+            30,
+            f"ServiceAccount {self.namespace}/default",
+        )
 
     def write_kubeconfig(self, hours: int = 6) -> None:
-        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                   "spec": {"expirationSeconds": hours * 3600}}  # fmt: skip
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": hours * 3600},
+        }
         answer = self.core.create_namespaced_service_account_token(
             SERVICE_ACCOUNT, self.namespace, request
         )
         ca = base64.b64encode(self.plane.ca_path.read_bytes()).decode()
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "migrator",
-            "clusters": [{"name": "test", "cluster": {
-                "server": self.plane.server, "certificate-authority-data": ca}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "migrator",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {"server": self.plane.server, "certificate-authority-data": ca},
+                }
+            ],
             "users": [{"name": SERVICE_ACCOUNT, "user": {"token": answer.status.token}}],
-            "contexts": [{"name": "migrator", "context": {
-                "cluster": "test", "user": SERVICE_ACCOUNT, "namespace": self.namespace}}],
-        }  # fmt: skip
+            "contexts": [
+                {
+                    "name": "migrator",
+                    "context": {
+                        "cluster": "test",
+                        "user": SERVICE_ACCOUNT,
+                        "namespace": self.namespace,
+                    },
+                }
+            ],
+        }
         self.kubeconfig_path.write_text(yaml.safe_dump(config))
 
     def delete(self) -> None:
@@ -156,10 +181,12 @@ class Cluster:
         name = current["metadata"]["name"]
         written = read_modify_write(
             lambda: dict(resource.get(name=name, namespace=namespace).to_dict()),
-            lambda found: dict(subresource.replace(
-                body={**found, "status": status}, namespace=namespace).to_dict()),
-            f"status of {resource.kind}/{name}", current,
-        )  # fmt: skip
+            lambda found: dict(
+                subresource.replace(body={**found, "status": status}, namespace=namespace).to_dict()
+            ),
+            f"status of {resource.kind}/{name}",
+            current,
+        )
         assert written is not None
         return written
 
@@ -174,20 +201,32 @@ class Cluster:
             raise
         return dict(found.to_dict())
 
-    def list_objects(self, api_version: str, kind: str, namespace: str | None = None,
-                     label_selector: str | None = None) -> list[Obj]:  # fmt: skip
+    def list_objects(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+    ) -> list[Obj]:
         found = self._resource(api_version, kind).get(
             namespace=namespace, label_selector=label_selector
         )
         return [dict(item) for item in found.to_dict()["items"]]
 
-    def patch_object(self, api_version: str, kind: str, namespace: str | None, name: str,
-                     patch: Obj) -> Obj:  # fmt: skip
+    def patch_object(
+        self, api_version: str, kind: str, namespace: str | None, name: str, patch: Obj
+    ) -> Obj:
         """A JSON merge patch, as admin."""
-        return dict(self._resource(api_version, kind).patch(
-            name=name, namespace=namespace, body=patch,
-            content_type="application/merge-patch+json",
-        ).to_dict())  # fmt: skip
+        return dict(
+            self._resource(api_version, kind)
+            .patch(
+                name=name,
+                namespace=namespace,
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+            .to_dict()
+        )
 
     def label_namespace(self, labels: dict[str, str | None]) -> None:
         self.patch_object("v1", "Namespace", None, self.namespace, {"metadata": {"labels": labels}})

@@ -98,6 +98,9 @@ class HelmControllerStandIn:
                     changed = True
             if changed:
                 self.cluster.patch_object(
-                    "apps/v1", "Deployment", namespace, name,
+                    "apps/v1",
+                    "Deployment",
+                    namespace,
+                    name,
                     {"spec": {"template": {"spec": {"volumes": volumes}}}},
-                )  # fmt: skip
+                )

@@ -51,8 +51,9 @@ class Informer:
         """List (the cache is full when this returns), then keep the cache current from a
         background thread."""
         version = self._list()
-        threading.Thread(target=self._run, args=(version,), name=f"informer-{self.what}",
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=self._run, args=(version,), name=f"informer-{self.what}", daemon=True
+        ).start()
 
     def stop(self) -> None:
         """End the watch now (closing its connection) and the thread with it."""
@@ -95,9 +96,12 @@ class Informer:
     def _watch(self, version: str) -> None:
         """Apply the changes after ``version`` until the watch ends."""
         response = self.list_function(
-            watch=True, resource_version=version, timeout_seconds=WATCH_SECONDS,
-            _preload_content=False, **self.selectors,
-        )  # fmt: skip
+            watch=True,
+            resource_version=version,
+            timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
+            **self.selectors,
+        )
         self._response = response
         try:
             if self._stopping.is_set():  # stop() came before the watch it would have ended

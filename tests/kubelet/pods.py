@@ -99,19 +99,42 @@ def running_pod_status(pod: Obj) -> Obj:
     stamp, spec = now(), pod["spec"]
     host_ip = _ip("10.0", spec.get("nodeName") or "node")
     pod_ip = _ip("10.244", pod["metadata"]["uid"])
-    conditions = [{"type": kind, "status": "True", "lastTransitionTime": stamp} for kind in (
-        "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")]
-    containers = [{
-        "name": c["name"], "image": c.get("image", ""), "imageID": f"{c.get('image', '')}@sha256:"
-        + hashlib.sha256(str(c.get("image")).encode()).hexdigest(),
-        "containerID": "containerd://" + hashlib.sha256(
-            (pod["metadata"]["uid"] + c["name"]).encode()).hexdigest(),
-        "ready": True, "started": True, "restartCount": 0,
-        "state": {"running": {"startedAt": stamp}},
-    } for c in spec.get("containers", [])]
-    return {**pod.get("status", {}), "phase": "Running", "conditions": conditions,
-            "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": pod_ip,
-            "podIPs": [{"ip": pod_ip}], "startTime": stamp, "containerStatuses": containers}  # fmt: skip
+    conditions = [
+        {"type": kind, "status": "True", "lastTransitionTime": stamp}
+        for kind in (
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        )
+    ]
+    containers = [
+        {
+            "name": c["name"],
+            "image": c.get("image", ""),
+            "imageID": f"{c.get('image', '')}@sha256:"
+            + hashlib.sha256(str(c.get("image")).encode()).hexdigest(),
+            "containerID": "containerd://"
+            + hashlib.sha256((pod["metadata"]["uid"] + c["name"]).encode()).hexdigest(),
+            "ready": True,
+            "started": True,
+            "restartCount": 0,
+            "state": {"running": {"startedAt": stamp}},
+        }
+        for c in spec.get("containers", [])
+    ]
+    return {
+        **pod.get("status", {}),
+        "phase": "Running",
+        "conditions": conditions,
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "podIP": pod_ip,
+        "podIPs": [{"ip": pod_ip}],
+        "startTime": stamp,
+        "containerStatuses": containers,
+    }
 
 
 ClaimResolver = Callable[[str, str], Path | None]
@@ -347,8 +370,11 @@ def _projected_volume(api: PodApi, pod: Obj, spec: Obj, directory: Path) -> Volu
                 raise VolumeError(f"failed to fetch token: {error}") from error
             files[token["path"]] = issued.encode()
         elif "configMap" in source or "secret" in source:
-            kind, ref = (("ConfigMap", source["configMap"]) if "configMap" in source
-                         else ("Secret", source["secret"]))  # fmt: skip
+            kind, ref = (
+                ("ConfigMap", source["configMap"])
+                if "configMap" in source
+                else ("Secret", source["secret"])
+            )
             data = _object_data(api, kind, namespace, ref.get("name", ""))
             if data is None:
                 if ref.get("optional"):
@@ -398,7 +424,9 @@ SINGLE_NODE_MODES = {"ReadWriteOnce", "ReadWriteOncePod"}
 
 def _claims(pod: Obj) -> list[str]:
     volumes = (pod.get("spec") or {}).get("volumes") or []
-    return [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
+    return [
+        v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
+    ]
 
 
 def check_attachable(api: PodApi, pod: Obj) -> None:
@@ -408,7 +436,8 @@ def check_attachable(api: PodApi, pod: Obj) -> None:
     if not node:
         return
     others = [
-        p for p in api.pods(namespace)
+        p
+        for p in api.pods(namespace)
         if (p.get("spec") or {}).get("nodeName") not in (None, node)
         and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
     ]
@@ -691,10 +720,11 @@ def host_paths_to_keep(path_prepend: list[str]) -> list[str]:
     """Host directories the pod's tools need even where a volume is mounted over them (a clone
     under /tmp behind a pod's private /tmp): the PATH additions, the virtualenv, and the
     checkout that the editable install points into."""
-    keep = list(dict.fromkeys(os.path.realpath(p) for p in (*path_prepend, sys.prefix, _PROJECT_ROOT)))
+    keep = list(
+        dict.fromkeys(os.path.realpath(p) for p in (*path_prepend, sys.prefix, _PROJECT_ROOT))
+    )
     # One bind covers everything below it (a venv inside the checkout comes with it).
     return [p for p in keep if not any(p != q and _is_under(p, q) for q in keep)]
-
 
 
 @dataclass
@@ -860,11 +890,19 @@ class PodRun:
                 if str(error) != reported:
                     reported = str(error)
                     self._set_status(
-                        pending_status(running, self.container, "CreateContainerConfigError",
-                                       reported)
-                    )  # fmt: skip
-                    record_event(self.kubelet.api, self.pod, "Failed", f"Error: {reported}",
-                                 component="kubelet", warning=True, host=self._node())  # fmt: skip
+                        pending_status(
+                            running, self.container, "CreateContainerConfigError", reported
+                        )
+                    )
+                    record_event(
+                        self.kubelet.api,
+                        self.pod,
+                        "Failed",
+                        f"Error: {reported}",
+                        component="kubelet",
+                        warning=True,
+                        host=self._node(),
+                    )
             self._wake.wait(IMAGE_RETRY_SECONDS)
         return None
 
@@ -890,21 +928,31 @@ class PodRun:
         )
         host = self._node()
         api = self.kubelet.api
-        record_event(api, self.pod, "Pulling", f'Pulling image "{image}"', component="kubelet",
-                     host=host)  # fmt: skip
+        record_event(
+            api, self.pod, "Pulling", f'Pulling image "{image}"', component="kubelet", host=host
+        )
         self._set_status(pending_status(running, self.container, "ErrImagePull", why))
         for message in (f'Failed to pull image "{image}": {why}', "Error: ErrImagePull"):
-            record_event(api, self.pod, "Failed", message, component="kubelet", warning=True,
-                         host=host)  # fmt: skip
+            record_event(
+                api, self.pod, "Failed", message, component="kubelet", warning=True, host=host
+            )
         self._wake.wait(IMAGE_RETRY_SECONDS)
         if self._stopped():
             return
         backoff = f'Back-off pulling image "{image}"'
         self._set_status(pending_status(running, self.container, "ImagePullBackOff", backoff))
-        record_event(api, self.pod, "BackOff", backoff, component="kubelet", warning=True,
-                     host=host)  # fmt: skip
-        record_event(api, self.pod, "Failed", "Error: ImagePullBackOff", component="kubelet",
-                     warning=True, host=host)  # fmt: skip
+        record_event(
+            api, self.pod, "BackOff", backoff, component="kubelet", warning=True, host=host
+        )
+        record_event(
+            api,
+            self.pod,
+            "Failed",
+            "Error: ImagePullBackOff",
+            component="kubelet",
+            warning=True,
+            host=host,
+        )
 
     def _run_once(self, plan: LaunchPlan, running: Obj) -> tuple[int, str, str | None, str | None]:
         """Start, report Running, wait: (exit code, reason, message, startedAt)."""

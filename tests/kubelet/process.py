@@ -108,8 +108,9 @@ class RealApi:
         namespace = event["metadata"]["namespace"]
         # Best effort: the namespace may be terminating.
         with contextlib.suppress(OperationFailedError):
-            self.kube.send("recording an event", "POST", f"/api/v1/namespaces/{namespace}/events",
-                           event)  # fmt: skip
+            self.kube.send(
+                "recording an event", "POST", f"/api/v1/namespaces/{namespace}/events", event
+            )
 
     def append_log(self, namespace: str, name: str, container: str, text: str) -> None:
         self.logs.append(namespace, name, container, text)
@@ -209,14 +210,26 @@ class ProcessKubelet:
         # kubelet watches with the field selector spec.nodeName.
         core, storage = self.kube.core, self.kube.storage
         self._pods = [
-            Informer(self.kube, f"pods on {node.name}", core.list_pod_for_all_namespaces,
-                     self._wake.set, self.errors, field_selector=f"spec.nodeName={node.name}")
+            Informer(
+                self.kube,
+                f"pods on {node.name}",
+                core.list_pod_for_all_namespaces,
+                self._wake.set,
+                self.errors,
+                field_selector=f"spec.nodeName={node.name}",
+            )
             for node in self.nodes
-        ]  # fmt: skip
-        self._claims = Informer(self.kube, "claims",
-            core.list_persistent_volume_claim_for_all_namespaces, self._wake.set, self.errors)  # fmt: skip
-        self._classes = Informer(self.kube, "StorageClasses", storage.list_storage_class,
-                                 self._wake.set, self.errors)  # fmt: skip
+        ]
+        self._claims = Informer(
+            self.kube,
+            "claims",
+            core.list_persistent_volume_claim_for_all_namespaces,
+            self._wake.set,
+            self.errors,
+        )
+        self._classes = Informer(
+            self.kube, "StorageClasses", storage.list_storage_class, self._wake.set, self.errors
+        )
 
     # --- life cycle --------------------------------------------------------------------------
 

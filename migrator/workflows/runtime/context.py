@@ -40,7 +40,9 @@ def kubernetes_context(plan: Plan, options: dict[str, Any]) -> RunContext:
         cluster = Cluster(kube, namespace)
         # workflows/swap.py takes plain dicts until it is converted to the plan model (#14)
         untyped = cast(list[dict[str, Any]], volumes)
-        return bring_back_after_cutover(plan, untyped, journal, cluster, min(timeout, 600), observer)
+        return bring_back_after_cutover(
+            plan, untyped, journal, cluster, min(timeout, 600), observer
+        )
 
     return RunContext(
         executor=KubernetesExecutor(kube, timeout, options.get("parallel")),

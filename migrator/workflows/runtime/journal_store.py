@@ -53,8 +53,11 @@ class ConfigMapStore:
         self.kube.call(
             "writing the journal ConfigMap",
             lambda: self.kube.core.patch_namespaced_config_map(
-                self.name, self.namespace, body, field_manager=FIELD_MANAGER, force=True,
+                self.name,
+                self.namespace,
+                body,
+                field_manager=FIELD_MANAGER,
+                force=True,
                 _content_type="application/apply-patch+yaml",
             ),
-        )  # fmt: skip
-
+        )

@@ -93,9 +93,11 @@ class LeaseLock:
         try:
             if current is None:
                 created = self.kube.send(
-                    "taking the run Lease", "POST",
-                    f"{LEASES_API}/namespaces/{self.namespace}/leases", self._body(),
-                )  # fmt: skip
+                    "taking the run Lease",
+                    "POST",
+                    f"{LEASES_API}/namespaces/{self.namespace}/leases",
+                    self._body(),
+                )
             else:
                 created = self._take_over(current)
         except ConflictError:
@@ -167,8 +169,9 @@ class LeaseLock:
 
     def _replace(self, resource_version: str) -> dict[str, Any] | None:
         """Write ourselves in as the holder, renewed now, if the Lease is still that version."""
-        return self.kube.send("renewing the run Lease", "PUT", self.path,
-                              self._body(resource_version))  # fmt: skip
+        return self.kube.send(
+            "renewing the run Lease", "PUT", self.path, self._body(resource_version)
+        )
 
     def _renew(self) -> None:
         delay = self.renew_every
@@ -210,11 +213,14 @@ class LeaseLock:
             if current is None or spec.get("holderIdentity") != self.identity:
                 return
             version = current["metadata"]["resourceVersion"]
-            precondition = {"apiVersion": "v1", "kind": "DeleteOptions",
-                            "preconditions": {"resourceVersion": version}}  # fmt: skip
+            precondition = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "preconditions": {"resourceVersion": version},
+            }
             try:
-                self.kube.send("releasing the run Lease", "DELETE", self.path, precondition,
-                               missing_ok=True)  # fmt: skip
+                self.kube.send(
+                    "releasing the run Lease", "DELETE", self.path, precondition, missing_ok=True
+                )
             except ConflictError:
                 return  # taken over since the read: it is the other run's now
-

@@ -58,9 +58,7 @@ class Quiescer:
     def _releases_of(self, workloads: Sequence[tuple[str, str]]) -> list[str]:
         wanted = {f"{kind}/{name}" for kind, name in workloads}
         return sorted(
-            r["name"]
-            for r in self.plan.model["spec"]["releases"]
-            if wanted & set(r["workloads"])
+            r["name"] for r in self.plan.model["spec"]["releases"] if wanted & set(r["workloads"])
         )
 
     def _suspend(self, release: str) -> None:

@@ -18,10 +18,11 @@ def _apps(kube: KubeClient, kind: str, verb: str) -> Any:
         raise BadInputError(f"cannot scale a {kind}")
     noun = "deployment" if kind == "Deployment" else "stateful_set"
     method = {
-        "read": f"read_namespaced_{noun}", "list": f"list_namespaced_{noun}",
+        "read": f"read_namespaced_{noun}",
+        "list": f"list_namespaced_{noun}",
         "read_scale": f"read_namespaced_{noun}_scale",
         "patch_scale": f"patch_namespaced_{noun}_scale",
-    }[verb]  # fmt: skip
+    }[verb]
     return getattr(kube.apps, method)
 
 
@@ -54,14 +55,23 @@ def selector_of(workload: dict[str, Any] | None) -> str:
 
 
 def wait_for_workload(
-    kube: KubeClient, namespace: str, kind: str, name: str,
-    done: Callable[[dict[str, Any]], bool], deadline: float,
-) -> dict[str, Any] | None:  # fmt: skip
+    kube: KubeClient,
+    namespace: str,
+    kind: str,
+    name: str,
+    done: Callable[[dict[str, Any]], bool],
+    deadline: float,
+) -> dict[str, Any] | None:
     """Watch a workload until ``done(it)`` or the deadline; returns its last state."""
     return kube.wait_for(
-        f"watching {kind}/{name}", lambda: read_workload(kube, namespace, kind, name), done, deadline,
-        _apps(kube, kind, "list"), namespace, field_selector=f"metadata.name={name}",
-    )  # fmt: skip
+        f"watching {kind}/{name}",
+        lambda: read_workload(kube, namespace, kind, name),
+        done,
+        deadline,
+        _apps(kube, kind, "list"),
+        namespace,
+        field_selector=f"metadata.name={name}",
+    )
 
 
 def wait_for_no_pods(kube: KubeClient, namespace: str, selector: str, deadline: float) -> bool:
@@ -75,10 +85,15 @@ def wait_for_no_pods(kube: KubeClient, namespace: str, selector: str, deadline: 
         return dict(kube._dict(listed)) if listed is not None else {"items": []}
 
     left = kube.wait_for(
-        "watching pods", pods, lambda listed: not listed.get("items"), deadline,
-        kube.core.list_namespaced_pod, namespace, label_selector=selector,
+        "watching pods",
+        pods,
+        lambda listed: not listed.get("items"),
+        deadline,
+        kube.core.list_namespaced_pod,
+        namespace,
+        label_selector=selector,
         wake=lambda kind, _pod: kind == "DELETED",
-    )  # fmt: skip
+    )
     return not (left or {}).get("items")
 
 

@@ -43,9 +43,11 @@ def bring_back(
     are Ready. Workloads of ``blocked_volumes`` (name -> why) are left as they are."""
     workloads = workloads_of(phase_volumes)
     blocked = {
-        w: why for v in phase_volumes if v["name"] in blocked_volumes
+        w: why
+        for v in phase_volumes
+        if v["name"] in blocked_volumes
         for w, why in ((w, blocked_volumes[v["name"]]) for w in workloads_of([v]))
-    }  # fmt: skip
+    }
     held: set[str] = set()
     for release in releases_of(plan, workloads):
         reasons = [blocked[w] for w in release.get("workloads", []) if w in blocked]
@@ -58,9 +60,13 @@ def bring_back(
     deadline = time.monotonic() + options.timeout
     for workload in workloads:
         target = WorkloadTarget(
-            workload, recorded.get(workload), blocked.get(workload), workload in held,
-            workload in managed, avoid.get(workload, set()),
-        )  # fmt: skip
+            workload,
+            recorded.get(workload),
+            blocked.get(workload),
+            workload in held,
+            workload in managed,
+            avoid.get(workload, set()),
+        )
         outcome = _restore_workload(target, context, options, deadline, observer)
         summary.workloads.append(outcome)
         if outcome.action == "scaled":
@@ -121,10 +127,13 @@ def _resume(
     previous = bool(record.get("previousSuspend", False))
     prefix = "(dry run) " if options.dry_run else ""
     if previous:
-        summary.releases.append(ReleaseResult(
-            name, "left suspended",
-            f"{prefix}it was suspended before the migration; resume it yourself (flux resume helmrelease {name})",
-        ))  # fmt: skip
+        summary.releases.append(
+            ReleaseResult(
+                name,
+                "left suspended",
+                f"{prefix}it was suspended before the migration; resume it yourself (flux resume helmrelease {name})",
+            )
+        )
     else:
         summary.releases.append(ReleaseResult(name, "resumed", f"{prefix}spec.suspend removed"))
     if options.dry_run:

@@ -52,10 +52,14 @@ class VolumeResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "volume": self.volume, "status": self.status, "oldClaim": self.old_claim,
-            "newClaim": self.new_claim, "message": self.message, "objects": self.objects,
+            "volume": self.volume,
+            "status": self.status,
+            "oldClaim": self.old_claim,
+            "newClaim": self.new_claim,
+            "message": self.message,
+            "objects": self.objects,
             "patches": self.patches,
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -68,9 +72,12 @@ class FileResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "written": self.written, "changes": self.changes,
-            "diff": self.diff, "notes": self.notes,
-        }  # fmt: skip
+            "path": self.path,
+            "written": self.written,
+            "changes": self.changes,
+            "diff": self.diff,
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -99,9 +106,13 @@ class WorkloadResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "workload": self.workload, "replicas": self.replicas, "ready": self.ready,
-            "action": self.action, "message": self.message, "events": self.events,
-        }  # fmt: skip
+            "workload": self.workload,
+            "replicas": self.replicas,
+            "ready": self.ready,
+            "action": self.action,
+            "message": self.message,
+            "events": self.events,
+        }
 
 
 @dataclass
@@ -131,15 +142,21 @@ class SwapSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "command": self.command, "plan": self.plan, "phase": self.phase,
-            "dryRun": self.dry_run, "inCluster": self.in_cluster,
+            "ok": self.ok,
+            "command": self.command,
+            "plan": self.plan,
+            "phase": self.phase,
+            "dryRun": self.dry_run,
+            "inCluster": self.in_cluster,
             "nothingToDo": self.nothing_to_do,
             "volumes": [v.as_dict() for v in self.volumes],
             "files": [f.as_dict() for f in self.files],
             "releases": [r.as_dict() for r in self.releases],
             "workloads": [w.as_dict() for w in self.workloads],
-            "warnings": self.warnings, "notes": self.notes, "next": self.next_steps,
-        }  # fmt: skip
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "next": self.next_steps,
+        }
 
 
 # --- context ----------------------------------------------------------------------------------
@@ -207,8 +224,13 @@ def old_claim(volume: dict[str, Any]) -> str:
 
 def workloads_of(volumes: list[dict[str, Any]]) -> list[str]:
     return sorted(
-        {f"{w['kind']}/{w['name']}" for v in volumes for w in v.get("workloads", []) if w["kind"] != "Pod"}
-    )  # fmt: skip
+        {
+            f"{w['kind']}/{w['name']}"
+            for v in volumes
+            for w in v.get("workloads", [])
+            if w["kind"] != "Pod"
+        }
+    )
 
 
 def releases_of(plan: Plan, workloads: list[str]) -> list[dict[str, Any]]:

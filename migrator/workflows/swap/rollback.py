@@ -49,10 +49,15 @@ def rollback(
     with context.lock:
         for volume in swapped:
             entry = _swap_entry(entries, volume)
-            summary.volumes.append(VolumeResult(
-                volume["name"], "unchanged", entry["oldClaim"], entry["newClaim"],
-                objects=entry.get("claimObjects", []),
-            ))  # fmt: skip
+            summary.volumes.append(
+                VolumeResult(
+                    volume["name"],
+                    "unchanged",
+                    entry["oldClaim"],
+                    entry["newClaim"],
+                    objects=entry.get("claimObjects", []),
+                )
+            )
         for path, text in texts.items():
             summary.files.append(
                 _rollback_file(path, text, swapped, entries, context, summary, options.dry_run)
@@ -91,9 +96,11 @@ def _rollback_file(
 ) -> FileResult:
     resolved = str(path.resolve())
     recorded = [
-        (v, p) for v in swapped for p in _pending(entries, v)
+        (v, p)
+        for v in swapped
+        for p in _pending(entries, v)
         if p["target"] == "file" and p["file"] == resolved
-    ]  # fmt: skip
+    ]
     rewrite = restore_claims(text, [Change.from_dict(p) for _, p in recorded], str(path))
     result = FileResult(
         str(path),

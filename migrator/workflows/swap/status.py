@@ -10,13 +10,22 @@ from migrator.workflows.swap.bring_back import journal_workloads
 from migrator.workflows.swap.context import PARTIAL, ROLLBACK, STEP_ORDER, SWAP
 
 STATE_NAMES = {
-    ("preseed", DONE): "pre-seeded", ("preseed", FAILED): "pre-seed failed", ("preseed", RUNNING): "pre-seeding",
-    ("cutover", DONE): "cut over", ("cutover", FAILED): "cutover failed", ("cutover", RUNNING): "cutting over",
-    ("verify", FAILED): "verify failed", ("verify", RUNNING): "verifying",
-    (SWAP, DONE): "swapped", (SWAP, FAILED): "swap failed", (SWAP, RUNNING): "swapping",
+    ("preseed", DONE): "pre-seeded",
+    ("preseed", FAILED): "pre-seed failed",
+    ("preseed", RUNNING): "pre-seeding",
+    ("cutover", DONE): "cut over",
+    ("cutover", FAILED): "cutover failed",
+    ("cutover", RUNNING): "cutting over",
+    ("verify", FAILED): "verify failed",
+    ("verify", RUNNING): "verifying",
+    (SWAP, DONE): "swapped",
+    (SWAP, FAILED): "swap failed",
+    (SWAP, RUNNING): "swapping",
     (SWAP, "rolled back"): "swapped",
-    (ROLLBACK, DONE): "rolled back", (ROLLBACK, PARTIAL): "partly rolled back", (ROLLBACK, RUNNING): "rolling back",
-}  # fmt: skip
+    (ROLLBACK, DONE): "rolled back",
+    (ROLLBACK, PARTIAL): "partly rolled back",
+    (ROLLBACK, RUNNING): "rolling back",
+}
 
 
 def volume_state(entry: dict[str, Any]) -> tuple[str, str, str]:
@@ -55,11 +64,19 @@ def status(plan: Plan, journal: Journal) -> dict[str, Any]:
     for volume in plan.volumes:
         entry = entries.get(volume["name"], {})
         state, since, detail = volume_state(entry)
-        volumes.append({
-            "volume": volume["name"], "role": volume["role"], "action": volume["action"],
-            "state": state, "since": since, "detail": detail,
-            "steps": {step: entry[step].get("status") for step in STEP_ORDER if entry.get(step)},
-        })  # fmt: skip
+        volumes.append(
+            {
+                "volume": volume["name"],
+                "role": volume["role"],
+                "action": volume["action"],
+                "state": state,
+                "since": since,
+                "detail": detail,
+                "steps": {
+                    step: entry[step].get("status") for step in STEP_ORDER if entry.get(step)
+                },
+            }
+        )
     return {
         "plan": plan.name,
         "volumes": volumes,

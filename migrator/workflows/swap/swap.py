@@ -149,11 +149,13 @@ def _journal_swap_start(journal: Journal, result: VolumeResult) -> None:
             and previous.get("newClaim") == result.new_claim
         )
         entry[SWAP] = {
-            "status": FAILED if result.status == FAILED else RUNNING, "at": now(),
-            "oldClaim": result.old_claim, "newClaim": result.new_claim,
+            "status": FAILED if result.status == FAILED else RUNNING,
+            "at": now(),
+            "oldClaim": result.old_claim,
+            "newClaim": result.new_claim,
             "claimObjects": [{"kind": o["kind"], "name": o["name"]} for o in result.objects],
             "patches": previous.get("patches", []) if same else [],
-        }  # fmt: skip
+        }
         if result.message:
             entry[SWAP]["message"] = result.message
 
@@ -234,11 +236,16 @@ def _values_patches(
     release: str, values: dict[str, Any], mapping: dict[str, str]
 ) -> list[dict[str, Any]]:
     return [
-        {"target": "HelmRelease", "name": release, "path": ".".join(("spec", "values", *path)),
-         "old": claim, "new": mapping[claim]}
+        {
+            "target": "HelmRelease",
+            "name": release,
+            "path": ".".join(("spec", "values", *path)),
+            "old": claim,
+            "new": mapping[claim],
+        }
         for path, claim in claim_paths(values)
         if claim in mapping
-    ]  # fmt: skip
+    ]
 
 
 def _swap_configmap(
@@ -285,9 +292,11 @@ def _finish_swap(
     for volume in swapped:
         result = volume_result(summary, volume)
         result.patches += [
-            {"target": "file", "file": f.path, **c} for f in summary.files for c in f.changes
+            {"target": "file", "file": f.path, **c}
+            for f in summary.files
+            for c in f.changes
             if c["old"] == result.old_claim
-        ]  # fmt: skip
+        ]
         earlier = (recorded.get(volume["name"], {}).get(SWAP) or {}).get("patches", [])
         found = bool(result.patches or earlier)
         if not found:
