@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from migrator.cli import cli
+from migrator.cli import load_commands
 from migrator.plan import schema
 
 
@@ -35,6 +35,7 @@ def cli_reference() -> str:
         "Exit codes: 0 success; 1 verification found differences; 2 bad input; 3 an operation failed.",
         "",
     ]
+    cli = load_commands()
     for path, command in [("migrator", cli), *_commands(cli, "migrator")]:
         with click.Context(
             command,

@@ -9,6 +9,7 @@ repeated verify of an unchanged copy reads neither side again.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -39,6 +40,7 @@ class VerifyRequest:
     source: Path
     destination: str  # s3://BUCKET/PREFIX/VOLUME or a directory
     cache: str | None = None  # s3://BUCKET/PREFIX/.migrator/VOLUME, or a local directory
+    rehash: bool = False  # do not read the caches, but save fresh ones
     sample: float | None = None
     strict_metadata: bool = False
     workers: int | None = None
@@ -283,7 +285,11 @@ def _source_dirs(source: Path) -> Iterator[str]:
 
 
 class _Caches:
-    """Hash caches of both sides: downloaded from beside the destination, uploaded when done."""
+    """Hash caches of both sides: downloaded from beside the destination, uploaded when done.
+
+    With ``rehash`` the old caches are not read; the fresh ones replace them only when the verify
+    completes, so an interrupted rehash leaves the last good caches in place.
+    """
 
     def __init__(self, request: VerifyRequest) -> None:
         self.request = request
@@ -294,12 +300,14 @@ class _Caches:
         cache = self.request.cache
         if cache is None:
             return self
-        if not cache.startswith("s3://"):
+        if not cache.startswith("s3://") and not self.request.rehash:
             self.local_dir = Path(cache)
             self.local_dir.mkdir(parents=True, exist_ok=True)
             return self
         self.tmp = tempfile.TemporaryDirectory(prefix="migrator-verify-")
         self.local_dir = Path(self.tmp.name)
+        if self.request.rehash or not cache.startswith("s3://"):
+            return self
         location, client = S3Location.parse(cache), _wire_client()
         for name in CACHE_NAMES.values():
             _download(
@@ -315,14 +323,22 @@ class _Caches:
         return self.local_dir / CACHE_NAMES[side] if self.local_dir is not None else None
 
     def upload(self) -> None:
-        if self.tmp is None or self.local_dir is None or self.request.cache is None:
+        cache = self.request.cache
+        if self.tmp is None or self.local_dir is None or cache is None:
             return
-        location, client = S3Location.parse(self.request.cache), _wire_client()
+        if not cache.startswith("s3://"):  # a rehash into a local directory
+            target = Path(cache)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in CACHE_NAMES.values():
+                if (self.local_dir / name).exists():
+                    shutil.move(self.local_dir / name, target / name)
+            return
+        location, client = S3Location.parse(cache), _wire_client()
         for name in CACHE_NAMES.values():
             path = self.local_dir / name
             if path.exists():
-                with path.open("rb") as cache:
-                    body = Body(fd=cache.fileno(), length=os.fstat(cache.fileno()).st_size)
+                with path.open("rb") as file:
+                    body = Body(fd=file.fileno(), length=os.fstat(file.fileno()).st_size)
                     _put(
                         client, location.bucket, location.key(name), body, "saving the verify cache"
                     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 
-from migrator.cli import cli
+from migrator.cli import COMMAND_MODULES, load_commands
 from migrator.docgen import generated_docs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,31 @@ def test_every_command_has_help_and_is_documented() -> None:
             if isinstance(command, click.Group):
                 check(command, f"{prefix} {name}")
 
-    check(cli, "migrator")
+    check(load_commands(), "migrator")
+
+
+def test_the_lazily_loaded_commands_are_exactly_those_the_modules_define() -> None:
+    assert sorted(load_commands().commands) == sorted(COMMAND_MODULES)
+
+
+def test_an_agent_command_starts_without_the_operator_commands() -> None:
+    """What a verify Job runs imports neither the other commands nor rich's tables."""
+    probe = (
+        "import sys\n"
+        "from migrator.cli import cli\n"
+        "try:\n"
+        "    cli(['agent', 'verify', '--help'], prog_name='migrator')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = [m for m in ('migrator.cli.swap', 'migrator.cli.plan', 'migrator.cli.backup',\n"
+        "    'migrator.workflows', 'migrator.plan', 'rich.table') if m in sys.modules]\n"
+        "print('LOADED', loaded, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert "Usage: migrator agent verify" in result.stdout
+    assert "LOADED []" in result.stderr, result.stderr
 
 
 def test_cozystack_how_to_covers_credentials_endpoints_and_offsite_backups() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def test_identical_copy_passes_and_reverify_reads_nothing_again(copied: dict[str
         assert volume["hashedFiles"] == {"source": 0, "destination": 0}, volume
     _code, fresh = verify(copied["plan"], "--no-cache", "--volume", "media")
     assert fresh["volumes"][0]["hashedFiles"]["destination"] > 0
+    # --no-cache reads everything again and saves the fresh hashes: the next verify is cached.
+    _code, after = verify(copied["plan"], "--volume", "media")
+    assert after["volumes"][0]["hashedFiles"] == {"source": 0, "destination": 0}
     state = json.loads((copied["plan"].parent / "local.state.json").read_text())
     assert state["volumes"]["media"]["verify"]["ok"] is True
 
@@ -268,3 +272,33 @@ def test_volumes_are_verified_side_by_side_with_the_results_of_one_at_a_time(
         "radarr-config": False,
         "sonarr-config": True,
     }
+
+
+def test_a_rehash_reads_every_file_again_and_leaves_fresh_caches(tmp_path: Path) -> None:
+    source, dest, caches = tmp_path / "source", tmp_path / "dest", tmp_path / "caches"
+    source.mkdir()
+    for index in range(3):
+        (source / f"file-{index}.db").write_bytes(b"x" * (index + 1) * 1000)
+    shutil.copytree(source, dest)
+
+    def agent_verify(*extra: str) -> dict[str, Any]:
+        result = run_cli(
+            "agent",
+            "verify",
+            "--source",
+            str(source),
+            "--dest",
+            str(dest),
+            "--cache",
+            str(caches),
+            *extra,
+        )
+        assert result.exit_code == 0, result.output
+        events: list[dict[str, Any]] = [json.loads(line) for line in result.output.splitlines()]
+        [done] = [e for e in events if e["event"] == "verify-done"]
+        return done
+
+    assert agent_verify()["hashedFiles"] == {"source": 3, "destination": 3}
+    assert agent_verify()["hashedFiles"] == {"source": 0, "destination": 0}
+    assert agent_verify("--rehash")["hashedFiles"] == {"source": 3, "destination": 3}
+    assert agent_verify()["hashedFiles"] == {"source": 0, "destination": 0}

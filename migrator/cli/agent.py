@@ -99,6 +99,11 @@ def agent_copy(**options: Any) -> None:
     "--cache",
     help="Where the hash caches live: s3://BUCKET/PREFIX/.migrator/VOLUME or a directory.",
 )
+@click.option(
+    "--rehash",
+    is_flag=True,
+    help="Ignore the cached hashes: read every file again, then save fresh caches.",
+)
 @click.option("--sample", type=float, help="Check only this fraction of files (by path hash).")
 @click.option(
     "--strict-metadata", is_flag=True, help="Mode, owner and mtime differences count as failures."
@@ -127,6 +132,7 @@ def agent_verify(**options: Any) -> None:
         source=Path(options["source"]),
         destination=options["dest"],
         cache=options["cache"],
+        rehash=options["rehash"],
         sample=options["sample"],
         strict_metadata=options["strict_metadata"],
         state=options["state"],
@@ -157,3 +163,7 @@ def agent_hash(**options: Any) -> None:
     hash_directory_to_manifest(
         options["directory"], options["out"], sample=options["sample"], cache=options["cache"]
     )
+
+
+# The agent's backup commands attach themselves to the group above.
+from migrator.cli import backup_agent  # noqa: E402, F401

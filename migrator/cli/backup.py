@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import click
 
 from migrator.cli import cli, handle_errors, json_option, kube_options
+from migrator.cli.backup_agent import retention_options, retention_policy
 from migrator.errors import BadInputError, Outcome, VerificationFailedError
 
 F = TypeVar("F", bound=Callable[..., Any])
-MIB = 2**20
 
 
 def plan_option(fn: F) -> F:
@@ -29,33 +29,6 @@ def endpoint_option(fn: F) -> F:
         metavar="URL",
         help="S3 endpoint from this machine (default: the plan's, else AWS_ENDPOINT_URL).",
     )(fn)
-
-
-def retention_options(fn: F) -> F:
-    for rule, default, what in reversed(
-        [
-            ("last", 0, "newest snapshots"),
-            ("daily", 7, "days (newest snapshot of each)"),
-            ("weekly", 4, "ISO weeks (newest snapshot of each)"),
-            ("monthly", 6, "months (newest snapshot of each)"),
-        ]
-    ):
-        fn = click.option(
-            f"--keep-{rule}",
-            type=click.IntRange(0),
-            default=default,
-            show_default=True,
-            help=f"Keep this many {what}.",
-        )(fn)
-    return fn
-
-
-def retention_policy(options: dict[str, Any]) -> Any:
-    from migrator.backup.retention import RetentionPolicy
-
-    return RetentionPolicy(
-        options["keep_last"], options["keep_daily"], options["keep_weekly"], options["keep_monthly"]
-    )
 
 
 def _kube(options: dict[str, Any]) -> Any:

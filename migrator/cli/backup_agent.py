@@ -4,16 +4,46 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from migrator.cli import handle_errors
 from migrator.cli.agent import agent_group
-from migrator.cli.backup import MIB, retention_options, retention_policy
 from migrator.errors import BadInputError, VerificationFailedError
+
+F = TypeVar("F", bound=Callable[..., Any])
+MIB = 2**20
+
+
+def retention_options(fn: F) -> F:
+    for rule, default, what in reversed(
+        [
+            ("last", 0, "newest snapshots"),
+            ("daily", 7, "days (newest snapshot of each)"),
+            ("weekly", 4, "ISO weeks (newest snapshot of each)"),
+            ("monthly", 6, "months (newest snapshot of each)"),
+        ]
+    ):
+        fn = click.option(
+            f"--keep-{rule}",
+            type=click.IntRange(0),
+            default=default,
+            show_default=True,
+            help=f"Keep this many {what}.",
+        )(fn)
+    return fn
+
+
+def retention_policy(options: dict[str, Any]) -> Any:
+    from migrator.backup.retention import RetentionPolicy
+
+    return RetentionPolicy(
+        options["keep_last"], options["keep_daily"], options["keep_weekly"], options["keep_monthly"]
+    )
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:

@@ -50,7 +50,8 @@ def repair_command(plan_path: str, volumes: list[PlanVolume], report: Any) -> st
 @click.option(
     "--no-cache",
     is_flag=True,
-    help="Hash everything again, ignoring the caches of the last verify.",
+    help="Hash everything again, ignoring the caches of the last verify; the fresh hashes are "
+    "saved for the next.",
 )
 @click.option(
     "--report",

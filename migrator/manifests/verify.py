@@ -35,8 +35,11 @@ def verify_command(
         key = "/".join(p for p in (target.get("prefix", ""), volume["name"]) if p)
         command += ["--dest", f"s3://{target['bucket']}/{key}"]
         state = "/".join(p for p in (target.get("prefix", ""), ".migrator", volume["name"]) if p)
-        if cache:
-            command += ["--cache", f"s3://{target['bucket']}/{state}"]
+        # Without the caches (--no-cache) every file is read again, and the fresh hashes are
+        # saved: the next verify is fast again.
+        command += ["--cache", f"s3://{target['bucket']}/{state}"]
+        if not cache:
+            command.append("--rehash")
         command += ["--state", f"s3://{target['bucket']}/{state}"]  # differences, for --recheck
         if target.get("filer"):
             command += ["--filer", target["filer"]]
@@ -120,7 +123,8 @@ def with_verify_options(
     cache: bool = True,
 ) -> dict[str, Any]:
     """A rendered verify Job with the run-time options of ``migrator verify`` applied to its
-    command: ``--sample``, ``--strict-metadata``, and without ``--cache`` when ``cache`` is off.
+    command: ``--sample``, ``--strict-metadata``, and ``--rehash`` (read every file again, then
+    save fresh caches) when ``cache`` is off.
 
     Everything else stays as reviewed. Applied to :func:`build_verify_job`'s default Job it gives
     exactly what :func:`build_verify_job` builds with the same options.
@@ -128,9 +132,9 @@ def with_verify_options(
     job = copy.deepcopy(manifest)
     [container] = job["spec"]["template"]["spec"]["containers"]
     command: list[str] = container["command"]
-    if not cache and "--cache" in command:
-        at = command.index("--cache")
-        del command[at : at + 2]
+    if not cache and "--cache" in command and "--rehash" not in command:
+        at = command.index("--cache") + 2
+        command[at:at] = ["--rehash"]
     if sample is not None:
         if "--sample" in command:
             at = command.index("--sample")
