@@ -132,16 +132,14 @@ def test_preseed_change_cutover_and_verify(tmp_path: Path, s3_env: SeaweedFS, bu
     assert by_volume(skipped)["media"]["status"] == "skipped"
 
 
-def test_noop_rerun_copies_nothing_and_is_fast(
-    tmp_path: Path, s3_env: SeaweedFS, bucket: str
-) -> None:
+def test_noop_rerun_copies_nothing(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> None:
+    # How fast it is, is bench/copy.py's no-op re-run row (a wall-clock bound here would break
+    # on a busy machine).
     plan, _tree = make_plan(tmp_path, s3_env, bucket)
     assert run(plan, "--phase", "config")["ok"]
-    started = time.monotonic()
     second = run(plan, "--phase", "config")
-    elapsed = time.monotonic() - started
-    assert all(v["copied"] == 0 for v in second["volumes"])
-    assert elapsed < 10
+    assert second["ok"]
+    assert second["volumes"] and all(v["copied"] == 0 for v in second["volumes"])
 
 
 def test_dry_run_changes_nothing(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> None:
