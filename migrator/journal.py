@@ -93,6 +93,18 @@ class Journal:
         return releases
 
 
+def on_route(entry: dict[str, Any], route: str) -> dict[str, Any]:
+    """A step's record if it was made on ``route`` (or before routes were recorded), else ``{}``:
+    what a cutover or verify did for another source or target does not count for this one."""
+    return entry if entry.get("route") in (None, route) else {}
+
+
+def other_route(entry: dict[str, Any], route: str) -> str | None:
+    """The route a step's record was made on, when it is not ``route``."""
+    recorded = entry.get("route")
+    return str(recorded) if recorded not in (None, route) else None
+
+
 def journal_path(plan_path: Path) -> Path:
     return plan_path.with_name(plan_path.stem + ".state.json")
 

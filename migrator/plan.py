@@ -236,6 +236,29 @@ class Plan:
 VolumeT = TypeVar("VolumeT", bound=Mapping[str, Any])
 
 
+def volume_route(spec: Mapping[str, Any], volume: Mapping[str, Any]) -> str:
+    """Where a volume's copy goes from and to, as the journal records it with each step.
+
+    A plan re-written under the same name keeps its journal; a cutover or verify recorded on
+    another route (another source, bucket, prefix, endpoint or StorageClass) is not done for
+    this one, so ``run`` copies again and ``swap`` refuses until it has.
+    """
+    source = volume["source"]
+    namespace = spec["source"].get("namespace")
+    origin = source.get("path") or "/".join(filter(None, [namespace, source.get("pvc")]))
+    target = volume["target"]
+    if target.get("url"):
+        destination = str(target["url"])
+        endpoint = spec["target"].get("endpoint")
+        if endpoint:
+            destination += f" at {endpoint}"
+    else:
+        destination = f"pvc {target.get('pvc')}"
+        if target.get("storageClass"):
+            destination += f" ({target['storageClass']})"
+    return f"{origin} -> {destination}"
+
+
 def volume_named(volumes: Sequence[VolumeT], name: str) -> VolumeT:
     """The volume called ``name``; raises UnknownVolumeError (listing the known ones)."""
     for volume in volumes:

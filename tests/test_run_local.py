@@ -132,6 +132,38 @@ def test_preseed_change_cutover_and_verify(tmp_path: Path, s3_env: SeaweedFS, bu
     assert by_volume(skipped)["media"]["status"] == "skipped"
 
 
+def test_a_replanned_target_is_cut_over_and_verified_again(
+    tmp_path: Path, s3_env: SeaweedFS, bucket: str
+) -> None:
+    """A plan re-written under the same name with another target keeps its journal: the old
+    target's cutover must not make run skip the new one (it would copy nothing), and the old
+    target's verify must not count for it."""
+    plan, tree = make_plan(tmp_path, s3_env, bucket)
+    assert run(plan, "--phase", "media", "--cutover")["ok"]
+    assert run_cli("verify", "--plan", str(plan), "--volume", "media").exit_code == 0
+
+    args = ["plan", "--target", f"s3://{bucket}/moved", "--s3-endpoint", s3_env.s3_endpoint]
+    for name, path in tree.source_dirs().items():
+        args += ["--source-dir", f"{name}={path}"]
+    assert run_cli(*args, cwd=tmp_path).exit_code == 0
+    status = json.loads(run_cli("status", "--plan", str(plan), "--json").stdout)
+    media = next(v for v in status["volumes"] if v["volume"] == "media")
+    assert media["state"] == "planned" and "route changed" in media["detail"]
+
+    cutover = run(plan, "--phase", "media", "--cutover")
+    assert cutover["ok"], cutover
+    volume = by_volume(cutover)["media"]
+    assert volume["status"] == "done" and volume["copied"] == volume["files"] > 0
+    assert any(f"s3://{bucket}/arr/media" in note for note in cutover["notes"]), cutover["notes"]
+    assert_identical(s3_env, tree.media_dir, f"s3:{bucket}/moved/media")
+    assert run_cli("verify", "--plan", str(plan), "--volume", "media").exit_code == 0
+    journal = json.loads((plan.parent / "local.state.json").read_text())["volumes"]["media"]
+    assert {journal[step]["route"] for step in ("cutover", "verify")} == {
+        f"{tree.media_dir} -> s3://{bucket}/moved/media at {s3_env.s3_endpoint}"
+    }
+    assert by_volume(run(plan, "--phase", "media", "--cutover"))["media"]["status"] == "skipped"
+
+
 def test_noop_rerun_copies_nothing(tmp_path: Path, s3_env: SeaweedFS, bucket: str) -> None:
     # How fast it is, is bench/copy.py's no-op re-run row (a wall-clock bound here would break
     # on a busy machine).

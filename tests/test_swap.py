@@ -19,9 +19,9 @@ from migrator.manifests.swap import (
     swap_capacity,
     swap_claim_name,
 )
-from migrator.plan import Plan, load_plan
+from migrator.plan import Plan, load_plan, volume_route
 from migrator.workflows.swap.context import readiness_problems
-from migrator.workflows.swap.status import volume_state
+from migrator.workflows.swap.status import status, volume_state
 from tests.helpers import run_cli, validate_manifest
 from tests.test_plan_local import make_config_dir, make_media_dir
 
@@ -151,6 +151,42 @@ def test_the_gate_needs_a_cutover_and_a_full_passed_verify_after_it(tmp_path: Pa
     assert problems() == []
     journal.update(lambda d: d["volumes"]["media"]["cutover"].update(at="2999-01-01T00:00:00Z"))
     assert problems() == ["media was not verified since its cutover"]
+
+
+def test_the_gate_refuses_a_cutover_or_verify_made_on_another_route(tmp_path: Path) -> None:
+    """A plan re-written under the same name (another bucket, prefix or source) keeps its
+    journal: what was cut over and verified for the old route must not let swap go ahead."""
+    plan = local_plan(tmp_path)
+    journal = Journal(FileStore(journal_path(plan.path)), plan.name)  # type: ignore[arg-type]
+    media = plan.volume("media")
+    route = volume_route(plan.spec, media)
+    old = route.replace(media["target"]["url"], "s3://old-bucket/media")
+    assert old != route
+
+    def problems() -> list[str]:
+        return readiness_problems(plan, journal, [media])
+
+    journal.record("media", "cutover", "done", route=old)
+    journal.record("media", "verify", "done", ok=True, differences=0, mountMetadata=True, route=old)
+    assert problems() == [
+        f"media was cut over on another route ({old}); the plan now says {route}: cut over again "
+        f"('migrator run --plan {plan.path} --phase media --cutover') and verify"
+    ]
+    journal.record("media", "cutover", "done", route=route)
+    assert problems() == [f"media was not verified on the plan's route ({route}) since its cutover"]
+    journal.record(
+        "media", "verify", "done", ok=True, differences=0, mountMetadata=True, route=route
+    )
+    assert problems() == []
+    # status reads the same journal: the old route's steps do not count.
+    journal.record("media", "cutover", "done", route=old)
+    journal.record("media", "verify", "done", ok=True, differences=0, route=old)
+    entry = status(plan, journal)["volumes"][0]
+    assert entry["steps"] == {}
+    assert (entry["state"], entry["detail"]) == (
+        "planned",
+        f"the plan's route changed; the journal's steps copied {old}",
+    )
 
 
 def test_the_gate_refuses_an_s3_plan_without_filer_attributes(tmp_path: Path) -> None:

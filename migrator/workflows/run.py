@@ -15,9 +15,19 @@ import yaml
 
 from migrator.errors import BadInputError
 from migrator.executors import EventSink, Executor, JobResult, completions
-from migrator.journal import DONE, FAILED, RUNNING, FileLock, FileStore, Journal, journal_path
+from migrator.journal import (
+    DONE,
+    FAILED,
+    RUNNING,
+    FileLock,
+    FileStore,
+    Journal,
+    journal_path,
+    on_route,
+    other_route,
+)
 from migrator.manifests.copy import with_recheck
-from migrator.plan import Plan, volumes_in_phase
+from migrator.plan import Plan, volume_route, volumes_in_phase
 from migrator.planmodel import PlanVolume
 
 Step = Literal["preseed", "cutover"]
@@ -176,6 +186,10 @@ def run_plan(
         if cutover and context.quiesce is not None:
             summary.notes += context.quiesce(volumes, dry_run)
         for volume in volumes:
+            moved = _route_change(plan, volume, step, context.journal)
+            if moved:
+                summary.notes.append(moved)
+                observer.note(moved)
             outcome = _run_volume(plan, volume, step, context, observer, dry_run, recheck)
             summary.volumes.append(outcome)
         if cutover and not dry_run and not summary.ok and context.bring_back is not None:
@@ -212,6 +226,19 @@ def _after_failed_cutover(
     return [note, *context.bring_back(volumes, observer)]
 
 
+def _route_change(plan: Plan, volume: PlanVolume, step: Step, journal: Journal) -> str | None:
+    """What to tell the user when the journal's last ``step`` of ``volume`` copied another route
+    (the plan was re-written with another source or target): that record no longer counts."""
+    route = volume_route(plan.model["spec"], volume)
+    moved = other_route(journal.step(volume["name"], step), route)
+    if not moved:
+        return None
+    return (
+        f"{volume['name']}: the journal's {step} copied {moved}; the plan now says {route}, "
+        f"so its {step} runs again"
+    )
+
+
 def _run_volume(
     plan: Plan,
     volume: PlanVolume,
@@ -225,7 +252,8 @@ def _run_volume(
     manifest = load_manifest(plan, volume, step)
     if recheck:
         manifest = with_recheck(manifest)
-    previous = context.journal.step(name, step)
+    route = volume_route(plan.model["spec"], volume)
+    previous = on_route(context.journal.step(name, step), route)
     if step == CUTOVER and previous.get("status") == DONE and not recheck:
         return VolumeOutcome(name, step, "skipped", "already cut over", **_figures(previous))
     if dry_run:
@@ -237,7 +265,12 @@ def _run_volume(
     )
     done_indexes = frozenset(previous.get("completedIndexes", [])) if resume else frozenset()
     context.journal.record(
-        name, step, RUNNING, job=manifest["metadata"]["name"], completedIndexes=sorted(done_indexes)
+        name,
+        step,
+        RUNNING,
+        job=manifest["metadata"]["name"],
+        completedIndexes=sorted(done_indexes),
+        route=route,
     )
     observer.volume_started(name, step, completions(manifest))
     sink: EventSink = lambda index, event: observer.event(name, index, event)  # noqa: E731
@@ -255,6 +288,7 @@ def _run_volume(
         job=manifest["metadata"]["name"],
         completedIndexes=sorted(done_indexes | set(result.completed_indexes)),
         message=result.message,
+        route=route,
         **figures,
     )
     observer.volume_finished(name, outcome)

@@ -11,7 +11,7 @@ from typing import Any, Protocol, cast
 
 from migrator.errors import BadInputError
 from migrator.manifests.verify import build_verify_job, with_verify_options
-from migrator.plan import Plan
+from migrator.plan import Plan, volume_route
 from migrator.planmodel import PlanVolume
 from migrator.workflows.run import RunContext, load_manifest
 
@@ -239,6 +239,7 @@ def _record(
         sample=sample,
         error=verdict.error,
         mountMetadata=strict_metadata and bool(plan.spec["target"].get("filer")),
+        route=volume_route(plan.spec, plan.volume(verdict.name)),
     )
 
 

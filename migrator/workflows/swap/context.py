@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from migrator.errors import BadInputError
-from migrator.journal import DONE, FAILED, FileStore, Journal, journal_path
+from migrator.journal import DONE, FAILED, FileStore, Journal, journal_path, other_route
 from migrator.kube import KubeClient
-from migrator.plan import Plan
+from migrator.plan import Plan, volume_route
 from migrator.workflows.swap.cluster import Cluster
 
 SWAP, ROLLBACK = "swap", "rollback"
@@ -256,11 +256,20 @@ def _readiness_problem(
     plan: Plan, volume: dict[str, Any], cutover: dict[str, Any], verify: dict[str, Any]
 ) -> str | None:
     name = volume["name"]
+    command = f"migrator run --plan {plan.path} --phase {volume['role']} --cutover"
+    route = volume_route(plan.spec, volume)
+    moved = other_route(cutover, route)
+    if moved:
+        return (
+            f"{name} was cut over on another route ({moved}); the plan now says {route}: "
+            f"cut over again ('{command}') and verify"
+        )
     if cutover.get("status") != DONE:
-        command = f"migrator run --plan {plan.path} --phase {volume['role']} --cutover"
         return f"{name} was not cut over ('{command}')"
     if not verify or str(verify.get("at", "")) < str(cutover.get("at", "")):
         return f"{name} was not verified since its cutover"
+    if other_route(verify, route):
+        return f"{name} was not verified on the plan's route ({route}) since its cutover"
     if verify.get("ok") is not True:
         if verify.get("error"):
             return f"the last verify of {name} failed: {verify['error']}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from migrator.journal import DONE, FAILED, RUNNING, Journal
-from migrator.plan import Plan
+from migrator.journal import DONE, FAILED, RUNNING, Journal, other_route
+from migrator.plan import Plan, volume_route
 from migrator.workflows.swap.bring_back import journal_workloads
 from migrator.workflows.swap.context import PARTIAL, ROLLBACK, STEP_ORDER, SWAP
+
+COPY_STEPS = ("preseed", "cutover", "verify")  # recorded with their route; swap's steps are not
 
 STATE_NAMES = {
     ("preseed", DONE): "pre-seeded",
@@ -57,13 +59,29 @@ def _detail(step: str, record: dict[str, Any]) -> str:
     return str(record.get("message") or "")
 
 
+def _on_route(entry: dict[str, Any], route: str) -> tuple[dict[str, Any], str | None]:
+    """The volume's journal entry without the copy steps made on another route (and that route):
+    a plan re-written with another source or target starts its copy steps over."""
+    kept: dict[str, Any] = {}
+    moved = None
+    for step, record in entry.items():
+        elsewhere = other_route(record, route) if step in COPY_STEPS else None
+        if elsewhere:
+            moved = elsewhere
+        else:
+            kept[step] = record
+    return kept, moved
+
+
 def status(plan: Plan, journal: Journal) -> dict[str, Any]:
     """Where each volume of the plan stands, from the journal."""
     entries = journal.volumes()
     volumes = []
     for volume in plan.volumes:
-        entry = entries.get(volume["name"], {})
+        entry, moved = _on_route(entries.get(volume["name"], {}), volume_route(plan.spec, volume))
         state, since, detail = volume_state(entry)
+        if moved and not detail:
+            detail = f"the plan's route changed; the journal's steps copied {moved}"
         volumes.append(
             {
                 "volume": volume["name"],
