@@ -21,6 +21,7 @@ from tests import tenant_media
 from tests.controlplane.cluster import Cluster
 from tests.helpers import run_cli
 from tests.test_run_local import assert_identical
+from tests.test_swap_cluster import audit_mark, writes_since
 
 SIZES = SampleSizes(
     covers=120, db_rows=300, episodes=3, episode_bytes=300 * 1024, movies=1, movie_bytes=600 * 1024
@@ -152,6 +153,17 @@ def test_preseed_then_cutover_through_jobs(cozy: Cozy) -> None:
     document = json.loads(journal["data"]["journal.json"])
     assert document["workloads"]["Deployment/sonarr"]["previousReplicas"] == 1
     assert document["releases"]["sonarr"]["previousSuspend"] is False
+
+
+def test_a_dry_run_cutover_writes_nothing(cozy: Cozy) -> None:
+    """Not even the Lease: a dry run is what a read-only account may run to review the cutover."""
+    plan_path = cozy.plan()
+    mark = audit_mark(cozy.cluster)
+    code, summary = cozy.run(plan_path, "--phase", "all", "--cutover", "--dry-run")
+    assert code == 0, summary
+    assert {(v["status"], v["message"]) for v in summary["volumes"]} == {("skipped", "(dry run)")}
+    assert writes_since(cozy.cluster, mark) == []
+    assert cozy.cluster.list_objects("batch/v1", "Job", cozy.ns) == []
 
 
 def test_a_held_lease_refuses_a_second_run(cozy: Cozy) -> None:

@@ -182,7 +182,8 @@ def run_plan(
         raise BadInputError(f"plan {plan.name} has no {phase} volumes")
     step: Step = CUTOVER if cutover else PRESEED
     summary = RunSummary(plan.name, phase, step, context.executor_name, dry_run)
-    with context.lock:
+    # A dry run writes nothing, not even the Lease: a read-only account can review a cutover.
+    with contextlib.nullcontext() if dry_run else context.lock:
         if cutover and context.quiesce is not None:
             summary.notes += context.quiesce(volumes, dry_run)
         for volume in volumes:
