@@ -112,9 +112,13 @@ def cozy(make_cluster: Callable[..., Cluster], tmp_path: Path, seaweedfs: Seawee
 def test_preseed_then_cutover_through_jobs(cozy: Cozy) -> None:
     cluster, tree, ns = cozy.cluster, cozy.tree, cozy.ns
     plan_path = cozy.plan()
+    mark = audit_mark(cluster)
     with DatabaseWriter(tree.config_dirs["sonarr"] / "sonarr.db"):
         code, summary = cozy.run(plan_path, "--phase", "all")
     assert code == 0, summary
+    # The run held the Lease from before its first write to after its last.
+    written = writes_since(cluster, mark)
+    assert written[0] == "create leases" and written[-1] == "delete leases", written
     assert {v["volume"]: v["status"] for v in summary["volumes"]} == {
         "media": "done",
         "prowlarr-config": "done",
