@@ -18,7 +18,6 @@ import sys
 sys.path[:] = [p for p in sys.path if not p.endswith("bench")]
 
 import argparse  # noqa: E402
-import compileall  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -33,15 +32,9 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import precompile  # noqa: E402
 from migrator.rclone import find_rclone  # noqa: E402
 from migrator.seaweedfs import SeaweedFS  # noqa: E402
-
-
-def precompile() -> None:
-    """Write the package's bytecode before timing, as ``pip install`` does for users and the
-    agent image: with PYTHONDONTWRITEBYTECODE set (these machines set it) every child process of
-    ours would otherwise compile each module it imports from source, ~40 ms a process."""
-    compileall.compile_dir(ROOT / "migrator", quiet=1)
 
 
 @dataclass

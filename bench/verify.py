@@ -21,7 +21,6 @@ Needs xxh128sum and b3sum: apt-get install xxhash b3sum (rows are skipped withou
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import random
 import shutil
@@ -38,18 +37,12 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+from bench.common import precompile  # noqa: E402
 from migrator.seaweedfs import SeaweedFS  # noqa: E402
 
 PYTHON = sys.executable
 RCLONE = str(Path(sys.executable).parent / "rclone")
 MIB = 1 << 20
-
-
-def precompile() -> None:
-    """Write the package's bytecode before timing, as ``pip install`` does for users and the
-    agent image: with PYTHONDONTWRITEBYTECODE set (these machines set it) every child process of
-    ours would otherwise compile each module it imports from source, ~40 ms a process."""
-    compileall.compile_dir(_HERE.parent / "migrator", quiet=1)
 
 
 # --- children: what our side runs, each in a fresh interpreter ----------------------------------

@@ -93,16 +93,16 @@ class Journal:
         return releases
 
 
-def on_route(entry: dict[str, Any], route: str) -> dict[str, Any]:
-    """A step's record if it was made on ``route`` (or before routes were recorded), else ``{}``:
-    what a cutover or verify did for another source or target does not count for this one."""
-    return entry if entry.get("route") in (None, route) else {}
+def on_route(record: dict[str, Any], route: str) -> tuple[dict[str, Any], str | None]:
+    """A step's record as it counts for ``route``, and the other route it was made on if any.
 
-
-def other_route(entry: dict[str, Any], route: str) -> str | None:
-    """The route a step's record was made on, when it is not ``route``."""
-    recorded = entry.get("route")
-    return str(recorded) if recorded not in (None, route) else None
+    What a cutover or verify did for another source or target does not count for this one:
+    ``({}, that route)``. Records written before routes were recorded count.
+    """
+    recorded = record.get("route")
+    if recorded in (None, route):
+        return record, None
+    return {}, str(recorded)
 
 
 def journal_path(plan_path: Path) -> Path:

@@ -24,7 +24,6 @@ from migrator.journal import (
     Journal,
     journal_path,
     on_route,
-    other_route,
 )
 from migrator.manifests.copy import with_recheck
 from migrator.plan import Plan, volume_route, volumes_in_phase
@@ -187,11 +186,9 @@ def run_plan(
         if cutover and context.quiesce is not None:
             summary.notes += context.quiesce(volumes, dry_run)
         for volume in volumes:
-            moved = _route_change(plan, volume, step, context.journal)
-            if moved:
-                summary.notes.append(moved)
-                observer.note(moved)
-            outcome = _run_volume(plan, volume, step, context, observer, dry_run, recheck)
+            outcome = _run_volume(
+                plan, volume, step, context, observer, dry_run, recheck, summary.notes
+            )
             summary.volumes.append(outcome)
         if cutover and not dry_run and not summary.ok and context.bring_back is not None:
             summary.notes += _after_failed_cutover(volumes, context, observer, keep_down)
@@ -227,19 +224,6 @@ def _after_failed_cutover(
     return [note, *context.bring_back(volumes, observer)]
 
 
-def _route_change(plan: Plan, volume: PlanVolume, step: Step, journal: Journal) -> str | None:
-    """What to tell the user when the journal's last ``step`` of ``volume`` copied another route
-    (the plan was re-written with another source or target): that record no longer counts."""
-    route = volume_route(plan.model["spec"], volume)
-    moved = other_route(journal.step(volume["name"], step), route)
-    if not moved:
-        return None
-    return (
-        f"{volume['name']}: the journal's {step} copied {moved}; the plan now says {route}, "
-        f"so its {step} runs again"
-    )
-
-
 def _run_volume(
     plan: Plan,
     volume: PlanVolume,
@@ -247,14 +231,22 @@ def _run_volume(
     context: RunContext,
     observer: RunObserver,
     dry_run: bool,
-    recheck: bool = False,
+    recheck: bool,
+    notes: list[str],
 ) -> VolumeOutcome:
     name = volume["name"]
     manifest = load_manifest(plan, volume, step)
     if recheck:
         manifest = with_recheck(manifest)
     route = volume_route(plan.model["spec"], volume)
-    previous = on_route(context.journal.step(name, step), route)
+    previous, moved = on_route(context.journal.step(name, step), route)
+    if moved:  # the plan was re-written with another source or target: that record is void
+        note = (
+            f"{name}: the journal's {step} copied {moved}; the plan now says {route}, "
+            f"so its {step} runs again"
+        )
+        observer.note(note)
+        notes.append(note)
     if step == CUTOVER and previous.get("status") == DONE and not recheck:
         return VolumeOutcome(name, step, "skipped", "already cut over", **_figures(previous))
     if dry_run:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from migrator.errors import BadInputError
-from migrator.journal import DONE, FAILED, FileStore, Journal, journal_path, other_route
+from migrator.journal import DONE, FAILED, FileStore, Journal, journal_path, on_route
 from migrator.kube import KubeClient
 from migrator.plan import Plan, volume_route
 from migrator.workflows.swap.cluster import Cluster
@@ -258,7 +258,8 @@ def _readiness_problem(
     name = volume["name"]
     command = f"migrator run --plan {plan.path} --phase {volume['role']} --cutover"
     route = volume_route(plan.spec, volume)
-    moved = other_route(cutover, route)
+    cutover, moved = on_route(cutover, route)
+    verify, verified_elsewhere = on_route(verify, route)
     if moved:
         return (
             f"{name} was cut over on another route ({moved}); the plan now says {route}: "
@@ -266,10 +267,10 @@ def _readiness_problem(
         )
     if cutover.get("status") != DONE:
         return f"{name} was not cut over ('{command}')"
+    if verified_elsewhere:
+        return f"{name} was not verified on the plan's route ({route}) since its cutover"
     if not verify or str(verify.get("at", "")) < str(cutover.get("at", "")):
         return f"{name} was not verified since its cutover"
-    if other_route(verify, route):
-        return f"{name} was not verified on the plan's route ({route}) since its cutover"
     if verify.get("ok") is not True:
         if verify.get("error"):
             return f"the last verify of {name} failed: {verify['error']}"

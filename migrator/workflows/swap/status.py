@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from migrator.journal import DONE, FAILED, RUNNING, Journal, other_route
+from migrator.journal import DONE, FAILED, RUNNING, Journal, on_route
 from migrator.plan import Plan, volume_route
 from migrator.workflows.swap.bring_back import journal_workloads
 from migrator.workflows.swap.context import PARTIAL, ROLLBACK, STEP_ORDER, SWAP
@@ -65,11 +65,13 @@ def _on_route(entry: dict[str, Any], route: str) -> tuple[dict[str, Any], str | 
     kept: dict[str, Any] = {}
     moved = None
     for step, record in entry.items():
-        elsewhere = other_route(record, route) if step in COPY_STEPS else None
-        if elsewhere:
-            moved = elsewhere
-        else:
+        if step not in COPY_STEPS:
             kept[step] = record
+            continue
+        counted, elsewhere = on_route(record, route)
+        if counted:
+            kept[step] = counted
+        moved = elsewhere or moved
     return kept, moved
 
 
