@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import yaml
 from click.testing import CliRunner, Result
 
@@ -43,3 +45,11 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
+
+
+def unavailable(why: str) -> NoReturn:
+    """Skip a test this machine cannot run, with one line saying why; under CI=true fail instead,
+    so a missing capability (FUSE, mount namespaces, the control plane...) never hides a test."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"required under CI=true: {why}")
+    pytest.skip(why)

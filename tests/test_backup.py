@@ -25,7 +25,7 @@ from migrator.checksum import compare, hash_tree
 from migrator.objectstore import S3Location, S3Settings, make_client
 from migrator.samples import DatabaseWriter, SampleSizes, make_config_dir
 from migrator.seaweedfs import SeaweedFS
-from tests.helpers import run_cli
+from tests.helpers import run_cli, unavailable
 
 SIZES = SampleSizes(covers=60, db_rows=400, cover_bytes=(512, 8 * 1024))
 VOLUME = "sonarr-config"
@@ -451,7 +451,7 @@ def test_snapshot_of_a_live_database_on_a_read_only_mount(project: Project, tmp_
     read-write mount of the same file system (same kernel, so SQLite's locks are shared)."""
     prefix = _can_mount_read_only(tmp_path)
     if prefix is None:
-        pytest.skip("cannot make a read-only bind mount here (needs unshare and mount)")
+        unavailable("cannot make a read-only bind mount here (needs unshare and mount)")
     mount = tmp_path / "mnt" / VOLUME
     mount.mkdir(parents=True)
     migrator_bin = str(Path(sys.executable).parent / "migrator")

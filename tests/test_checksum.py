@@ -37,6 +37,7 @@ from migrator.checksum import (
 )
 from migrator.checksum.entry import sample_threshold
 from migrator.checksum.local import BATCH_FILES, CHUNK_SIZE
+from tests.helpers import unavailable
 
 ODD_NAMES = [
     "with space.txt",
@@ -152,7 +153,7 @@ def test_unreadable_file_is_an_error_naming_it(tmp_path: Path) -> None:
     # root reads every file: hash in a child that lost the capabilities that let it do so.
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root without util-linux setpriv to drop CAP_DAC_OVERRIDE")
+        unavailable("running as root without util-linux setpriv to drop CAP_DAC_OVERRIDE")
     drop = "--bounding-set=-dac_override,-dac_read_search"
     child = subprocess.run(
         [setpriv, drop, sys.executable, "-c", UNREADABLE_CHECK, str(tmp_path)],

@@ -21,7 +21,7 @@ import pytest
 from migrator.copystate import decode_state
 from migrator.seaweedfs import SeaweedFS
 from tests.faultproxy import FaultProxy
-from tests.helpers import run_cli
+from tests.helpers import run_cli, unavailable
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,7 +70,7 @@ def events(stdout: str) -> list[dict[str, Any]]:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: a local destination that fills up."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")  # the CI and dev containers run as root
+        unavailable("mounting a tmpfs needs root")  # the CI and dev containers run as root
     mount = tmp_path / "small-disk"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)

@@ -22,7 +22,7 @@ import pytest
 
 from migrator import filer
 from migrator.seaweedfs import SeaweedFS, find_weed, free_port_pairs
-from tests.helpers import run_cli
+from tests.helpers import run_cli, unavailable
 
 SONARR, RADARR = 1000, 911
 # (relative path, uid, gid, mode); directories end with "/"
@@ -81,7 +81,7 @@ def rclone_env(server: SeaweedFS) -> dict[str, str]:
 def weed_mount(server: SeaweedFS, filer_path: str, work: Path) -> Iterator[Path]:
     """A real ``weed mount`` of ``filer_path``; unmounted and its process stopped by pid after."""
     if not Path("/dev/fuse").exists():
-        pytest.skip("/dev/fuse is absent on this machine: a weed mount cannot run here")
+        unavailable("/dev/fuse is absent on this machine: a weed mount cannot run here")
     # apps must reach the mount point: pytest's own tmp directories are root-only (0700)
     mountpoint = Path(tempfile.mkdtemp(prefix="migrator-mnt-"))
     mountpoint.chmod(0o755)
